@@ -1,0 +1,90 @@
+"""Typed dependencies: the database, the settings, and the current user for pages and for the API."""
+
+from typing import Annotated
+
+from fastapi import Depends, Form, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.config import Settings
+from app.db import Database
+from app.models import User
+from app.security import csrf_ok
+from app.services import users
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+# ---------------------------------------------------------------- API: bearer tokens
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
+    if credentials is None:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    with database.read() as db:
+        user = users.user_for_token(db, credentials.credentials)
+    if user is None:
+        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
+    if user.role != "admin":
+        raise HTTPException(403, "admins only")
+    return user
+
+
+ApiUser = Annotated[User, Depends(api_user)]
+ApiAdmin = Annotated[User, Depends(api_admin)]
+
+# ---------------------------------------------------------------- pages: signed session cookie
+
+
+class LoginRequired(Exception):
+    """Raised for anonymous page requests; main.py answers with a redirect to the login page."""
+
+
+def page_user_optional(request: Request, database: DatabaseDep) -> User | None:
+    user_id = request.session.get("user_id")
+    if user_id is None:
+        return None
+    with database.read() as db:
+        user = db.get(User, user_id)
+    if user is None or not user.is_active:
+        request.session.clear()
+        return None
+    return user
+
+
+def page_user(user: Annotated[User | None, Depends(page_user_optional)]) -> User:
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+def page_admin(user: Annotated[User, Depends(page_user)]) -> User:
+    if user.role != "admin":
+        raise HTTPException(403, "admins only")
+    return user
+
+
+def check_csrf(request: Request, csrf: Annotated[str, Form()] = "") -> None:
+    """Every browser form posts the session's CSRF token; a form from another site cannot know it."""
+    if not csrf_ok(request.session, csrf):
+        raise HTTPException(403, "the form expired or came from elsewhere; reload the page and try again")
+
+
+PageUser = Annotated[User, Depends(page_user)]
+PageUserOptional = Annotated[User | None, Depends(page_user_optional)]
+PageAdmin = Annotated[User, Depends(page_admin)]
+Csrf = Depends(check_csrf)

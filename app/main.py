@@ -1,0 +1,113 @@
+"""The app factory: settings, database, middleware, error pages and routers."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from app.config import Settings, get_settings
+from app.db import Database
+from app.deps import LoginRequired
+from app.migrate import check_schema_current
+from app.services.errors import ServiceError
+from app.templating import ROOT, templates
+
+
+class BodySizeLimit:
+    """Refuses bodies over the limit with 413 before the route reads them (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        await response(None, None, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = database or Database.from_url(settings.resolved_database_url)
+    check_schema_current(database.engine)
+
+    app = FastAPI(
+        title="storyloop",
+        version="0.1.0",
+        description="Human judgements of machine-written stories: Best-Worst Scaling, ratings, exports, and the RLHF loop.",
+        docs_url="/api/docs",
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.settings, app.state.database = settings, database
+    app.add_middleware(
+        SessionMiddleware, secret_key=settings.secret_key, same_site="lax",
+        https_only=settings.secure_cookies, session_cookie="storyloop_session", max_age=14 * 24 * 3600,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=exc.status_code)
+        return templates.TemplateResponse(request, "error.html", {"message": exc.message, "errors": exc.details},
+                                          status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return templates.TemplateResponse(request, "error.html", {"message": exc.detail, "errors": []},
+                                          status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        if _wants_json(request):
+            return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+        return templates.TemplateResponse(request, "error.html", {"message": "invalid form", "errors": errors},
+                                          status_code=422)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    from app.routes import api, api_admin, pages_admin, pages_annotate, pages_auth
+
+    for module in (api, api_admin, pages_auth, pages_annotate, pages_admin):
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True}
+
+    return app

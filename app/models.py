@@ -1,0 +1,294 @@
+"""The data model: who judges what, what they said, and which model version wrote each story.
+
+Layers point one way: routes -> services -> models. The trainer reads and writes these tables too.
+"""
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every database (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime; use app.models.utcnow()")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+ROLES = ("annotator", "evaluator", "admin")
+TASK_KINDS = ("bws", "rating")
+
+
+# ---------------------------------------------------------------- people
+
+
+class User(Base):
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="annotator")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for scripts; only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class Invite(Base):
+    __tablename__ = "invite"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="annotator")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    used_at: Mapped[datetime | None]
+
+
+# ---------------------------------------------------------------- stories
+
+
+class ModelVersion(Base):
+    """Whatever wrote continuations: a trained policy, a reward model, or an imported source."""
+
+    __tablename__ = "model_version"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "policy" | "reward" | "source"
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    algorithm: Mapped[str] = mapped_column(String(32), default="")  # pretrain | sft | ppo | reward | import
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    path: Mapped[str | None] = mapped_column(String(500))  # folder in the model store
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    parent: Mapped["ModelVersion | None"] = relationship(remote_side=[id])
+
+
+class Prompt(Base):
+    __tablename__ = "prompt"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)  # the trainer writes for active prompts
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Continuation(Base):
+    __tablename__ = "continuation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    generation_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    model_version: Mapped[ModelVersion] = relationship()
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class Batch(Base):
+    """A set of tasks built together (one import, one design run, one trainer round)."""
+
+    __tablename__ = "batch"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # bws | rating
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    annotations_per_task: Mapped[int] = mapped_column(Integer, default=3)
+    design: Mapped[dict[str, Any]] = mapped_column(default=dict)  # balance statistics of the design
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    """One unit of work: a BWS tuple (k continuations of one prompt) or one continuation to rate."""
+
+    __tablename__ = "task"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id"))
+    required: Mapped[int] = mapped_column(Integer)  # R
+    # Counted judgements, kept under the row's own UPDATE so R is never exceeded.
+    done_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    items: Mapped[list["TaskItem"]] = relationship(order_by="TaskItem.position", lazy="selectin")
+    prompt: Mapped[Prompt] = relationship()
+
+    __table_args__ = (Index("ix_task_open", "kind", "done_count", "id"),)
+
+
+class TaskItem(Base):
+    __tablename__ = "task_item"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    continuation_id: Mapped[int] = mapped_column(ForeignKey("continuation.id"), index=True)
+
+    continuation: Mapped[Continuation] = relationship(lazy="joined")
+
+
+class Assignment(Base):
+    """A task leased to one annotator. One row per (task, user): nobody gets a task twice."""
+
+    __tablename__ = "assignment"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    # active -> submitted (counted) | surplus (stored, not counted) | skipped
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    item_order: Mapped[list[int]] = mapped_column(JSON)  # continuation ids in the order shown
+    leased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    skip_reason: Mapped[str | None] = mapped_column(String(500))
+
+    task: Mapped[Task] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id", name="uq_assignment_task_user"),
+        Index("ix_assignment_task_status", "task_id", "status", "expires_at"),
+        Index("ix_assignment_user_status", "user_id", "status"),
+    )
+
+
+class BwsJudgement(Base):
+    __tablename__ = "bws_judgement"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignment.id"), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    best_id: Mapped[int] = mapped_column(ForeignKey("continuation.id"))
+    worst_id: Mapped[int] = mapped_column(ForeignKey("continuation.id"))
+    shown_order: Mapped[list[int]] = mapped_column(JSON)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    is_surplus: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+RATING_DIMENSIONS = ("grammar", "creativity", "consistency", "plot")
+
+
+class Rating(Base):
+    __tablename__ = "rating"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignment.id"), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    continuation_id: Mapped[int] = mapped_column(ForeignKey("continuation.id"), index=True)
+    grammar: Mapped[int] = mapped_column(Integer)
+    creativity: Mapped[int] = mapped_column(Integer)
+    consistency: Mapped[int] = mapped_column(Integer)
+    plot: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    is_surplus: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+class TrainerLease(Base):
+    """One row per named lock; the trainer holding it renews heartbeat_at. Only one trainer runs."""
+
+    __tablename__ = "trainer_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime]
+
+
+class TrainingRound(Base):
+    __tablename__ = "training_round"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # requested -> running -> done | failed
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    trigger: Mapped[str] = mapped_column(String(32), default="auto")  # auto | admin | cli
+    phase: Mapped[str] = mapped_column(String(32), default="")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    phase_started_at: Mapped[datetime | None]
+    judgements_used: Mapped[int] = mapped_column(Integer, default=0)
+    reward_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    policy_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class TrainingLog(Base):
+    """Per-step metrics of a round (PPO score, KL, losses...; reward-model accuracy)."""
+
+    __tablename__ = "training_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("training_round.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(32))
+    step: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,86 @@
+"""JSON API for annotators and scripts: tokens, next task, submissions, progress."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel
+
+from app.deps import ApiUser, DatabaseDep, SettingsDep
+from app.services import tasks, users
+from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
+
+router = APIRouter(prefix="/api/v1", tags=["annotate"])
+
+
+class TokenRequest(BaseModel):
+    username: str
+    password: str
+    name: str = ""
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    role: str
+
+
+class SkipRequest(BaseModel):
+    reason: str = ""
+
+
+class Me(BaseModel):
+    id: int
+    username: str
+    role: str
+
+
+@router.post("/auth/token", response_model=TokenResponse)
+def create_token(body: TokenRequest, database: DatabaseDep):
+    """Exchange username and password for a bearer token (send it as `Authorization: Bearer ...`)."""
+    with database.write() as db:
+        user = users.authenticate(db, body.username, body.password)
+        if user is None:
+            raise HTTPException(401, "wrong username or password, or the account is deactivated")
+        return TokenResponse(access_token=users.create_api_token(db, user, body.name), role=user.role)
+
+
+@router.get("/me", response_model=Me)
+def me(user: ApiUser):
+    return Me(id=user.id, username=user.username, role=user.role)
+
+
+@router.get("/me/progress", response_model=Progress)
+def my_progress(user: ApiUser, database: DatabaseDep):
+    return tasks.progress(database, user)
+
+
+@router.post("/tasks/next", response_model=TaskView | None,
+             responses={204: {"description": "nothing left for you"}})
+def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
+              kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
+    """Lease the next task (or return the one already leased). 204 when nothing is left."""
+    view = tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
+    if view is None:
+        return Response(status_code=204)
+    return view
+
+
+@router.get("/tasks/{assignment_id}", response_model=TaskView)
+def get_task(assignment_id: int, user: ApiUser, database: DatabaseDep):
+    return tasks.get_task(database, user, assignment_id)
+
+
+@router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult)
+def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep):
+    """Submit best and worst. Retrying with the same idempotency_key never stores twice."""
+    return tasks.submit_bws(database, user, assignment_id, body)
+
+
+@router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult)
+def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep):
+    return tasks.submit_rating(database, user, assignment_id, body)
+
+
+@router.post("/tasks/{assignment_id}/skip", status_code=204)
+def skip(assignment_id: int, body: SkipRequest, user: ApiUser, database: DatabaseDep):
+    tasks.skip_task(database, user, assignment_id, body.reason)

@@ -1,0 +1,11 @@
+"""Jinja2 templates (autoescaped: any text from users or models is rendered escaped)."""
+
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+
+from app.security import csrf_token
+
+ROOT = Path(__file__).resolve().parent.parent
+templates = Jinja2Templates(directory=ROOT / "templates")
+templates.env.globals["csrf_token"] = lambda request: csrf_token(request.session)

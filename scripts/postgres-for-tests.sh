@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs (Debian packages) and starts a local PostgreSQL for the test suite, with a role
+# `storyloop` allowed to create databases. Prints the URL the tests should use.
+set -euo pipefail
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then echo "PostgreSQL is not installed; run as root or install it: apt-get install postgresql" >&2; exit 1; fi
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+fi
+version=$(ls /etc/postgresql | sort -n | tail -1)
+if [ -z "$version" ]; then echo "no PostgreSQL cluster found under /etc/postgresql" >&2; exit 1; fi
+pg_ctlcluster "$version" main status >/dev/null 2>&1 || pg_ctlcluster "$version" main start >&2
+for _ in $(seq 30); do pg_isready -q -h localhost && break; sleep 0.5; done
+runuser -u postgres -- psql -q -tAc "SELECT 1 FROM pg_roles WHERE rolname='storyloop'" | grep -q 1 \
+  || runuser -u postgres -- psql -q -c "CREATE ROLE storyloop LOGIN CREATEDB PASSWORD 'storyloop'" >&2
+echo "postgresql+psycopg://storyloop:storyloop@localhost:5432/postgres"

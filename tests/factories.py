@@ -1,0 +1,35 @@
+"""Small builders of test data, straight through the data layer."""
+
+from app.db import Database
+from app.models import Continuation, ModelVersion, Prompt
+from app.services.tasks import build_bws_batch, build_rating_batch, continuations_by_prompt
+
+
+def seed_stories(database: Database, prompts: int = 3, per_prompt: int = 6, source: str = "test-source") -> dict[int, list[int]]:
+    """Prompts with continuations from one source; returns continuation ids by prompt id."""
+    with database.write() as db:
+        version = ModelVersion(name=source, kind="source", algorithm="import")
+        db.add(version)
+        db.flush()
+        for p in range(prompts):
+            prompt = Prompt(text=f"Prompt {p}: once upon a time there was a fox number {p}.")
+            db.add(prompt)
+            db.flush()
+            for c in range(per_prompt):
+                db.add(Continuation(prompt_id=prompt.id, model_version_id=version.id,
+                                    text=f"Continuation {c} of prompt {p}: the fox ran {c} miles."))
+        db.flush()
+        return continuations_by_prompt(db)
+
+
+def seed_bws_batch(database: Database, prompts: int = 3, per_prompt: int = 6, required: int = 3, seed: int = 0) -> int:
+    by_prompt = seed_stories(database, prompts, per_prompt)
+    with database.write() as db:
+        return build_bws_batch(db, "test batch", by_prompt, seed=seed, required=required).id
+
+
+def seed_rating_batch(database: Database, required: int = 2) -> int:
+    by_prompt = seed_stories(database, prompts=1, per_prompt=3, source="rating-source")
+    with database.write() as db:
+        ids = [c for cs in by_prompt.values() for c in cs]
+        return build_rating_batch(db, "rating batch", ids, required=required).id

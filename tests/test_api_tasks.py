@@ -1,0 +1,97 @@
+"""The annotation API end to end: lease, submit, idempotency, surplus, skip, progress."""
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+
+from app.models import Assignment, BwsJudgement, Task, utcnow
+from tests.conftest import make_user, token_headers
+from tests.factories import seed_bws_batch, seed_rating_batch
+
+
+def _key() -> str:
+    return uuid.uuid4().hex
+
+
+def test_bws_flow_counts_once_and_never_repeats_a_task(client, database):
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=2)  # C(4,4) = 1 tuple
+    make_user(database, "ann")
+    headers = token_headers(client, "ann")
+
+    task = client.post("/api/v1/tasks/next", headers=headers).json()
+    assert task["kind"] == "bws" and len(task["items"]) == 4
+    assert len({i["continuation_id"] for i in task["items"]}) == 4
+    # Same task again while the lease is open.
+    assert client.post("/api/v1/tasks/next", headers=headers).json()["assignment_id"] == task["assignment_id"]
+
+    ids = [i["continuation_id"] for i in task["items"]]
+    same = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers,
+                       json={"best_id": ids[0], "worst_id": ids[0], "idempotency_key": _key()})
+    assert same.status_code == 422 and "different" in same.json()["detail"]
+
+    body = {"best_id": ids[0], "worst_id": ids[3], "idempotency_key": _key(), "duration_ms": 1234}
+    first = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body)
+    again = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body)
+    assert first.status_code == 200 and first.json()["counted"] and not first.json()["replayed"]
+    assert again.status_code == 200 and again.json()["replayed"]
+    assert again.json()["judgement_id"] == first.json()["judgement_id"]
+
+    # The only tuple was done by this annotator: nothing left for them.
+    assert client.post("/api/v1/tasks/next", headers=headers).status_code == 204
+    progress = client.get("/api/v1/me/progress", headers=headers).json()
+    assert progress == {"done_today": 1, "done_total": 1, "tasks_left": 0}
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(BwsJudgement)) == 1
+        assert db.scalar(select(Task.done_count)) == 1
+
+
+def test_late_submission_is_stored_as_surplus_and_frees_the_slot(client, database):
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
+    for name in ("slow", "fast"):
+        make_user(database, name)
+    slow, fast = token_headers(client, "slow"), token_headers(client, "fast")
+    task = client.post("/api/v1/tasks/next", headers=slow).json()
+    assert client.post("/api/v1/tasks/next", headers=fast).status_code == 204  # R=1 slot is leased
+
+    with database.write() as db:  # the lease runs out
+        db.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
+    other = client.post("/api/v1/tasks/next", headers=fast).json()
+    assert other["task_id"] == task["task_id"]
+
+    ids = [i["continuation_id"] for i in task["items"]]
+    late = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=slow,
+                       json={"best_id": ids[1], "worst_id": ids[2], "idempotency_key": _key()})
+    assert late.status_code == 200 and late.json()["counted"] is False
+    on_time = client.post(f"/api/v1/tasks/{other['assignment_id']}/bws", headers=fast,
+                          json={"best_id": ids[0], "worst_id": ids[2], "idempotency_key": _key()})
+    assert on_time.json()["counted"] is True
+    with database.read() as db:
+        surplus = db.scalars(select(BwsJudgement.is_surplus).order_by(BwsJudgement.id)).all()
+        assert surplus == [True, False]
+
+
+def test_rating_and_skip(client, database):
+    seed_rating_batch(database, required=1)
+    make_user(database, "eva", role="evaluator")
+    headers = token_headers(client, "eva")
+    first = client.post("/api/v1/tasks/next", headers=headers).json()
+    assert first["kind"] == "rating" and len(first["items"]) == 1
+    skipped = client.post(f"/api/v1/tasks/{first['assignment_id']}/skip", headers=headers, json={"reason": "unclear"})
+    assert skipped.status_code == 204
+    second = client.post("/api/v1/tasks/next", headers=headers).json()
+    assert second["task_id"] != first["task_id"]
+    bad = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
+                      json={"grammar": 6, "creativity": 3, "consistency": 3, "plot": 3, "idempotency_key": _key()})
+    assert bad.status_code == 422
+    ok = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
+                     json={"grammar": 5, "creativity": 3, "consistency": 4, "plot": 2, "comment": "nice",
+                           "idempotency_key": _key()})
+    assert ok.status_code == 200 and ok.json()["counted"]
+
+
+def test_evaluator_gets_no_bws_and_anonymous_gets_401(client, database):
+    seed_bws_batch(database, prompts=1, per_prompt=4)
+    make_user(database, "eva", role="evaluator")
+    assert client.post("/api/v1/tasks/next", headers=token_headers(client, "eva")).status_code == 204
+    assert client.post("/api/v1/tasks/next").status_code == 401
