@@ -1,0 +1,200 @@
+"""The `storyloop` command: serve, demo, trainer, imports, exports, users, simulate.
+
+Trainer commands import torch lazily, so the web commands stay light.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.config import get_settings
+from app.db import Database
+from app.migrate import upgrade_to_head
+
+cli = typer.Typer(help="storyloop: human judgements of machine-written stories, and the RLHF loop on them.",
+                  no_args_is_help=True, add_completion=False)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_cli = typer.Typer(help="Accounts and invites.", no_args_is_help=True)
+train_cli = typer.Typer(help="Run training rounds from the command line.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(users_cli, name="users")
+cli.add_typer(train_cli, name="train")
+
+
+def _database(migrate: bool = True) -> Database:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        upgrade_to_head(settings.resolved_database_url)
+    return Database.from_url(settings.resolved_database_url)
+
+
+def _uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+@db_cli.command("upgrade")
+def db_upgrade():
+    """Upgrade the database schema to the newest migration."""
+    _database(migrate=True)
+    typer.echo("database is at the newest schema")
+
+
+@cli.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
+    """Upgrade the schema, then serve the web app."""
+    _database(migrate=True)
+    _uvicorn(host, port, workers)
+
+
+@cli.command()
+def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
+    """Seed demo prompts, continuations, tuples and accounts; start the trainer and the web app."""
+    from app.demo import seed_demo
+
+    settings = get_settings()
+    database = _database(migrate=True)
+    info = seed_demo(database, settings)
+    typer.echo("\n=== storyloop demo ===")
+    typer.echo(f"open http://{host}:{port}/")
+    for username, password in info.accounts.items():
+        typer.echo(f"  {username:12s} {password}")
+    typer.echo(f"{info.prompts} prompts, {info.continuations} continuations, {info.tasks} tasks\n")
+    child = None
+    if trainer:
+        # The trainer is its own process: the web app never imports torch.
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", "trainer"])
+    try:
+        _uvicorn(host, port, 1)
+    finally:
+        if child is not None:
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=30)
+
+
+@cli.command("import")
+def import_file(path: Path):
+    """Import prompts and continuations from a JSONL or CSV file (all or nothing)."""
+    from app.services.errors import ServiceError
+    from app.services.imports import import_file as run_import
+
+    try:
+        summary = run_import(_database(), path.read_bytes(), path.name)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for detail in exc.details[:20]:
+            typer.echo(f"  {detail}", err=True)
+        raise typer.Exit(1)
+    typer.echo(summary.model_dump_json(indent=2))
+
+
+@cli.command()
+def batch(name: str = "batch", seed: int = 0, annotations: Optional[int] = None):
+    """Build balanced BWS tuples over every prompt's continuations."""
+    from app.services.tasks import build_bws_batch, continuations_by_prompt
+
+    settings = get_settings()
+    database = _database()
+    with database.write() as db:
+        built = build_bws_batch(db, name, continuations_by_prompt(db), seed=seed,
+                                required=annotations or settings.annotations_per_tuple,
+                                k=settings.tuple_size, factor=settings.design_factor)
+        typer.echo(f"batch {built.id}: {built.design['prompts']} prompts")
+
+
+@cli.command()
+def export(name: str, fmt: Annotated[str, typer.Option("--format")] = "jsonl", output: Optional[Path] = None):
+    """Export pairs | judgements | ratings | scores as jsonl | csv | parquet (streamed)."""
+    from app.services.exports import stream_export
+
+    out = output.open("wb") if output else sys.stdout.buffer
+    try:
+        for chunk in stream_export(_database(), name, fmt):
+            out.write(chunk)
+    finally:
+        if output:
+            out.close()
+
+
+@users_cli.command("create")
+def users_create(username: str, role: str = "annotator",
+                 password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)] = ""):
+    """Create an account."""
+    from app.services import users
+
+    with _database().write() as db:
+        user = users.create_user(db, username, password, role)
+    typer.echo(f"created {user.username} ({user.role})")
+
+
+@users_cli.command("invite")
+def users_invite(role: str = "annotator", base_url: str = "http://127.0.0.1:8000"):
+    """Print an invite link for a new account with this role."""
+    from app.services import users
+
+    with _database().write() as db:
+        invite = users.create_invite(db, role, None)
+    typer.echo(f"{base_url.rstrip('/')}/invite/{invite.token}")
+
+
+@cli.command()
+def trainer(max_rounds: Optional[int] = None):
+    """The background trainer: polls the database and runs rounds when judgements arrive."""
+    import logging
+
+    from trainer.config import TrainerSettings
+    from trainer.loop import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve_forever(_database(), get_settings(), TrainerSettings(), max_rounds)
+
+
+@train_cli.command("once")
+def train_once():
+    """Run one training round now, in this process, with progress bars."""
+    from trainer.config import TrainerSettings
+    from trainer.loop import TrainerBusy
+    from trainer.loop import train_once as run
+
+    try:
+        round_id = run(_database(), get_settings(), TrainerSettings())
+    except TrainerBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3)
+    typer.echo(f"round {round_id} done")
+
+
+@cli.command()
+def simulate(
+    url: str = "http://127.0.0.1:8000",
+    admin: str = "admin",
+    admin_password: Annotated[str, typer.Option(envvar="STORYLOOP_ADMIN_PASSWORD")] = "",
+    annotators: int = 5,
+    judgements: int = 100,
+    preference: str = "longer",
+    noise: float = 0.1,
+    seed: int = 0,
+):
+    """Synthetic annotators judging through the HTTP API, following a preference (longer | shorter | word:X | random)."""
+    from app.simulate import SimulationConfig, run_simulation
+
+    config = SimulationConfig(annotators=annotators, judgements=judgements, preference=preference, noise=noise, seed=seed)
+    result = run_simulation(url, admin, admin_password, config)
+    typer.echo(result.model_dump_json(indent=2))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Synthetic annotators that judge through the HTTP API, for demos, campaign dry runs and load tests.
+
+Each simulated annotator scores every continuation with the chosen preference plus Gaussian noise and
+marks the highest best and the lowest worst; rating tasks get scores from the same preference.
+"""
+
+import random
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from pydantic import BaseModel
+
+
+class SimulationConfig(BaseModel):
+    annotators: int = 5
+    judgements: int = 100  # stop after this many acknowledged judgements in all
+    preference: str = "longer"  # longer | shorter | random | word:<w> (prefer texts containing w)
+    noise: float = 0.1  # std of the Gaussian noise added to each item's preference score
+    seed: int = 0
+    username_prefix: str = "sim"
+
+
+class SimulationResult(BaseModel):
+    annotators: int
+    judgements: int
+    ratings: int
+    nothing_left: bool
+
+
+def preference_score(preference: str) -> Callable[[str], float]:
+    if preference == "longer":
+        return lambda text: len(text.split()) / 50
+    if preference == "shorter":
+        return lambda text: -len(text.split()) / 50
+    if preference == "random":
+        return lambda text: 0.0
+    if preference.startswith("word:"):
+        word = re.compile(rf"\b{re.escape(preference[5:])}\b", re.IGNORECASE)
+        return lambda text: 1.0 if word.search(text) else 0.0
+    raise ValueError(f"unknown preference {preference!r}: use longer, shorter, random or word:<w>")
+
+
+def _login(client: httpx.Client, username: str, password: str) -> dict[str, str]:
+    response = client.post("/api/v1/auth/token", json={"username": username, "password": password})
+    response.raise_for_status()
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def _ensure_annotators(client: httpx.Client, admin_headers: dict, config: SimulationConfig) -> list[dict[str, str]]:
+    headers = []
+    for i in range(config.annotators):
+        username = f"{config.username_prefix}{i + 1}"
+        password = f"simulated-{config.seed}-{username}"
+        created = client.post("/api/v1/admin/users", headers=admin_headers,
+                              json={"username": username, "password": password, "role": "annotator"})
+        if created.status_code not in (200, 201, 409):
+            created.raise_for_status()
+        headers.append(_login(client, username, password))
+    return headers
+
+
+def _annotate(client: httpx.Client, headers: dict, config: SimulationConfig, rng: random.Random,
+              budget: Callable[[], bool]) -> tuple[int, int, bool]:
+    score = preference_score(config.preference)
+    bws = ratings = 0
+    while budget():
+        response = client.post("/api/v1/tasks/next", headers=headers)
+        if response.status_code == 204:
+            return bws, ratings, True
+        response.raise_for_status()
+        task = response.json()
+        noisy = {item["continuation_id"]: score(item["text"]) + rng.gauss(0, config.noise) for item in task["items"]}
+        key = uuid.uuid4().hex
+        if task["kind"] == "bws":
+            ranked = sorted(noisy, key=noisy.get)
+            body = {"best_id": ranked[-1], "worst_id": ranked[0], "idempotency_key": key,
+                    "duration_ms": rng.randint(3000, 30000)}
+            client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body).raise_for_status()
+            bws += 1
+        else:
+            value = min(5, max(1, round(3 + 2 * next(iter(noisy.values())))))
+            body = {dim: value for dim in ("grammar", "creativity", "consistency", "plot")}
+            client.post(f"/api/v1/tasks/{task['assignment_id']}/rating", headers=headers,
+                        json={**body, "idempotency_key": key}).raise_for_status()
+            ratings += 1
+    return bws, ratings, False
+
+
+def run_simulation(url: str, admin: str, admin_password: str, config: SimulationConfig,
+                   client: httpx.Client | None = None) -> SimulationResult:
+    """Drives the API at `url` (or through `client`, e.g. a FastAPI TestClient) until `judgements` are in."""
+    client = client or httpx.Client(base_url=url, timeout=30)
+    annotator_headers = _ensure_annotators(client, _login(client, admin, admin_password), config)
+    remaining, lock = [config.judgements], threading.Lock()
+
+    def take_one() -> bool:  # the shared budget of judgements
+        with lock:
+            if remaining[0] <= 0:
+                return False
+            remaining[0] -= 1
+            return True
+
+    with ThreadPoolExecutor(max_workers=config.annotators) as pool:
+        results = list(pool.map(
+            lambda i: _annotate(client, annotator_headers[i], config, random.Random(config.seed * 1000 + i), take_one),
+            range(config.annotators),
+        ))
+    return SimulationResult(annotators=config.annotators, judgements=sum(r[0] for r in results),
+                            ratings=sum(r[1] for r in results),
+                            nothing_left=any(r[2] for r in results))

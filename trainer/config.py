@@ -1,0 +1,40 @@
+"""The trainer's settings: one place, nested per part, read from STORYLOOP_TRAINER_* variables.
+
+Nested fields use a double underscore: STORYLOOP_TRAINER_PPO__BATCH_SIZE=32,
+STORYLOOP_TRAINER_BASE_POLICY=gpt2, STORYLOOP_TRAINER_BOOTSTRAP_PRESET=tiny.
+"""
+
+from dataclasses import dataclass
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainer.ppo import PPOConfig
+from trainer.reward_model import RewardModelConfig
+
+
+@dataclass
+class GenerationConfig:
+    continuations_per_prompt: int = 4  # K new continuations per active prompt and round
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    batch_size: int = 16
+    older_per_prompt: int = 4  # earlier versions' continuations mixed into the new tuples
+    max_prompts: int = 0  # 0 = every active prompt
+
+
+class TrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STORYLOOP_TRAINER_", env_nested_delimiter="__",
+                                      env_file=".env", extra="ignore")
+
+    # "bootstrap" pretrains a small GPT-2 offline; anything else is a hub id or a local folder.
+    base_policy: str = "bootstrap"
+    bootstrap_preset: str = "demo"  # tiny | demo | base
+    ppo_steps: int = 20  # PPO steps per round
+    seed: int = 0
+    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(batch_size=16, mini_batch_size=8, max_new_tokens=48,
+                                                             learning_rate=1e-5, adaptive_kl=True))
+    reward: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)

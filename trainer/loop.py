@@ -1,0 +1,110 @@
+"""The trainer process: holds the one-trainer lease, resumes an interrupted round, then polls.
+
+A round starts when an admin asks for one (a "requested" row) or when enough new judgements have
+arrived since the last finished round (settings.trainer_min_new_judgements and ..._min_new_fraction).
+"""
+
+import logging
+import time
+import traceback
+
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import Database
+from app.models import TrainingRound, utcnow
+from trainer import model_store
+from trainer.config import TrainerSettings
+from trainer.lease import Heartbeat, holder_name, release, try_acquire
+from trainer.rounds import judgements_since_last_round, run_round
+
+log = logging.getLogger("storyloop.trainer")
+
+
+class TrainerBusy(RuntimeError):
+    pass
+
+
+def next_round_id(database: Database, settings: Settings, auto: bool = True) -> int | None:
+    """An interrupted or requested round, else a new automatic one when enough judgements came in."""
+    with database.write() as db:
+        pending = db.scalar(select(TrainingRound).where(TrainingRound.status.in_(("running", "requested")))
+                            .order_by(TrainingRound.id).limit(1))
+        if pending is not None:
+            return pending.id
+        if not auto:
+            return None
+        now, used = judgements_since_last_round(database)
+        new = now - used
+        if now == 0 or new < settings.trainer_min_new_judgements or new < settings.trainer_min_new_fraction * max(used, 1):
+            return None
+        r = TrainingRound(status="requested", trigger="auto")
+        db.add(r)
+        db.flush()
+        return r.id
+
+
+def run_one(database: Database, settings: Settings, cfg: TrainerSettings, round_id: int, echo: bool = True) -> bool:
+    """Runs a round and records success or failure on it. Returns True on success."""
+    try:
+        run_round(database, settings, cfg, round_id, echo)
+        return True
+    except Exception as exc:  # the round fails; the trainer keeps serving later rounds
+        log.error("round %s failed: %s", round_id, exc)
+        with database.write() as db:
+            r = db.get(TrainingRound, round_id)
+            r.status, r.error, r.finished_at = "failed", f"{exc}\n{traceback.format_exc(limit=5)}", utcnow()
+        return False
+
+
+def acquire_or_raise(database: Database, holder: str) -> None:
+    other = try_acquire(database, holder)
+    if other is not None:
+        raise TrainerBusy(f"another trainer ({other}) holds the lease; only one trainer runs at a time")
+
+
+def train_once(database: Database, settings: Settings, cfg: TrainerSettings, trigger: str = "cli") -> int:
+    """One round now (resuming an interrupted one first). Returns the round id."""
+    holder = holder_name()
+    acquire_or_raise(database, holder)
+    try:
+        model_store.clean_incomplete(settings.model_store, database)
+        with Heartbeat(database, holder):
+            round_id = next_round_id(database, settings, auto=False)
+            if round_id is None:
+                with database.write() as db:
+                    r = TrainingRound(status="requested", trigger=trigger)
+                    db.add(r)
+                    db.flush()
+                    round_id = r.id
+            if not run_one(database, settings, cfg, round_id):
+                with database.read() as db:
+                    raise RuntimeError(db.get(TrainingRound, round_id).error)
+            return round_id
+    finally:
+        release(database, holder)
+
+
+def serve_forever(database: Database, settings: Settings, cfg: TrainerSettings, max_rounds: int | None = None) -> None:
+    """The background trainer. Waits while another trainer holds the lease."""
+    holder = holder_name()
+    while (other := try_acquire(database, holder)) is not None:
+        log.warning("another trainer (%s) is running; waiting for its lease to expire", other)
+        time.sleep(settings.trainer_poll_seconds)
+    log.info("trainer %s started; polling every %ss", holder, settings.trainer_poll_seconds)
+    rounds = 0
+    try:
+        model_store.clean_incomplete(settings.model_store, database)
+        with Heartbeat(database, holder) as heartbeat:
+            while not heartbeat.lost.is_set() and (max_rounds is None or rounds < max_rounds):
+                round_id = next_round_id(database, settings)
+                if round_id is None:
+                    time.sleep(settings.trainer_poll_seconds)
+                    continue
+                log.info("starting round %s", round_id)
+                run_one(database, settings, cfg, round_id)
+                rounds += 1
+            if heartbeat.lost.is_set():
+                log.error("lost the trainer lease to another process; stopping")
+    finally:
+        release(database, holder)

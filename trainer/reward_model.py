@@ -1,0 +1,95 @@
+"""Reward model from BWS judgements, trained with TRL's RewardTrainer.
+
+The reward model starts from the current policy's weights (same tokenizer, so PPO can hand it text)
+with a fresh scalar head. Held-out pairwise accuracy is measured by scoring text exactly as the
+trainer formatted it (trainer.reward_format), EOS included.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, TrainerCallback
+from trl import RewardConfig, RewardTrainer
+
+from trainer.data import PreferencePairs
+from trainer.ppo import score_sequences
+
+
+@dataclass
+class RewardModelConfig:
+    learning_rate: float = 1e-4
+    epochs: float = 2.0
+    batch_size: int = 16
+    max_length: int = 256  # tokens of prompt + continuation + EOS
+    held_out_fraction: float = 0.2  # of judgements, not pairs
+    seed: int = 0
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, report: Callable[[int, int, dict], None]):
+        self.report = report
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.report(state.global_step, state.max_steps, {})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.report(state.global_step, state.max_steps, {"loss": float(logs["loss"])})
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer, pairs: PreferencePairs, batch_size: int = 32) -> float | None:
+    """Fraction of pairs where the chosen text scores above the rejected one (ties count half)."""
+    if len(pairs) == 0:
+        return None
+    model.eval()
+    chosen = score_sequences(model, tokenizer, pairs.prompt, pairs.chosen, batch_size)  # (N,)
+    rejected = score_sequences(model, tokenizer, pairs.prompt, pairs.rejected, batch_size)  # (N,)
+    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+
+
+def train_reward_model(
+    base_path: str | Path,
+    tokenizer,
+    train: PreferencePairs,
+    held_out: PreferencePairs,
+    config: RewardModelConfig,
+    work_dir: Path,
+    report: Callable[[int, int, dict], None] = lambda step, total, metrics: None,
+):
+    """Returns (reward model, metrics). ``base_path`` is a saved causal LM (the current policy)."""
+    if len(train) == 0:
+        raise ValueError("no preference pairs to train a reward model on: collect BWS judgements first")
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_path), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = RewardConfig(
+        output_dir=str(work_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    trainer = RewardTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_dict(train.as_columns()), callbacks=[_Progress(report)],
+    )
+    result = trainer.train()
+    model = trainer.model.float().eval()
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "train_pairs": len(train),
+        "held_out_pairs": len(held_out),
+        "train_accuracy": pairwise_accuracy(model, tokenizer, train),
+        "held_out_accuracy": pairwise_accuracy(model, tokenizer, held_out),
+    }
+    return model, metrics
