@@ -1,0 +1,13 @@
+# One image for the web app and the trainer (they run as separate containers; see docker-compose.yml).
+FROM python:3.11-slim
+WORKDIR /srv/storyloop
+ENV PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false STORYLOOP_DATA_DIR=/data
+COPY pyproject.toml README.md alembic.ini ./
+COPY app app
+COPY trainer trainer
+COPY migrations migrations
+COPY templates templates
+COPY static static
+RUN pip install --no-cache-dir "torch==2.13.0" && pip install --no-cache-dir -e ".[trainer]"
+EXPOSE 8000
+CMD ["storyloop", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

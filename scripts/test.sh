@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: SQLite and PostgreSQL database tests, trainer tests with tiny models,
+# and the browser tests in Debian's headless Chromium. Installs the system packages it needs when
+# run as root on Debian (PostgreSQL, Chromium) and starts PostgreSQL itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium is missing (apt-get install chromium); browser tests will fail" >&2
+  fi
+fi
+
+STORYLOOP_TEST_POSTGRES_URL=$(scripts/postgres-for-tests.sh)
+export STORYLOOP_TEST_POSTGRES_URL
+export TOKENIZERS_PARALLELISM=false
+
+exec .venv/bin/python -m pytest -q "$@"
