@@ -34,6 +34,22 @@ def _database(migrate: bool = True) -> Database:
     return Database.from_url(settings.resolved_database_url)
 
 
+def _database_when_ready() -> Database:
+    """The trainer does not migrate (the web app does); it waits until the schema is current."""
+    import time
+
+    from app.migrate import SchemaBehindError, check_schema_current
+
+    database = _database(migrate=False)
+    while True:
+        try:
+            check_schema_current(database.engine)
+            return database
+        except (SchemaBehindError, Exception) as exc:  # no database yet, or an older schema
+            typer.echo(f"trainer: waiting for the database schema ({exc})", err=True)
+            time.sleep(5)
+
+
 def _uvicorn(host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -63,11 +79,20 @@ def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
     settings = get_settings()
     database = _database(migrate=True)
     info = seed_demo(database, settings)
+    # Demo passwords are kept in the data folder (readable by its owner only), so a second
+    # `make demo` can print them again.
+    accounts_file = settings.data_dir / "demo-accounts.txt"
+    if info.created:
+        accounts = {"admin": info.admin_password, **info.accounts} if info.admin_password else dict(info.accounts)
+        accounts_file.write_text("".join(f"{u} {p}\n" for u, p in accounts.items()))
+        accounts_file.chmod(0o600)
     typer.echo("\n=== storyloop demo ===")
-    typer.echo(f"open http://{host}:{port}/")
-    for username, password in info.accounts.items():
-        typer.echo(f"  {username:12s} {password}")
-    typer.echo(f"{info.prompts} prompts, {info.continuations} continuations, {info.tasks} tasks\n")
+    typer.echo(info.summary())
+    if not info.created and accounts_file.exists():
+        typer.echo(f"demo accounts (from {accounts_file}):")
+        typer.echo("".join(f"  {line}\n" for line in accounts_file.read_text().splitlines()), nl=False)
+    typer.echo(f"\nopen http://{host}:{port}/ and log in; the trainer runs a round once "
+               f"{settings.trainer_min_new_judgements} new judgements are in (or from the admin page)\n")
     child = None
     if trainer:
         # The trainer is its own process: the web app never imports torch.
@@ -154,7 +179,7 @@ def trainer(max_rounds: Optional[int] = None):
     from trainer.loop import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve_forever(_database(), get_settings(), TrainerSettings(), max_rounds)
+    serve_forever(_database_when_ready(), get_settings(), TrainerSettings(), max_rounds)
 
 
 @train_cli.command("once")

@@ -101,9 +101,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def login_required(request: Request, exc: LoginRequired):
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
-    from app.routes import api, api_admin, pages_admin, pages_annotate, pages_auth
+    from app.routes import api, api_admin, api_training, pages_admin, pages_annotate, pages_auth
 
-    for module in (api, api_admin, pages_auth, pages_annotate, pages_admin):
+    for module in (api, api_admin, api_training, pages_auth, pages_annotate, pages_admin):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
