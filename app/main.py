@@ -1,5 +1,7 @@
 """The app factory: settings, database, middleware, error pages and routers."""
 
+from urllib.parse import urlencode
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -99,7 +101,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?{urlencode({'next': target}, safe='/')}", status_code=303)
 
     from app.routes import api, api_admin, api_training, pages_admin, pages_annotate, pages_auth
 

@@ -1,5 +1,295 @@
-"""(being written)"""
+"""Browser pages for annotators and evaluators: the queue, BWS and rating forms, skip, guidelines.
 
-from fastapi import APIRouter
+The pages call the same service functions as the JSON API (app/services/tasks.py), so leasing,
+idempotency and counting behave identically. Judging is blind: nothing here shows model versions.
+"""
 
-router = APIRouter()
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+
+from app.deps import Csrf, DatabaseDep, PageUser, PageUserOptional, SettingsDep
+from app.models import Assignment, User, utcnow
+from app.services import tasks
+from app.services.errors import Conflict, Invalid, NotFound
+from app.services.tasks import BwsSubmission, RatingSubmission, TaskView
+from app.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+# A queue is where the "Next task" button leads: which task kinds it hands out.
+# (Evaluation campaigns can add their own queue here.)
+QUEUES: dict[str, dict] = {
+    "annotate": {"title": "Annotate", "kinds": None, "roles": ("annotator", "admin")},
+    "evaluate": {"title": "Evaluate", "kinds": ("rating",), "roles": ("evaluator", "admin")},
+}
+
+RUBRIC = [
+    {"name": "grammar", "label": "Grammar",
+     "question": "Is the text well-formed English?",
+     "scale": {1: "Many errors; hard to read", 3: "Some errors, but readable", 5: "Fluent, no errors"}},
+    {"name": "creativity", "label": "Creativity",
+     "question": "Is the continuation original and interesting?",
+     "scale": {1: "Bland, repetitive or copied", 3: "Some fresh ideas", 5: "Surprising and imaginative"}},
+    {"name": "consistency", "label": "Consistency",
+     "question": "Does it stay true to the prompt: characters, facts, tone?",
+     "scale": {1: "Contradicts the prompt", 3: "Minor slips", 5: "Fully consistent"}},
+    {"name": "plot", "label": "Plot coherence",
+     "question": "Do the events follow sensibly from one another?",
+     "scale": {1: "Random, no story", 3: "Mostly follows", 5: "Clear, logical story"}},
+]
+
+MAX_DURATION_MS = 24 * 3600 * 1000
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _flash(request: Request, message: str, kind: str = "ok") -> None:
+    request.session["flash"] = {"message": message, "kind": kind}
+
+
+def _pop_flash(request: Request) -> dict | None:
+    return request.session.pop("flash", None)
+
+
+def _queue_of(request: Request, user: User) -> str:
+    """The queue the user last drew from, if their role still allows it."""
+    name = request.session.get("queue")
+    if name in QUEUES and user.role in QUEUES[name]["roles"]:
+        return name
+    return "evaluate" if user.role == "evaluator" else "annotate"
+
+
+def _next_or_done(request: Request, database, settings, user: User) -> RedirectResponse:
+    queue = _queue_of(request, user)
+    kinds = QUEUES[queue]["kinds"]
+    view = tasks.next_task(database, user, settings.lease_seconds, list(kinds) if kinds else None)
+    if view is None:
+        return _redirect(f"/done?queue={queue}")
+    return _redirect(f"/task/{view.assignment_id}")
+
+
+# ---------------------------------------------------------------- queue pages
+
+
+def _queue_page(request: Request, user: User, database, name: str):
+    if user.role not in QUEUES[name]["roles"]:
+        return _redirect("/evaluate" if name == "annotate" else "/annotate")
+    return templates.TemplateResponse(request, "annotate/queue.html", {
+        "user": user, "queue": name, "title": QUEUES[name]["title"],
+        "progress": tasks.progress(database, user), "flash": _pop_flash(request),
+    })
+
+
+@router.get("/annotate")
+def annotate(request: Request, user: PageUser, database: DatabaseDep):
+    return _queue_page(request, user, database, "annotate")
+
+
+@router.get("/evaluate")
+def evaluate(request: Request, user: PageUser, database: DatabaseDep):
+    return _queue_page(request, user, database, "evaluate")
+
+
+def _start(request: Request, user: User, database, settings, name: str):
+    if user.role not in QUEUES[name]["roles"]:
+        return _redirect("/")
+    request.session["queue"] = name
+    return _next_or_done(request, database, settings, user)
+
+
+@router.post("/annotate/next", dependencies=[Csrf])
+def annotate_next(request: Request, user: PageUser, database: DatabaseDep, settings: SettingsDep):
+    return _start(request, user, database, settings, "annotate")
+
+
+@router.post("/evaluate/next", dependencies=[Csrf])
+def evaluate_next(request: Request, user: PageUser, database: DatabaseDep, settings: SettingsDep):
+    return _start(request, user, database, settings, "evaluate")
+
+
+@router.get("/done")
+def done(request: Request, user: PageUser, database: DatabaseDep, queue: str = ""):
+    if queue not in QUEUES:
+        queue = _queue_of(request, user)
+    return templates.TemplateResponse(request, "annotate/done.html", {
+        "user": user, "queue": queue, "title": QUEUES[queue]["title"],
+        "progress": tasks.progress(database, user), "flash": _pop_flash(request),
+    })
+
+
+@router.get("/guidelines")
+def guidelines(request: Request, user: PageUserOptional):
+    return templates.TemplateResponse(request, "annotate/guidelines.html", {"user": user, "rubric": RUBRIC})
+
+
+# ---------------------------------------------------------------- one task
+
+
+def _lease_info(database, user: User, assignment_id: int) -> tuple[str, datetime]:
+    """Status and lease start of the user's own assignment (not part of TaskView)."""
+    with database.read() as db:
+        assignment = db.get(Assignment, assignment_id)
+        if assignment is None or assignment.user_id != user.id:
+            raise NotFound("no such task of yours")
+        return assignment.status, assignment.leased_at
+
+
+def _task_page(request: Request, user: User, database, view: TaskView, *, error: str = "",
+               values: dict | None = None, key: str | None = None, status_code: int = 200):
+    status, _ = _lease_info(database, user, view.assignment_id)
+    minutes_left = max(0, int((view.expires_at - utcnow()).total_seconds() // 60))
+    template = "annotate/bws.html" if view.kind == "bws" else "annotate/rating.html"
+    return templates.TemplateResponse(request, template, {
+        "user": user, "task": view, "status": status, "minutes_left": minutes_left,
+        "progress": tasks.progress(database, user), "queue": _queue_of(request, user),
+        "idempotency_key": key or uuid.uuid4().hex, "values": values or {}, "error": error,
+        "flash": _pop_flash(request), "rubric": RUBRIC,
+    }, status_code=status_code)
+
+
+@router.get("/task/{assignment_id}")
+def show_task(request: Request, assignment_id: int, user: PageUser, database: DatabaseDep):
+    view = tasks.get_task(database, user, assignment_id)
+    return _task_page(request, user, database, view)
+
+
+def _duration(database, user: User, assignment_id: int, measured: str) -> int | None:
+    """The duration measured in the browser, else the time since the task was leased."""
+    try:
+        value = int(measured)
+        if 0 <= value <= MAX_DURATION_MS:
+            return value
+    except ValueError:
+        pass
+    _, leased_at = _lease_info(database, user, assignment_id)
+    return min(MAX_DURATION_MS, max(0, int((utcnow() - leased_at).total_seconds() * 1000)))
+
+
+def _int_or_none(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _after_submit(request: Request, database, settings, user: User, result) -> RedirectResponse:
+    if result.replayed:
+        _flash(request, "Already saved.")
+    elif result.counted:
+        _flash(request, "Saved.")
+    else:
+        _flash(request, "Saved (after the reservation ran out, so it was kept as an extra judgement).")
+    return _next_or_done(request, database, settings, user)
+
+
+def _already_finished(request: Request, database, settings, user: User, exc: Conflict) -> RedirectResponse:
+    _flash(request, f"Not saved again: {exc.message}.", "bad")
+    return _next_or_done(request, database, settings, user)
+
+
+@router.post("/task/{assignment_id}/bws", dependencies=[Csrf])
+def submit_bws(
+    request: Request,
+    assignment_id: int,
+    user: PageUser,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str, Form()],
+    best_id: Annotated[str, Form()] = "",
+    worst_id: Annotated[str, Form()] = "",
+    duration_ms: Annotated[str, Form()] = "",
+):
+    view = tasks.get_task(database, user, assignment_id)
+    if view.kind != "bws":
+        raise Invalid(f"this is a {view.kind} task, not bws")
+    best, worst = _int_or_none(best_id), _int_or_none(worst_id)
+    values = {"best_id": best, "worst_id": worst}
+
+    def again(message: str):
+        return _task_page(request, user, database, view, error=message, values=values, key=idempotency_key,
+                          status_code=422)
+
+    if best is None or worst is None:
+        return again("Choose one best and one worst continuation.")
+    if best == worst:
+        return again("Best and worst must differ: choose two different continuations.")
+    try:
+        data = BwsSubmission(best_id=best, worst_id=worst, idempotency_key=idempotency_key,
+                             duration_ms=_duration(database, user, assignment_id, duration_ms))
+    except ValidationError:
+        return again("The form was damaged; reload the page and try again.")
+    try:
+        result = tasks.submit_bws(database, user, assignment_id, data)
+    except Invalid as exc:
+        return again(exc.message[:1].upper() + exc.message[1:] + ".")
+    except Conflict as exc:
+        return _already_finished(request, database, settings, user, exc)
+    return _after_submit(request, database, settings, user, result)
+
+
+@router.post("/task/{assignment_id}/rating", dependencies=[Csrf])
+def submit_rating(
+    request: Request,
+    assignment_id: int,
+    user: PageUser,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str, Form()],
+    grammar: Annotated[str, Form()] = "",
+    creativity: Annotated[str, Form()] = "",
+    consistency: Annotated[str, Form()] = "",
+    plot: Annotated[str, Form()] = "",
+    comment: Annotated[str, Form()] = "",
+    duration_ms: Annotated[str, Form()] = "",
+):
+    view = tasks.get_task(database, user, assignment_id)
+    if view.kind != "rating":
+        raise Invalid(f"this is a {view.kind} task, not rating")
+    scores = {"grammar": _int_or_none(grammar), "creativity": _int_or_none(creativity),
+              "consistency": _int_or_none(consistency), "plot": _int_or_none(plot)}
+    values = {**scores, "comment": comment}
+
+    def again(message: str):
+        return _task_page(request, user, database, view, error=message, values=values, key=idempotency_key,
+                          status_code=422)
+
+    missing = [d["label"] for d in RUBRIC if scores[d["name"]] not in (1, 2, 3, 4, 5)]
+    if missing:
+        return again("Give every dimension a score from 1 to 5 (missing: " + ", ".join(missing) + ").")
+    try:
+        data = RatingSubmission(**scores, comment=comment, idempotency_key=idempotency_key,
+                                duration_ms=_duration(database, user, assignment_id, duration_ms))
+    except ValidationError as exc:
+        return again("Please check the form: " + "; ".join(e["msg"] for e in exc.errors()))
+    try:
+        result = tasks.submit_rating(database, user, assignment_id, data)
+    except Invalid as exc:
+        return again(exc.message)
+    except Conflict as exc:
+        return _already_finished(request, database, settings, user, exc)
+    return _after_submit(request, database, settings, user, result)
+
+
+@router.post("/task/{assignment_id}/skip", dependencies=[Csrf])
+def skip(
+    request: Request,
+    assignment_id: int,
+    user: PageUser,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    reason: Annotated[str, Form()] = "",
+):
+    try:
+        tasks.skip_task(database, user, assignment_id, reason.strip())
+        _flash(request, "Skipped.")
+    except Conflict as exc:
+        _flash(request, f"Not skipped: {exc.message}.", "bad")
+    return _next_or_done(request, database, settings, user)
+

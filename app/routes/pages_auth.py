@@ -1,5 +1,135 @@
-"""(being written)"""
+"""Browser pages for signing in and out, joining by invite link, and the home redirect."""
 
-from fastapi import APIRouter
+from typing import Annotated
+from urllib.parse import quote, urlsplit
 
-router = APIRouter()
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse
+
+from app.deps import Csrf, DatabaseDep, PageUserOptional
+from app.models import User
+from app.services import users
+from app.services.errors import ServiceError
+from app.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+HOME_OF_ROLE = {"annotator": "/annotate", "evaluator": "/evaluate", "admin": "/admin"}
+
+
+def safe_next(target: str | None) -> str | None:
+    """Only local absolute paths: never another host, scheme-relative URL or backslash trick."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(ord(ch) < 32 for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def home_of(user: User) -> str:
+    return HOME_OF_ROLE.get(user.role, "/guidelines")
+
+
+def _sign_in(request: Request, user: User) -> None:
+    # Rotate the session: nothing from before the login (CSRF token included) survives it.
+    request.session.clear()
+    request.session["user_id"] = user.id
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/")
+def home(user: PageUserOptional):
+    if user is None:
+        return _redirect("/login")
+    return _redirect(home_of(user))
+
+
+# ---------------------------------------------------------------- login / logout
+
+
+def _login_page(request: Request, next_url: str | None, error: str = "", username: str = "", status_code: int = 200):
+    return templates.TemplateResponse(
+        request, "auth/login.html",
+        {"user": None, "next": next_url or "", "error": error, "username": username},
+        status_code=status_code,
+    )
+
+
+@router.get("/login")
+def login_form(request: Request, user: PageUserOptional, next: str | None = None):
+    if user is not None:
+        return _redirect(safe_next(next) or home_of(user))
+    return _login_page(request, safe_next(next))
+
+
+@router.post("/login", dependencies=[Csrf])
+def login(
+    request: Request,
+    database: DatabaseDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "",
+):
+    username = username.strip()
+    with database.read() as db:
+        user = users.authenticate(db, username, password) if username and password else None
+    if user is None:
+        return _login_page(request, safe_next(next), "Wrong username or password (or the account is deactivated).",
+                           username, status_code=401)
+    _sign_in(request, user)
+    return _redirect(safe_next(next) or home_of(user))
+
+
+@router.post("/logout", dependencies=[Csrf])
+def logout(request: Request):
+    request.session.clear()
+    return _redirect("/login")
+
+
+# ---------------------------------------------------------------- invites
+
+
+def _invite_page(request: Request, token: str, role: str, error: str = "", username: str = "", status_code: int = 200):
+    return templates.TemplateResponse(
+        request, "auth/invite.html",
+        {"user": None, "token": token, "role": role, "error": error, "username": username,
+         "min_password": users.MIN_PASSWORD, "action": f"/invite/{quote(token, safe='')}"},
+        status_code=status_code,
+    )
+
+
+@router.get("/invite/{token}")
+def invite_form(request: Request, token: str, database: DatabaseDep):
+    with database.read() as db:
+        invite = users.open_invite(db, token)  # NotFound -> error page
+        role = invite.role
+    return _invite_page(request, token, role)
+
+
+@router.post("/invite/{token}", dependencies=[Csrf])
+def invite_accept(
+    request: Request,
+    token: str,
+    database: DatabaseDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    password2: Annotated[str, Form()] = "",
+):
+    username = username.strip()
+    with database.read() as db:
+        role = users.open_invite(db, token).role  # NotFound -> error page
+    if password != password2:
+        return _invite_page(request, token, role, "The two passwords differ.", username, status_code=422)
+    try:
+        with database.write() as db:
+            user = users.accept_invite(db, token, username, password)
+    except ServiceError as exc:
+        return _invite_page(request, token, role, exc.message, username, status_code=exc.status_code)
+    _sign_in(request, user)
+    return _redirect(home_of(user))

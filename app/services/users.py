@@ -72,15 +72,16 @@ def create_invite(db: Session, role: str, created_by: User | None, days: int = 1
     return invite
 
 
-def open_invite(db: Session, token: str) -> Invite:
-    invite = db.scalar(select(Invite).where(Invite.token == token))
+def open_invite(db: Session, token: str, lock: bool = False) -> Invite:
+    query = select(Invite).where(Invite.token == token)
+    invite = db.scalar(query.with_for_update() if lock else query)
     if invite is None or invite.used_at is not None or invite.expires_at < utcnow():
         raise NotFound("this invite link is unknown, used or expired")
     return invite
 
 
 def accept_invite(db: Session, token: str, username: str, password: str) -> User:
-    invite = open_invite(db, token)
+    invite = open_invite(db, token, lock=True)  # two people on one link: the second waits, then finds it used
     user = create_user(db, username, password, invite.role)
     invite.used_by_id, invite.used_at = user.id, utcnow()
     return user

@@ -1,0 +1,181 @@
+/* storyloop task pages: keyboard shortcuts, a check before submitting, and the time taken.
+ *
+ * Everything works without this script (plain radio buttons and forms); it only adds:
+ *   BWS:    1-4 mark best, Shift+1-4 mark worst, Enter submits, S skips.
+ *   Rating: 1-5 score the highlighted scale and move to the next one, Enter submits, S skips.
+ * Number keys are matched by physical key (KeyboardEvent.code "Digit1".."Digit5", or the number
+ * pad), so they work on every layout, AZERTY included, whatever character the key produces.
+ */
+(function () {
+  "use strict";
+  var form = document.getElementById("task-form");
+  if (!form) return;
+  var kind = form.dataset.kind;
+  var submitBtn = document.getElementById("submit-btn");
+  var msg = document.getElementById("form-msg");
+  var skipForm = document.getElementById("skip-form");
+  var durationInput = form.querySelector("[data-duration]");
+  var started = performance.now();
+  var sending = false;
+  var tried = false;
+
+  form.noValidate = true; // this script checks and explains; without it the browser's `required` does
+
+  function digitOf(e) {
+    var m = /^(?:Digit|Numpad)([0-9])$/.exec(e.code || "");
+    if (m) return +m[1];
+    if (/^[0-9]$/.test(e.key || "")) return +e.key; // virtual keyboards without a code
+    return null;
+  }
+
+  function isTyping(el) {
+    if (!el || !el.tagName) return false;
+    if (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT") return true;
+    return el.tagName === "INPUT" && ["radio", "checkbox", "button", "submit", "reset"].indexOf(el.type) < 0;
+  }
+
+  function show(text, bad) {
+    msg.textContent = text;
+    msg.hidden = !text;
+    msg.classList.toggle("bad", !!bad);
+    msg.classList.toggle("hint", !bad);
+  }
+
+  // ------------------------------------------------------------ BWS
+
+  var cards = Array.prototype.slice.call(form.querySelectorAll(".cont"));
+
+  function radio(name, n) {
+    return cards[n - 1] && cards[n - 1].querySelector('input[name="' + name + '"]');
+  }
+
+  function checkedValue(name) {
+    var r = form.querySelector('input[name="' + name + '"]:checked');
+    return r ? r.value : null;
+  }
+
+  function bwsProblem() {
+    var best = checkedValue("best_id"), worst = checkedValue("worst_id");
+    cards.forEach(function (card) {
+      card.classList.toggle("is-best", card.querySelector('input[name="best_id"]').checked);
+      card.classList.toggle("is-worst", card.querySelector('input[name="worst_id"]').checked);
+    });
+    if (best && worst && best === worst) return { text: "Best and worst must differ: pick two different continuations.", bad: true };
+    if (!best && !worst) return { text: "Mark one continuation as best (1–4) and one as worst (Shift+1–4)." };
+    if (!best) return { text: "Now mark the best continuation (1–4)." };
+    if (!worst) return { text: "Now mark the worst continuation (Shift+1–4)." };
+    return null;
+  }
+
+  // ------------------------------------------------------------ rating
+
+  var dims = Array.prototype.slice.call(form.querySelectorAll("fieldset.dim"));
+  var current = 0;
+
+  function setCurrent(i) {
+    current = Math.max(0, Math.min(dims.length - 1, i));
+    dims.forEach(function (d, j) { d.classList.toggle("current", j === current); });
+  }
+
+  function focusDim(i) {
+    var d = dims[i];
+    var target = d.querySelector("input:checked") || d.querySelector("input");
+    target.focus();
+  }
+
+  function ratingProblem() {
+    var missing = dims.filter(function (d) { return !d.querySelector("input:checked"); })
+      .map(function (d) { return d.dataset.label; });
+    if (missing.length) return { text: "Still to score: " + missing.join(", ") + "." };
+    return null;
+  }
+
+  dims.forEach(function (d, i) {
+    d.addEventListener("focusin", function () { setCurrent(i); });
+  });
+
+  // ------------------------------------------------------------ both
+
+  function problem() { return kind === "bws" ? bwsProblem() : ratingProblem(); }
+
+  function update() {
+    var p = problem();
+    submitBtn.disabled = !!p || sending;
+    if (p) show(p.text, p.bad || tried);
+    else show("", false);
+    return p;
+  }
+
+  form.addEventListener("change", update);
+
+  form.addEventListener("submit", function (e) {
+    var p = update();
+    if (sending || p) {
+      e.preventDefault();
+      if (p) { tried = true; show(p.text, true); }
+      return;
+    }
+    if (durationInput) durationInput.value = String(Math.round(performance.now() - started));
+    sending = true; // a second Enter or click does nothing; the server would not count it twice anyway
+    setTimeout(function () { submitBtn.disabled = true; }, 0);
+  });
+
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) { sending = false; update(); } // back/forward cache: the form is live again
+  });
+
+  if (skipForm) {
+    skipForm.addEventListener("submit", function (e) {
+      if (sending) { e.preventDefault(); return; }
+      sending = true;
+    });
+  }
+
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && t && t.form === form) {
+      e.preventDefault();
+      form.requestSubmit();
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.repeat) return;
+    if (isTyping(t)) return; // typing a comment or a skip reason
+    if (e.key === "Enter") {
+      if (t && (t.tagName === "BUTTON" || t.tagName === "A" || t.tagName === "SUMMARY")) return; // their own action
+      e.preventDefault();
+      form.requestSubmit();
+      return;
+    }
+    if ((e.key || "").toLowerCase() === "s" && !e.shiftKey && skipForm) {
+      e.preventDefault();
+      skipForm.requestSubmit();
+      return;
+    }
+    var n = digitOf(e);
+    if (n === null) return;
+    if (kind === "bws") {
+      var r = radio(e.shiftKey ? "worst_id" : "best_id", n);
+      if (!r) return;
+      e.preventDefault();
+      r.checked = true;
+      r.focus();
+      update();
+    } else if (n >= 1 && n <= 5 && dims.length) {
+      var choice = dims[current].querySelector('input[value="' + n + '"]');
+      if (!choice) return;
+      e.preventDefault();
+      choice.checked = true;
+      update();
+      if (current < dims.length - 1) {
+        setCurrent(current + 1);
+        focusDim(current);
+      } else {
+        choice.focus();
+        if (!submitBtn.disabled) submitBtn.focus();
+      }
+    }
+  });
+
+  if (dims.length) setCurrent(0);
+  update();
+})();
