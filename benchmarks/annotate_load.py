@@ -1,0 +1,419 @@
+"""Load test of the annotation API: many annotators fetching and submitting BWS judgements at once.
+
+For each database it creates a fresh one (a SQLite temp file; a new PostgreSQL database next to
+--postgres-url / STORYLOOP_BENCH_POSTGRES_URL), migrates it, seeds prompts, continuations, BWS
+tasks and annotator accounts with API tokens, starts the real server as a subprocess
+(`uvicorn --factory app.main:create_app`, configured through STORYLOOP_* variables), and runs N
+simulated annotators over HTTP on loopback for a bounded time: fetch next task -> submit best/worst.
+It prints judgements/s, fetch and submit latency percentiles, errors, and whether the database holds
+exactly the judgements that were acknowledged.
+
+    python benchmarks/annotate_load.py --annotators 50 200 --seconds 20 --db sqlite postgresql --workers 2
+
+The load generator speaks HTTP/1.1 on raw asyncio streams by default (--client raw): on a small
+machine it shares the CPUs with the server, and httpx costs several times more CPU per request.
+--client httpx uses httpx.AsyncClient instead. Client CPU is reported so its share is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from app.db import Database  # noqa: E402
+from app.migrate import upgrade_to_head  # noqa: E402
+from app.models import (  # noqa: E402
+    ApiToken, Batch, BwsJudgement, Continuation, ModelVersion, Prompt, Task, TaskItem, User, utcnow,
+)
+from app.security import hash_password, new_token, token_digest  # noqa: E402
+
+MAX_SECONDS = 120
+MAX_ANNOTATORS = 2000
+
+
+# ---------------------------------------------------------------- databases
+
+
+def fresh_database(kind: str, postgres_url: str, workdir: Path) -> tuple[str, callable]:
+    if kind == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
+        return f"sqlite:///{path}", lambda: [p.unlink(missing_ok=True) for p in workdir.glob(path.name + "*")]
+    if not postgres_url:
+        raise SystemExit("PostgreSQL: pass --postgres-url or set STORYLOOP_BENCH_POSTGRES_URL")
+    server = make_url(postgres_url)
+    name = f"storyloop_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return server.set(database=name).render_as_string(hide_password=False), drop
+
+
+def seed(url: str, tasks: int, annotators: int, required: int, per_prompt: int = 12, seed_: int = 0) -> list[str]:
+    """Prompts, continuations, `tasks` BWS tuples (random 4-subsets per prompt) and annotator tokens."""
+    rng = random.Random(seed_)
+    database = Database.from_url(url)
+    prompts = max(1, (tasks + 29) // 30)
+    with database.write() as db:
+        version = ModelVersion(name="bench-source", kind="source", algorithm="import")
+        db.add(version)
+        batch = Batch(name="bench", kind="bws", annotations_per_task=required)
+        db.add(batch)
+        db.flush()
+        now = utcnow()
+        db.execute(insert(Prompt), [{"text": f"Prompt {p}: once upon a time there was a fox called {p}. " * 3,
+                                     "is_active": True, "created_at": now} for p in range(prompts)])
+        prompt_ids = list(db.scalars(select(Prompt.id).order_by(Prompt.id)))
+        db.execute(insert(Continuation), [
+            {"prompt_id": pid, "model_version_id": version.id, "generation_settings": {}, "created_at": now,
+             "text": f"Continuation {c} of prompt {pid}: the fox ran {c} miles and then sat down to think. " * 4}
+            for pid in prompt_ids for c in range(per_prompt)])
+        by_prompt: dict[int, list[int]] = {}
+        for pid, cid in db.execute(select(Continuation.prompt_id, Continuation.id).order_by(Continuation.id)):
+            by_prompt.setdefault(pid, []).append(cid)
+        task_rows = [{"batch_id": batch.id, "kind": "bws", "prompt_id": prompt_ids[t % prompts], "required": required,
+                      "done_count": 0, "created_at": now} for t in range(tasks)]
+        db.execute(insert(Task), task_rows)
+        items = []
+        for task_id, prompt_id in db.execute(select(Task.id, Task.prompt_id).order_by(Task.id)):
+            for position, cid in enumerate(rng.sample(by_prompt[prompt_id], 4)):
+                items.append({"task_id": task_id, "position": position, "continuation_id": cid})
+        db.execute(insert(TaskItem), items)
+
+        password_hash = hash_password("benchmark password")  # one hash for everybody: argon2 is slow on purpose
+        db.execute(insert(User), [{"username": f"bench{i}", "password_hash": password_hash, "role": "annotator",
+                                   "is_active": True, "created_at": now} for i in range(annotators)])
+        user_ids = list(db.scalars(select(User.id).order_by(User.id)))
+        tokens = [new_token() for _ in user_ids]
+        db.execute(insert(ApiToken), [{"user_id": uid, "token_hash": token_digest(tok), "name": "bench",
+                                       "created_at": now} for uid, tok in zip(user_ids, tokens)])
+    if not database.is_sqlite:
+        with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+    database.engine.dispose()
+    return tokens
+
+
+def stored_judgement_ids(url: str) -> tuple[set[int], dict]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        ids = set(conn.scalars(select(BwsJudgement.id)))
+        over = conn.scalar(select(func.count()).select_from(Task).where(Task.done_count > Task.required))
+        counted = dict(conn.execute(select(BwsJudgement.task_id, func.count()).where(BwsJudgement.is_surplus.is_(False))
+                                    .group_by(BwsJudgement.task_id)).all())
+        done = dict(conn.execute(select(Task.id, Task.done_count).where(Task.done_count > 0)).all())
+        doubled = conn.scalar(select(func.count()).select_from(
+            select(BwsJudgement.task_id).group_by(BwsJudgement.task_id, BwsJudgement.user_id)
+            .having(func.count() > 1).subquery()))
+    engine.dispose()
+    return ids, {"tasks_over_R": over, "done_count_mismatch": int(counted != done), "task_user_twice": doubled}
+
+
+# ---------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(url: str, workers: int, port: int, workdir: Path, extra: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "STORYLOOP_DATABASE_URL": url, "STORYLOOP_DATA_DIR": str(workdir / "data"),
+           "STORYLOOP_SECRET_KEY": "benchmark", "STORYLOOP_LEASE_SECONDS": "600", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+               "--backlog", "4096", *extra]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    time.sleep(0.5 * workers)  # let every worker finish starting
+                    return process
+        except OSError:
+            time.sleep(0.2)
+    stop_server(process)
+    raise SystemExit("the server did not start")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# ---------------------------------------------------------------- HTTP clients
+
+
+class RawConnection:
+    """Minimal HTTP/1.1 keep-alive client for JSON APIs (Content-Length bodies only): cheap on CPU."""
+
+    def __init__(self, port: int, token: str):
+        self.port, self.reader, self.writer = port, None, None
+        self.auth = f"Authorization: Bearer {token}\r\n".encode()
+
+    async def post(self, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(payload)}\r\n").encode() + self.auth + b"\r\n" + payload
+        for attempt in range(2):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                self.writer.write(request)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+                break
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.writer = None
+                if attempt:
+                    raise
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            if line[:15].lower() == "content-length:":
+                length = int(line[15:])
+        data = await self.reader.readexactly(length) if length else b""
+        return status, (json.loads(data) if data else None)
+
+    async def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class HttpxConnection:
+    def __init__(self, client, token: str):
+        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+
+    async def post(self, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        response = await self.client.post(path, json=body, headers=self.headers)
+        return response.status_code, (response.json() if response.content else None)
+
+    async def close(self):
+        pass
+
+
+# ---------------------------------------------------------------- the load
+
+
+@dataclass
+class Results:
+    fetch_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    acknowledged: set[int] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)
+    ran_out: int = 0  # annotators that got 204
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+async def annotator(conn, results: Results, deadline: float, rng: random.Random, retry_rate: float) -> None:
+    clock = time.perf_counter
+    try:
+        while clock() < deadline:
+            t0 = clock()
+            try:
+                status, task = await conn.post("/api/v1/tasks/next")
+            except Exception as exc:  # noqa: BLE001
+                results.error(f"fetch {type(exc).__name__}")
+                await asyncio.sleep(0.05)
+                continue
+            results.fetch_ms.append((clock() - t0) * 1000)
+            if status == 204:
+                results.ran_out += 1
+                return
+            if status != 200:
+                results.error(f"fetch {status}")
+                continue
+            ids = [item["continuation_id"] for item in task["items"]]
+            best, worst = rng.sample(ids, 2)
+            body = {"best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex,
+                    "duration_ms": rng.randint(1000, 30000)}
+            for _ in range(2 if rng.random() < retry_rate else 1):
+                t0 = clock()
+                try:
+                    status, answer = await conn.post(f"/api/v1/tasks/{task['assignment_id']}/bws", body)
+                except Exception as exc:  # noqa: BLE001
+                    results.error(f"submit {type(exc).__name__}")
+                    continue
+                results.submit_ms.append((clock() - t0) * 1000)
+                if status == 200:
+                    results.acknowledged.add(answer["judgement_id"])
+                else:
+                    results.error(f"submit {status}")
+    finally:
+        await conn.close()
+
+
+async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float) -> tuple[Results, float]:
+    results = Results()
+    started = time.perf_counter()
+    deadline = started + seconds
+    rngs = [random.Random(i) for i in range(len(tokens))]
+    if client_kind == "httpx":
+        import httpx
+
+        limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
+            await asyncio.gather(*(annotator(HttpxConnection(client, t), results, deadline, r, retry_rate)
+                                   for t, r in zip(tokens, rngs)))
+    else:
+        await asyncio.gather(*(annotator(RawConnection(port, t), results, deadline, r, retry_rate)
+                               for t, r in zip(tokens, rngs)))
+    return results, time.perf_counter() - started
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of a process tree (server + its workers), read from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()]
+    except FileNotFoundError:
+        pids = [pid]
+    for p in set(pids):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--db", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite"])
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--postgres-url", default=os.environ.get("STORYLOOP_BENCH_POSTGRES_URL", ""),
+                        help="server URL whose role may CREATE DATABASE (default: $STORYLOOP_BENCH_POSTGRES_URL)")
+    parser.add_argument("--required", type=int, default=3, help="R: judgements per task")
+    parser.add_argument("--tasks", type=int, default=0, help="tasks to seed (default: enough for 1500 judgements/s)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument("--retry-rate", type=float, default=0.1, help="share of submissions sent twice (same key)")
+    parser.add_argument("--uvicorn-arg", action="append", default=[], help="extra uvicorn arguments, e.g. --loop=asyncio")
+    parser.add_argument("--profile", default="", help="py-spy: record the server's stacks (collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
+    parser.add_argument("--json", default="", help="also write the results as JSON to this file")
+    args = parser.parse_args()
+    if not 0 < args.seconds <= MAX_SECONDS:
+        parser.error(f"--seconds must be in (0, {MAX_SECONDS}]")
+    if any(not 0 < n <= MAX_ANNOTATORS for n in args.annotators):
+        parser.error(f"--annotators must be in 1..{MAX_ANNOTATORS}")
+
+    try:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+    rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="storyloop-bench-"))
+    try:
+        for kind in args.db:
+            for n in args.annotators:
+                tasks = args.tasks or int(1500 * args.seconds / args.required) + n
+                url, drop = fresh_database(kind, args.postgres_url, workdir)
+                try:
+                    upgrade_to_head(url)
+                    tokens = seed(url, tasks, n, args.required)
+                    port = free_port()
+                    server = start_server(url, args.workers, port, workdir, args.uvicorn_arg)
+                    profiler = None
+                    try:
+                        if args.profile:
+                            profiler = subprocess.Popen(
+                                [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--subprocesses",
+                                 "--rate", "200", "--duration", str(int(args.seconds)), "--format", "raw",
+                                 "-o", f"{args.profile}-{kind}-{n}.folded"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+                        results, elapsed = asyncio.run(run_load(port, tokens, args.seconds, args.client, args.retry_rate))
+                        cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+                        if profiler is not None:
+                            profiler.wait(60)
+                    finally:
+                        stop_server(server)
+                    stored, integrity = stored_judgement_ids(url)
+                finally:
+                    drop()
+                client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+                row = {
+                    "db": kind, "annotators": n, "workers": args.workers, "seconds": round(elapsed, 1),
+                    "judgements": len(results.acknowledged),
+                    "judgements_per_s": len(results.acknowledged) / elapsed,
+                    "fetch_p50": percentile(results.fetch_ms, 50), "fetch_p95": percentile(results.fetch_ms, 95),
+                    "fetch_p99": percentile(results.fetch_ms, 99),
+                    "submit_p50": percentile(results.submit_ms, 50), "submit_p95": percentile(results.submit_ms, 95),
+                    "submit_p99": percentile(results.submit_ms, 99),
+                    "errors": sum(results.errors.values()), "error_kinds": results.errors,
+                    "ran_out": results.ran_out,
+                    "exact": stored == results.acknowledged, "stored": len(stored), **integrity,
+                    "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu1 - server_cpu0, 1),
+                    # CPU per judgement is the figure that survives a busy machine: 1000 / it = judgements/s per core.
+                    "server_cpu_ms_per_judgement": (server_cpu1 - server_cpu0) * 1000 / max(1, len(results.acknowledged)),
+                    "load_average": os.getloadavg()[0],
+                }
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    header = (f"{'db':<10} {'ann':>4} {'wrk':>3} {'judg/s':>7} {'fetch p50/p95/p99 ms':>22} "
+              f"{'submit p50/p95/p99 ms':>22} {'errors':>6} {'exact':>5} {'cpu srv/cli s':>13} {'srv cpu ms/j':>12} {'load':>5}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['db']:<10} {r['annotators']:>4} {r['workers']:>3} {r['judgements_per_s']:>7.0f} "
+              f"{r['fetch_p50']:>6.1f}/{r['fetch_p95']:>6.1f}/{r['fetch_p99']:>6.1f}  "
+              f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
+              f"{r['errors']:>6} {'yes' if r['exact'] and not r['tasks_over_R'] and not r['task_user_twice'] and not r['done_count_mismatch'] else 'NO':>5} "
+              f"{r['server_cpu_s']:>6}/{r['client_cpu_s']:<6} {r['server_cpu_ms_per_judgement']:>12.1f} {r['load_average']:>5.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
