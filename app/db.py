@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +42,7 @@ class Database:
     engine: Engine
     read: sessionmaker[Session]
     write_factory: sessionmaker[Session]
+    state: dict = field(default_factory=dict, compare=False)  # per-process bookkeeping (e.g. last lease sweep)
 
     @classmethod
     def from_url(cls, url: str) -> "Database":

@@ -1,5 +1,6 @@
 """Typed dependencies: the database, the settings, and the current user for pages and for the API."""
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
@@ -26,13 +27,22 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # ---------------------------------------------------------------- API: bearer tokens
 
 _bearer = HTTPBearer(auto_error=False)
+TOKEN_CACHE_SECONDS = 10.0  # a deactivated user or a changed role takes effect within this time
 
 
 def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    with database.read() as db:
-        user = users.user_for_token(db, credentials.credentials)
+    # Every API call authenticates; a short per-process cache saves a query on most of them.
+    cache = database.state.setdefault("token_cache", {})
+    now = time.monotonic()
+    user, cached_at = cache.get(credentials.credentials, (None, float("-inf")))
+    if now - cached_at > TOKEN_CACHE_SECONDS:
+        with database.read() as db:
+            user = users.user_for_token(db, credentials.credentials)
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[credentials.credentials] = (user, now)
     if user is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return user

@@ -28,7 +28,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope, receive, send)
         received = 0
 
         async def counting_receive():
@@ -42,11 +42,11 @@ class BodySizeLimit:
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send):
+    async def _refuse(self, scope, receive, send):
         response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
-        await response(None, None, send)
+        await response(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -104,9 +104,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?{urlencode({'next': target}, safe='/')}", status_code=303)
 
-    from app.routes import api, api_admin, api_training, pages_admin, pages_annotate, pages_auth
+    from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
 
-    for module in (api, api_admin, api_training, pages_auth, pages_annotate, pages_admin):
+    for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

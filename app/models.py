@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -164,14 +165,20 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(16))
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id"))
     required: Mapped[int] = mapped_column(Integer)  # R
-    # Counted judgements, kept under the row's own UPDATE so R is never exceeded.
-    done_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Both counters change only through conditional UPDATEs of this row, so that concurrent
+    # requests can never lease a task to more than R people at once, nor count more than R judgements.
+    done_count: Mapped[int] = mapped_column(Integer, default=0)  # counted judgements
+    active_leases: Mapped[int] = mapped_column(Integer, default=0)  # assignments still "active"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     items: Mapped[list["TaskItem"]] = relationship(order_by="TaskItem.position", lazy="selectin")
     prompt: Mapped[Prompt] = relationship()
 
-    __table_args__ = (Index("ix_task_open", "kind", "done_count", "id"),)
+    # Only tasks with a free slot: the next-task query walks this index in id order.
+    __table_args__ = (
+        Index("ix_task_free", "id", sqlite_where=text("done_count + active_leases < required"),
+              postgresql_where=text("done_count + active_leases < required")),
+    )
 
 
 class TaskItem(Base):
@@ -192,7 +199,8 @@ class Assignment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
-    # active -> submitted (counted) | surplus (stored, not counted) | skipped
+    # active -> submitted (counted) | surplus (stored, not counted) | skipped | expired;
+    # expired -> surplus when the judgement arrives after all.
     status: Mapped[str] = mapped_column(String(16), default="active")
     item_order: Mapped[list[int]] = mapped_column(JSON)  # continuation ids in the order shown
     leased_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -204,7 +212,7 @@ class Assignment(Base):
 
     __table_args__ = (
         UniqueConstraint("task_id", "user_id", name="uq_assignment_task_user"),
-        Index("ix_assignment_task_status", "task_id", "status", "expires_at"),
+        Index("ix_assignment_status_expires", "status", "expires_at"),
         Index("ix_assignment_user_status", "user_id", "status"),
     )
 

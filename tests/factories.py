@@ -19,7 +19,7 @@ def seed_stories(database: Database, prompts: int = 3, per_prompt: int = 6, sour
                 db.add(Continuation(prompt_id=prompt.id, model_version_id=version.id,
                                     text=f"Continuation {c} of prompt {p}: the fox ran {c} miles."))
         db.flush()
-        return continuations_by_prompt(db)
+        return continuations_by_prompt(db, model_version_ids=[version.id])
 
 
 def seed_bws_batch(database: Database, prompts: int = 3, per_prompt: int = 6, required: int = 3, seed: int = 0) -> int:

@@ -279,15 +279,10 @@ def test_expired_leases_return_to_the_pool(database, live_server):
     assert post(rest[-1][1], "/api/v1/tasks/next").status_code == 204
 
 
-def test_a_task_is_never_leased_beyond_r_at_once(request, database):
+def test_a_task_is_never_leased_beyond_r_at_once(database):
     """40 annotators ask for a task at the very same moment, eight rounds: no task is ever leased to
-    more than R people (counting finished judgements), on the service layer directly."""
-    if database.engine.dialect.name == "postgresql":
-        # Found by this test: under READ COMMITTED, FOR UPDATE SKIP LOCKED locks the task row, but the
-        # active-lease count comes from the statement's snapshot, taken before a concurrent lease
-        # committed; the task row itself is not updated by leasing, so nothing re-checks it.
-        request.applymarker(pytest.mark.xfail(reason="PostgreSQL over-leases under a burst (tasks.next_task)",
-                                              strict=False))
+    more than R people (counting finished judgements), on the service layer directly. (This caught
+    over-leasing on PostgreSQL when leases were counted in a subquery rather than on the task row.)"""
     from app.services import tasks as service
 
     seed_bws_batch(database, prompts=5, per_prompt=6, required=2)  # 60 tuples

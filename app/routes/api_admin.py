@@ -1,5 +1,233 @@
-"""(being written)"""
+"""Admin JSON API: imports, prompts, model versions, batches, users, invites and exports. Admins only."""
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any
 
-router = APIRouter()
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from app.deps import ApiAdmin, DatabaseDep, SettingsDep, api_admin
+from app.models import Batch, BwsJudgement, Rating, Task
+from app.services import exports, imports, tasks, users
+from app.services.errors import Conflict, Invalid, TooLarge
+from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)])
+
+
+# ---------------------------------------------------------------- bodies and views
+
+
+class BwsBatchRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    prompt_ids: list[int] | None = Field(None, description="null: every prompt")
+    model_version_ids: list[int] | None = Field(None, description="null: continuations of every model version")
+    seed: int = 0
+    annotations_per_tuple: int | None = Field(None, ge=1, le=100, description="R; null: the server's default")
+
+
+class RatingBatchRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    continuation_ids: list[int] | None = Field(None, description="rate exactly these; else pick by prompt/model version")
+    prompt_ids: list[int] | None = Field(None, description="null: every prompt (when no continuation_ids)")
+    model_version_ids: list[int] | None = None
+    annotations_per_task: int | None = Field(None, ge=1, le=100, description="null: the server's default")
+
+
+class BatchCreated(BaseModel):
+    batch_id: int
+    kind: str
+    tasks: int
+    design: dict[str, Any]
+
+
+class BatchInfo(BaseModel):
+    id: int
+    name: str
+    kind: str
+    seed: int
+    annotations_per_task: int
+    created_at: datetime
+    tasks: int
+    done: int  # counted judgements
+    wanted: int  # tasks x R
+    submissions: int  # every stored judgement, surplus included
+    progress: float  # done / wanted
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    is_active: bool
+    created_at: datetime
+
+
+class CreateUserRequest(BaseModel):
+    username: str
+    password: str
+    role: str = "annotator"
+
+
+class UpdateUserRequest(BaseModel):
+    role: str | None = None
+    is_active: bool | None = None
+
+
+class InviteRequest(BaseModel):
+    role: str = "annotator"
+    days: int = Field(14, ge=1, le=365)
+
+
+class InviteOut(BaseModel):
+    token: str
+    url: str  # path of the sign-up page; prepend the site's origin
+    role: str
+    expires_at: datetime
+
+
+def _user_out(user) -> UserOut:
+    return UserOut(id=user.id, username=user.username, role=user.role, is_active=user.is_active,
+                   created_at=user.created_at)
+
+
+# ---------------------------------------------------------------- imports, prompts, model versions
+
+
+@router.post("/imports", response_model=ImportSummary, status_code=201)
+def import_stories(database: DatabaseDep, settings: SettingsDep, file: Annotated[UploadFile, File()]):
+    """Import prompts and continuations from a JSONL or CSV file: all or nothing (see app/services/imports.py)."""
+    limit = settings.max_upload_bytes
+    if file.size is not None and file.size > limit:
+        raise TooLarge(f"the file is larger than {limit} bytes")
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"the file is larger than {limit} bytes")
+    return imports.import_file(database, data, file.filename or "")
+
+
+@router.get("/prompts", response_model=PromptPage)
+def list_prompts(database: DatabaseDep, offset: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50, q: str | None = None):
+    with database.read() as db:
+        return imports.list_prompts(db, offset, limit, q)
+
+
+@router.get("/model-versions", response_model=list[ModelVersionInfo])
+def list_model_versions(database: DatabaseDep):
+    with database.read() as db:
+        return imports.list_model_versions(db)
+
+
+# ---------------------------------------------------------------- batches
+
+
+@router.post("/batches", response_model=BatchCreated, status_code=201)
+def create_bws_batch(body: BwsBatchRequest, database: DatabaseDep, settings: SettingsDep):
+    """Build balanced BWS tuples for every chosen prompt with at least `tuple_size` continuations."""
+    required = body.annotations_per_tuple or settings.annotations_per_tuple
+    with database.write() as db:
+        by_prompt = tasks.continuations_by_prompt(db, body.prompt_ids, body.model_version_ids)
+        batch = tasks.build_bws_batch(db, body.name, by_prompt, seed=body.seed, required=required,
+                                      k=settings.tuple_size, factor=settings.design_factor)
+        count = db.scalar(select(func.count()).select_from(Task).where(Task.batch_id == batch.id))
+        return BatchCreated(batch_id=batch.id, kind=batch.kind, tasks=count, design=batch.design)
+
+
+@router.post("/batches/rating", response_model=BatchCreated, status_code=201)
+def create_rating_batch(body: RatingBatchRequest, database: DatabaseDep, settings: SettingsDep):
+    """One rating task per continuation: the given ids, or those of the chosen prompts and model versions."""
+    required = body.annotations_per_task or settings.annotations_per_tuple
+    with database.write() as db:
+        if body.continuation_ids is not None:
+            ids = list(dict.fromkeys(body.continuation_ids))
+        else:
+            by_prompt = tasks.continuations_by_prompt(db, body.prompt_ids, body.model_version_ids)
+            ids = [c for _, cs in sorted(by_prompt.items()) for c in cs]
+        if not ids:
+            raise Invalid("no continuations to rate")
+        batch = tasks.build_rating_batch(db, body.name, ids, required=required)
+        return BatchCreated(batch_id=batch.id, kind=batch.kind, tasks=len(ids), design=batch.design or {})
+
+
+@router.get("/batches", response_model=list[BatchInfo])
+def list_batches(database: DatabaseDep):
+    """Every batch, newest first, with its progress: counted judgements against tasks x R."""
+    with database.read() as db:
+        totals = {
+            batch_id: (n, done or 0, wanted or 0)
+            for batch_id, n, done, wanted in db.execute(
+                select(Task.batch_id, func.count(), func.sum(Task.done_count), func.sum(Task.required))
+                .group_by(Task.batch_id)
+            )
+        }
+        submissions: dict[int, int] = {}
+        for model in (BwsJudgement, Rating):
+            for batch_id, n in db.execute(
+                select(Task.batch_id, func.count()).select_from(model).join(Task, Task.id == model.task_id)
+                .group_by(Task.batch_id)
+            ):
+                submissions[batch_id] = submissions.get(batch_id, 0) + n
+        out = []
+        for batch in db.scalars(select(Batch).order_by(Batch.id.desc())):
+            n, done, wanted = totals.get(batch.id, (0, 0, 0))
+            out.append(BatchInfo(id=batch.id, name=batch.name, kind=batch.kind, seed=batch.seed,
+                                 annotations_per_task=batch.annotations_per_task, created_at=batch.created_at,
+                                 tasks=n, done=int(done), wanted=int(wanted), submissions=submissions.get(batch.id, 0),
+                                 progress=(int(done) / int(wanted)) if wanted else 0.0))
+        return out
+
+
+# ---------------------------------------------------------------- users and invites
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(database: DatabaseDep):
+    with database.read() as db:
+        return [_user_out(u) for u in users.list_users(db)]
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+def create_user(body: CreateUserRequest, database: DatabaseDep):
+    with database.write() as db:
+        return _user_out(users.create_user(db, body.username, body.password, body.role))
+
+
+@router.patch("/users/{user_id}", response_model=UserOut)
+def update_user(user_id: int, body: UpdateUserRequest, database: DatabaseDep, admin: ApiAdmin):
+    if user_id == admin.id and (body.is_active is False or (body.role is not None and body.role != "admin")):
+        raise Conflict("you cannot deactivate yourself or take away your own admin role")
+    with database.write() as db:
+        return _user_out(users.update_user(db, user_id, role=body.role, is_active=body.is_active))
+
+
+@router.post("/invites", response_model=InviteOut, status_code=201)
+def create_invite(body: InviteRequest, database: DatabaseDep, admin: ApiAdmin):
+    """A one-time sign-up link for the given role; send the person `url` on this site."""
+    with database.write() as db:
+        invite = users.create_invite(db, body.role, admin, days=body.days)
+        return InviteOut(token=invite.token, url=f"/invite/{invite.token}", role=invite.role,
+                         expires_at=invite.expires_at)
+
+
+# ---------------------------------------------------------------- exports
+
+
+@router.get("/exports")
+def list_exports() -> dict[str, Any]:
+    """Names, columns and formats of the exports: GET /api/v1/admin/exports/{name}.{format}."""
+    return {"formats": list(exports.FORMATS), "exports": exports.describe()}
+
+
+@router.get("/exports/{name}.{fmt}", response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/vnd.apache.parquet": {}}}})
+def download_export(name: str, fmt: str, database: DatabaseDep):
+    """Streams an export (pairs, judgements, ratings, scores) as jsonl, csv or parquet."""
+    body = exports.stream_export(database, name, fmt)
+    return StreamingResponse(
+        body, media_type=exports.media_type(fmt),
+        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"',
+                 "Cache-Control": "no-store"},
+    )

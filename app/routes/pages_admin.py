@@ -1,5 +1,299 @@
-"""(being written)"""
+"""Admin pages: dashboard, scores, import, batches, users and exports.
 
-from fastapi import APIRouter
+Every route needs an admin session (PageAdmin); every POST carries the session's CSRF token and
+answers with a 303 redirect back to its page, with a flash message kept in the session until the
+next page render pops it. All text is rendered by autoescaping Jinja templates.
+"""
 
-router = APIRouter()
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
+from app.models import ROLES, utcnow
+from app.services import exports, imports, stats, tasks, users
+from app.services.errors import Invalid, ServiceError
+from app.templating import templates
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+FLASH_ERRORS = 10  # error details kept in the session cookie (it must stay well under 4 KB)
+FLASH_TEXT = 160  # characters per error message kept (10 x 160 stays well inside the cookie)
+
+# ---------------------------------------------------------------- helpers
+
+
+def _flash(request: Request, message: str, kind: str = "ok", **extra: Any) -> None:
+    request.session["flash"] = {"message": message[:400], "kind": kind, **extra}
+
+
+def _back(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _render(request: Request, user, template: str, context: dict[str, Any] | None = None, status_code: int = 200):
+    page = template.removeprefix("admin/").removesuffix(".html")
+    return templates.TemplateResponse(
+        request, template,
+        {"user": user, "flash": request.session.pop("flash", None), "page": page, **(context or {})},
+        status_code=status_code,
+    )
+
+
+def _error_details(details: list) -> list[dict[str, Any]]:
+    """Import errors ({line, field, message}) trimmed for the session cookie."""
+    kept = []
+    for d in details[:FLASH_ERRORS]:
+        if isinstance(d, dict):
+            kept.append({"line": d.get("line"), "field": d.get("field"), "message": str(d.get("message", ""))[:FLASH_TEXT]})
+        else:
+            kept.append({"line": None, "field": None, "message": str(d)[:FLASH_TEXT]})
+    return kept
+
+
+def _parse_ids(text: str) -> list[int]:
+    """'1, 2 3' -> [1, 2, 3]; anything but digits, commas and whitespace is refused."""
+    parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
+    if not all(p.isdigit() for p in parts):
+        raise Invalid("ids must be whole numbers separated by commas or spaces")
+    return [int(p) for p in parts]
+
+
+def bar_chart(per_hour: list[stats.HourCount], width: int = 640, height: int = 220) -> dict[str, Any]:
+    """Geometry of the judgements-per-hour bar chart (rendered as SVG by the template)."""
+    left, right, top, bottom = 44, 10, 12, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((h.total for h in per_hour), default=0)
+    y_max = next(m for m in _nice_steps() if m >= max(peak, 1))  # a round maximum: 1, 2, 5, 10, 20...
+    slot = plot_w / max(len(per_hour), 1)
+    bars = []
+    for i, h in enumerate(per_hour):
+        bar_h = plot_h * h.total / y_max
+        bars.append({
+            "x": round(left + i * slot + slot * 0.1, 1), "w": round(slot * 0.8, 1),
+            "y": round(top + plot_h - bar_h, 1), "h": round(bar_h, 1),
+            "bws_h": round(plot_h * h.bws / y_max, 1),
+            "label": h.hour.strftime("%H"), "show_label": i % 3 == 0 or i == len(per_hour) - 1,
+            "lx": round(left + i * slot + slot / 2, 1), "title": f"{h.hour:%Y-%m-%d %H}:00 UTC: {h.bws} BWS, {h.ratings} ratings",
+            "hour": h,
+        })
+    values = sorted({0, y_max // 2, y_max}) if y_max % 2 == 0 else [0, y_max]
+    ticks = [{"value": v, "y": round(top + plot_h - plot_h * v / y_max, 1)} for v in values]
+    return {"width": width, "height": height, "left": left, "top": top, "plot_w": plot_w, "plot_h": plot_h,
+            "bottom_y": top + plot_h, "bars": bars, "ticks": ticks, "peak": peak,
+            "total": sum(h.total for h in per_hour)}
+
+
+def _nice_steps():
+    magnitude = 1
+    while True:
+        for m in (1, 2, 5):
+            yield m * magnitude
+        magnitude *= 10
+
+
+# ---------------------------------------------------------------- dashboard and scores
+
+
+@router.get("")
+def dashboard(request: Request, user: PageAdmin, database: DatabaseDep):
+    data = stats.overview(database)
+    return _render(request, user, "admin/dashboard.html", {"o": data, "chart": bar_chart(data.per_hour)})
+
+
+@router.get("/scores")
+def scores(request: Request, user: PageAdmin, database: DatabaseDep,
+           limit: Annotated[int, Query(ge=1, le=5000)] = 100, prompt_id: Annotated[int | None, Query()] = None):
+    rows = stats.bws_scores(database, limit=limit, prompt_id=prompt_id)
+    return _render(request, user, "admin/scores.html", {"rows": rows, "limit": limit, "prompt_id": prompt_id})
+
+
+# ---------------------------------------------------------------- import
+
+
+@router.get("/import")
+def import_page(request: Request, user: PageAdmin, settings: SettingsDep):
+    return _render(request, user, "admin/import.html", {"max_mb": settings.max_upload_bytes / 1024 / 1024})
+
+
+@router.post("/import", dependencies=[Csrf])
+def import_upload(request: Request, user: PageAdmin, database: DatabaseDep,
+                  file: Annotated[UploadFile | None, File()] = None):
+    if file is None or not file.filename:
+        _flash(request, "Choose a file to import.", "bad")
+        return _back("/admin/import")
+    data = file.file.read()
+    name = file.filename[:200]
+    try:
+        summary = imports.import_file(database, data, name)
+    except ServiceError as exc:
+        _flash(request, f"{name}: {exc.message}", "bad", errors=_error_details(exc.details),
+               more_errors=max(len(exc.details) - FLASH_ERRORS, 0))
+        return _back("/admin/import")
+    _flash(request, f"Imported {name}.", "ok", summary=summary.model_dump())
+    return _back("/admin/import")
+
+
+# ---------------------------------------------------------------- batches
+
+
+@router.get("/batches")
+def batches_page(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
+                 q: Annotated[str, Query(max_length=200)] = "", offset: Annotated[int, Query(ge=0)] = 0):
+    with database.read() as db:
+        progress = stats.batch_progress(db)
+        prompts = imports.list_prompts(db, offset=offset, limit=100, q=q or None)
+        versions = imports.list_model_versions(db)
+    return _render(request, user, "admin/batches.html", {
+        "batches": progress, "prompts": prompts, "versions": versions, "q": q,
+        "default_r": settings.annotations_per_tuple, "k": settings.tuple_size, "factor": settings.design_factor,
+    })
+
+
+def _selection(database, prompt_ids: list[int], prompt_ids_text: str, model_version_ids: list[int]) -> dict[int, list[int]]:
+    chosen = sorted(set(prompt_ids) | set(_parse_ids(prompt_ids_text)))
+    with database.read() as db:
+        return tasks.continuations_by_prompt(db, chosen or None, model_version_ids or None)
+
+
+@router.post("/batches/bws", dependencies=[Csrf])
+def build_bws(
+    request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
+    name: Annotated[str, Form(max_length=200)] = "",
+    seed: Annotated[int, Form()] = 0,
+    required: Annotated[int, Form()] = 3,
+    prompt_ids: Annotated[list[int], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+    prompt_ids_text: Annotated[str, Form(max_length=100_000)] = "",
+    model_version_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+):
+    name = name.strip() or f"BWS {utcnow():%Y-%m-%d %H:%M}"
+    try:
+        if not 1 <= required <= 100:
+            raise Invalid("annotations per tuple (R) must be between 1 and 100")
+        by_prompt = _selection(database, prompt_ids, prompt_ids_text, model_version_ids)
+        with database.write() as db:
+            batch = tasks.build_bws_batch(db, name, by_prompt, seed=seed, required=required,
+                                          k=settings.tuple_size, factor=settings.design_factor)
+            batch_id, prompts = batch.id, batch.design.get("prompts", 0)
+        _flash(request, f"Built BWS batch #{batch_id} “{name}” over {prompts} prompts (seed {seed}, R = {required}).")
+    except ServiceError as exc:
+        _flash(request, f"No batch built: {exc.message}", "bad")
+    return _back("/admin/batches")
+
+
+@router.post("/batches/rating", dependencies=[Csrf])
+def build_rating(
+    request: Request, user: PageAdmin, database: DatabaseDep,
+    name: Annotated[str, Form(max_length=200)] = "",
+    required: Annotated[int, Form()] = 3,
+    prompt_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+    prompt_ids_text: Annotated[str, Form(max_length=100_000)] = "",
+    model_version_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+):
+    name = name.strip() or f"Rating {utcnow():%Y-%m-%d %H:%M}"
+    try:
+        if not 1 <= required <= 100:
+            raise Invalid("ratings per continuation (R) must be between 1 and 100")
+        by_prompt = _selection(database, prompt_ids, prompt_ids_text, model_version_ids)
+        ids = [c for _, cs in sorted(by_prompt.items()) for c in cs]
+        with database.write() as db:
+            batch_id = tasks.build_rating_batch(db, name, ids, required=required).id
+        _flash(request, f"Built rating batch #{batch_id} “{name}” with {len(ids)} continuations (R = {required}).")
+    except ServiceError as exc:
+        _flash(request, f"No batch built: {exc.message}", "bad")
+    return _back("/admin/batches")
+
+
+# ---------------------------------------------------------------- users and invites
+
+
+@router.get("/users")
+def users_page(request: Request, user: PageAdmin, database: DatabaseDep):
+    with database.read() as db:
+        people = users.list_users(db)
+    invites = stats.open_invites(database)
+    return _render(request, user, "admin/users.html", {
+        "people": people, "roles": ROLES, "invites": invites, "base_url": str(request.base_url),
+    })
+
+
+@router.post("/users", dependencies=[Csrf])
+def create_user(request: Request, user: PageAdmin, database: DatabaseDep,
+                username: Annotated[str, Form(max_length=200)] = "",
+                password: Annotated[str, Form(max_length=1000)] = "",
+                role: Annotated[str, Form(max_length=32)] = "annotator"):
+    try:
+        with database.write() as db:
+            created = users.create_user(db, username.strip(), password, role)
+            _flash(request, f"Created {created.role} {created.username}.")
+    except ServiceError as exc:
+        _flash(request, f"No user created: {exc.message}", "bad")
+    return _back("/admin/users")
+
+
+@router.post("/users/{user_id}/role", dependencies=[Csrf])
+def change_role(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
+                role: Annotated[str, Form(max_length=32)] = ""):
+    if user_id == user.id and role != "admin":
+        _flash(request, "You cannot take away your own admin role (ask another admin).", "bad")
+        return _back("/admin/users")
+    try:
+        with database.write() as db:
+            changed = users.update_user(db, user_id, role=role)
+            _flash(request, f"{changed.username} is now {changed.role}.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin/users")
+
+
+@router.post("/users/{user_id}/active", dependencies=[Csrf])
+def set_active(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
+               active: Annotated[bool, Form()] = False):
+    if user_id == user.id and not active:
+        _flash(request, "You cannot deactivate your own account.", "bad")
+        return _back("/admin/users")
+    try:
+        with database.write() as db:
+            changed = users.update_user(db, user_id, is_active=active)
+            _flash(request, f"{changed.username} is {'active' if changed.is_active else 'deactivated'}.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin/users")
+
+
+@router.post("/invites", dependencies=[Csrf])
+def create_invite(request: Request, user: PageAdmin, database: DatabaseDep,
+                  role: Annotated[str, Form(max_length=32)] = "annotator",
+                  days: Annotated[int, Form()] = 14):
+    try:
+        if not 1 <= days <= 365:
+            raise Invalid("an invite lasts 1 to 365 days")
+        with database.write() as db:
+            invite = users.create_invite(db, role, user, days=days)
+            token, expires = invite.token, invite.expires_at
+        url = f"{request.base_url}invite/{token}"
+        _flash(request, f"Invite link for a new {role} (valid until {expires:%Y-%m-%d %H:%M} UTC):", invite_url=url)
+    except ServiceError as exc:
+        _flash(request, f"No invite created: {exc.message}", "bad")
+    return _back("/admin/users")
+
+
+# ---------------------------------------------------------------- exports
+
+
+@router.get("/exports")
+def exports_page(request: Request, user: PageAdmin):
+    return _render(request, user, "admin/exports.html", {"names": exports.EXPORT_NAMES, "formats": exports.FORMATS, "described": exports.describe()})
+
+
+@router.get("/exports/{name}.{fmt}")
+def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep):
+    if name not in exports.EXPORT_NAMES or fmt not in exports.FORMATS:
+        raise HTTPException(404, f"no export {name}.{fmt}")
+    return StreamingResponse(
+        exports.stream_export(database, name, fmt),
+        media_type=exports.media_type(fmt),
+        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"'},
+    )

@@ -8,12 +8,13 @@ Guarantees (tested in tests/test_concurrency.py):
 """
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ from app.models import (
     Batch,
     BwsJudgement,
     Continuation,
+    Prompt,
     Prompt,
     Rating,
     Task,
@@ -154,32 +156,61 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
 
 
 # ---------------------------------------------------------------- handing out tasks
+#
+# Hot path: plain Core statements, a few per request. Slots are counted on the task row itself
+# (done_count + active_leases < required), changed only by conditional UPDATEs, so the database
+# serialises competing requests on that row; SQLite serialises all writers anyway (BEGIN IMMEDIATE).
+
+EXPIRY_SWEEP_SECONDS = 5.0
 
 
-def _view(db: Session, assignment: Assignment) -> TaskView:
-    task = assignment.task
-    text_of = {item.continuation_id: item.continuation.text for item in task.items}
+def _view(db: Session, assignment_id: int) -> TaskView:
+    row = db.execute(
+        select(Assignment.task_id, Assignment.item_order, Assignment.expires_at, Task.kind, Prompt.text)
+        .join(Task, Task.id == Assignment.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(Assignment.id == assignment_id)
+    ).one()
+    text_of = dict(db.execute(select(Continuation.id, Continuation.text).where(Continuation.id.in_(row.item_order))).all())
     return TaskView(
-        assignment_id=assignment.id,
-        task_id=task.id,
-        kind=task.kind,
-        prompt=task.prompt.text,
-        items=[ItemView(continuation_id=c, text=text_of[c]) for c in assignment.item_order],
-        expires_at=assignment.expires_at,
+        assignment_id=assignment_id, task_id=row.task_id, kind=row.kind, prompt=row.text,
+        items=[ItemView(continuation_id=c, text=text_of[c]) for c in row.item_order], expires_at=row.expires_at,
     )
 
 
-def _active_leases(task_id, now: datetime):
-    return (
-        select(func.count())
-        .select_from(Assignment)
-        .where(Assignment.task_id == task_id, Assignment.status == "active", Assignment.expires_at > now)
-        .scalar_subquery()
-    )
+def _release_leases(db: Session, task_ids: Sequence[int]) -> None:
+    """One fewer active lease on each task (ids may repeat), in id order to keep lock order stable."""
+    counts: dict[int, int] = {}
+    for task_id in task_ids:
+        counts[task_id] = counts.get(task_id, 0) + 1
+    for task_id in sorted(counts):
+        db.execute(update(Task).where(Task.id == task_id).values(active_leases=Task.active_leases - counts[task_id]))
+
+
+def expire_leases(db: Session, now: datetime) -> int:
+    """Marks leases past their time as expired and frees their slots. Returns how many."""
+    expired = db.execute(
+        update(Assignment)
+        .where(Assignment.status == "active", Assignment.expires_at <= now)
+        .values(status="expired")
+        .returning(Assignment.task_id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    _release_leases(db, expired)
+    return len(expired)
+
+
+def _sweep_due(database: Database) -> bool:
+    """At most one routine expiry sweep every few seconds per process (and one whenever nothing is free)."""
+    now = time.monotonic()
+    if now - database.state.get("last_expiry_sweep", float("-inf")) < EXPIRY_SWEEP_SECONDS:
+        return False
+    database.state["last_expiry_sweep"] = now
+    return True
 
 
 def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
-    """The user's current task if one is leased, else lease the oldest open task they have not seen."""
+    """The user's current task if one is leased, else lease the oldest task with a free slot they have not seen."""
     allowed = ROLE_TASK_KINDS.get(user.role, ())
     kinds = [k for k in (kinds or allowed) if k in allowed]
     if not kinds:
@@ -188,153 +219,185 @@ def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequenc
         try:
             with database.write() as db:
                 now = utcnow()
+                if _sweep_due(database):
+                    expire_leases(db, now)
                 current = db.scalar(
-                    select(Assignment)
-                    .join(Task)
+                    select(Assignment.id).join(Task, Task.id == Assignment.task_id)
                     .where(Assignment.user_id == user.id, Assignment.status == "active",
                            Assignment.expires_at > now, Task.kind.in_(kinds))
-                    .order_by(Assignment.id)
-                    .limit(1)
+                    .order_by(Assignment.id).limit(1)
                 )
                 if current is not None:
                     return _view(db, current)
-                seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-                query = (
-                    select(Task)
-                    .where(Task.kind.in_(kinds), Task.done_count < Task.required, ~seen,
-                           Task.done_count + _active_leases(Task.id, now) < Task.required)
-                    .order_by(Task.id)
-                    .limit(1)
-                )
-                if not database.is_sqlite:
-                    # PostgreSQL: concurrent requests skip a task another request is leasing right now.
-                    query = query.with_for_update(skip_locked=True, of=Task)
-                task = db.scalar(query)
-                if task is None:
+                task_id = _lease_free_task(db, database.is_sqlite, user.id, kinds)
+                if task_id is None and expire_leases(db, now):  # nothing free: maybe a lease just ran out
+                    task_id = _lease_free_task(db, database.is_sqlite, user.id, kinds)
+                if task_id is None:
                     return None
-                order = [item.continuation_id for item in task.items]
+                order = list(db.scalars(select(TaskItem.continuation_id).where(TaskItem.task_id == task_id)
+                                        .order_by(TaskItem.position)))
                 random.shuffle(order)  # a fresh order per annotator, against position bias
-                assignment = Assignment(task_id=task.id, user_id=user.id, item_order=order,
-                                        leased_at=now, expires_at=now + timedelta(seconds=lease_seconds))
-                db.add(assignment)
-                db.flush()
-                return _view(db, assignment)
+                assignment_id = db.scalar(
+                    insert(Assignment).values(task_id=task_id, user_id=user.id, item_order=order, status="active",
+                                              leased_at=now, expires_at=now + timedelta(seconds=lease_seconds))
+                    .returning(Assignment.id)
+                )
+                return _view(db, assignment_id)
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
 
 
+def _lease_free_task(db: Session, is_sqlite: bool, user_id: int, kinds: Sequence[str]) -> int | None:
+    """Takes one slot of the oldest free task the user has not seen; None when there is none."""
+    seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id)
+    has_slot = Task.done_count + Task.active_leases < Task.required
+    query = select(Task.id).where(has_slot, Task.kind.in_(kinds), ~seen).order_by(Task.id).limit(1)
+    if not is_sqlite:
+        # PostgreSQL: concurrent requests skip a task that another request is leasing right now.
+        query = query.with_for_update(skip_locked=True)
+    for _ in range(20):
+        task_id = db.scalar(query)
+        if task_id is None:
+            return None
+        # The conditional UPDATE re-checks the slot on the row's newest version.
+        taken = db.execute(update(Task).where(Task.id == task_id, has_slot)
+                           .values(active_leases=Task.active_leases + 1)
+                           .execution_options(synchronize_session=False))
+        if taken.rowcount == 1:
+            return task_id
+    raise Conflict("too many concurrent requests for the same tasks, please retry")
+
+
 def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
     with database.read() as db:
-        assignment = db.get(Assignment, assignment_id)
-        if assignment is None or assignment.user_id != user.id:
+        owner = db.scalar(select(Assignment.user_id).where(Assignment.id == assignment_id))
+        if owner != user.id:
             raise NotFound("no such task of yours")
-        return _view(db, assignment)
+        return _view(db, assignment_id)
 
 
 def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
     with database.write() as db:
-        assignment = db.get(Assignment, assignment_id)
-        if assignment is None or assignment.user_id != user.id:
-            raise NotFound("no such task of yours")
-        if assignment.status != "active":
-            raise Conflict(f"this task is already {assignment.status}")
-        assignment.status, assignment.finished_at, assignment.skip_reason = "skipped", utcnow(), reason[:500]
+        row = _assignment_row(db, user, assignment_id)
+        if row.status not in ("active", "expired"):
+            raise Conflict(f"this task is already {row.status}")
+        _finish(db, assignment_id, row.status, "skipped", skip_reason=reason[:500])
+        if row.status == "active":
+            _release_leases(db, [row.task_id])
 
 
 # ---------------------------------------------------------------- submitting
 
 
-def _open_assignment(db: Session, user: User, assignment_id: int, kind: str) -> Assignment:
-    assignment = db.get(Assignment, assignment_id)
-    if assignment is None or assignment.user_id != user.id:
+def _assignment_row(db: Session, user: User, assignment_id: int):
+    row = db.execute(
+        select(Assignment.user_id, Assignment.task_id, Assignment.status, Assignment.expires_at,
+               Assignment.item_order, Task.kind)
+        .join(Task, Task.id == Assignment.task_id)
+        .where(Assignment.id == assignment_id)
+    ).one_or_none()
+    if row is None or row.user_id != user.id:
         raise NotFound("no such task of yours")
-    if assignment.task.kind != kind:
-        raise Invalid(f"this is a {assignment.task.kind} task, not {kind}")
-    if assignment.status != "active":
-        raise Conflict(f"this task is already {assignment.status}")
-    return assignment
+    return row
 
 
-def _count_judgement(db: Session, assignment: Assignment, now: datetime) -> bool:
-    """Counts the judgement towards R if the lease is still valid and R is not reached.
-    A single conditional UPDATE, so concurrent submissions can never push a task past R."""
-    if assignment.expires_at <= now:
-        counted = False
-    else:
-        result = db.execute(
-            update(Task)
-            .where(Task.id == assignment.task_id, Task.done_count < Task.required)
-            .values(done_count=Task.done_count + 1)
-            .execution_options(synchronize_session=False)
-        )
-        counted = result.rowcount == 1
-    assignment.status = "submitted" if counted else "surplus"
-    assignment.finished_at = now
+def _open_assignment(db: Session, user: User, assignment_id: int, kind: str):
+    row = _assignment_row(db, user, assignment_id)
+    if row.kind != kind:
+        raise Invalid(f"this is a {row.kind} task, not {kind}")
+    if row.status not in ("active", "expired"):  # an expired lease may still be submitted, as surplus
+        raise Conflict(f"this task is already {row.status}")
+    return row
+
+
+def _finish(db: Session, assignment_id: int, old_status: str, new_status: str, **values) -> None:
+    """Moves an assignment out of old_status; a concurrent change in between is a conflict."""
+    changed = db.execute(
+        update(Assignment).where(Assignment.id == assignment_id, Assignment.status == old_status)
+        .values(status=new_status, finished_at=utcnow(), **values).execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:
+        raise Conflict("this task changed meanwhile; reload it")
+
+
+def _count_judgement(db: Session, assignment_id: int, row, now: datetime) -> bool:
+    """Stores the assignment's outcome and returns whether the judgement counts towards R.
+
+    It counts when the lease is still valid and the task has fewer than R counted judgements; the
+    check and the increment are one conditional UPDATE. Otherwise it is kept as surplus."""
+    counted = False
+    if row.status == "active":
+        if row.expires_at > now:
+            counted = db.execute(
+                update(Task).where(Task.id == row.task_id, Task.done_count < Task.required)
+                .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
+                .execution_options(synchronize_session=False)
+            ).rowcount == 1
+        if not counted:
+            _release_leases(db, [row.task_id])
+    _finish(db, assignment_id, row.status, "submitted" if counted else "surplus")
     return counted
 
 
 def _replay(database: Database, model, user: User, key: str) -> SubmitResult | None:
     with database.read() as db:
-        row = db.scalar(select(model).where(model.idempotency_key == key))
-        if row is None:
-            return None
-        if row.user_id != user.id:
-            raise Conflict("this idempotency key belongs to another submission")
-        return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
+        row = db.execute(select(model.id, model.user_id, model.is_surplus).where(model.idempotency_key == key)).one_or_none()
+    if row is None:
+        return None
+    if row.user_id != user.id:
+        raise Conflict("this idempotency key belongs to another submission")
+    return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
+
+
+def _submit(database: Database, user: User, model, key: str, store) -> SubmitResult:
+    """Stores a judgement exactly once per idempotency key, also when the same one races itself."""
+    if (replayed := _replay(database, model, user, key)) is not None:
+        return replayed
+    try:
+        with database.write() as db:
+            judgement_id, counted = store(db)
+            return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+    except (IntegrityError, Conflict):
+        # A concurrent duplicate of this very submission won the race: answer as it was answered.
+        if (replayed := _replay(database, model, user, key)) is not None:
+            return replayed
+        raise
 
 
 def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission) -> SubmitResult:
-    if (replayed := _replay(database, BwsJudgement, user, data.idempotency_key)) is not None:
-        return replayed
-    try:
-        with database.write() as db:
-            assignment = _open_assignment(db, user, assignment_id, "bws")
-            shown = assignment.item_order
-            if data.best_id not in shown or data.worst_id not in shown:
-                raise Invalid("best and worst must be items of this task")
-            if data.best_id == data.worst_id:
-                raise Invalid("best and worst must be different continuations")
-            now = utcnow()
-            counted = _count_judgement(db, assignment, now)
-            judgement = BwsJudgement(
-                assignment_id=assignment.id, task_id=assignment.task_id, user_id=user.id,
-                best_id=data.best_id, worst_id=data.worst_id, shown_order=shown,
-                duration_ms=data.duration_ms, is_surplus=not counted,
-                idempotency_key=data.idempotency_key, created_at=now,
-            )
-            db.add(judgement)
-            db.flush()
-            return SubmitResult(judgement_id=judgement.id, counted=counted, replayed=False)
-    except (IntegrityError, Conflict):
-        # A concurrent duplicate of this very submission won the race: answer as it was answered.
-        if (replayed := _replay(database, BwsJudgement, user, data.idempotency_key)) is not None:
-            return replayed
-        raise
+    def store(db: Session) -> tuple[int, bool]:
+        row = _open_assignment(db, user, assignment_id, "bws")
+        if data.best_id not in row.item_order or data.worst_id not in row.item_order:
+            raise Invalid("best and worst must be items of this task")
+        if data.best_id == data.worst_id:
+            raise Invalid("best and worst must be different continuations")
+        now = utcnow()
+        counted = _count_judgement(db, assignment_id, row, now)
+        judgement_id = db.scalar(insert(BwsJudgement).values(
+            assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, best_id=data.best_id,
+            worst_id=data.worst_id, shown_order=row.item_order, duration_ms=data.duration_ms,
+            is_surplus=not counted, idempotency_key=data.idempotency_key, created_at=now,
+        ).returning(BwsJudgement.id))
+        return judgement_id, counted
+
+    return _submit(database, user, BwsJudgement, data.idempotency_key, store)
 
 
 def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
-    if (replayed := _replay(database, Rating, user, data.idempotency_key)) is not None:
-        return replayed
-    try:
-        with database.write() as db:
-            assignment = _open_assignment(db, user, assignment_id, "rating")
-            now = utcnow()
-            counted = _count_judgement(db, assignment, now)
-            rating = Rating(
-                assignment_id=assignment.id, task_id=assignment.task_id, user_id=user.id,
-                continuation_id=assignment.item_order[0], comment=data.comment.strip(),
-                duration_ms=data.duration_ms, is_surplus=not counted,
-                idempotency_key=data.idempotency_key, created_at=now,
-                **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS},
-            )
-            db.add(rating)
-            db.flush()
-            return SubmitResult(judgement_id=rating.id, counted=counted, replayed=False)
-    except (IntegrityError, Conflict):
-        if (replayed := _replay(database, Rating, user, data.idempotency_key)) is not None:
-            return replayed
-        raise
+    def store(db: Session) -> tuple[int, bool]:
+        row = _open_assignment(db, user, assignment_id, "rating")
+        now = utcnow()
+        counted = _count_judgement(db, assignment_id, row, now)
+        rating_id = db.scalar(insert(Rating).values(
+            assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, continuation_id=row.item_order[0],
+            comment=data.comment.strip(), duration_ms=data.duration_ms, is_surplus=not counted,
+            idempotency_key=data.idempotency_key, created_at=now,
+            **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS},
+        ).returning(Rating.id))
+        return rating_id, counted
+
+    return _submit(database, user, Rating, data.idempotency_key, store)
 
 
 # ---------------------------------------------------------------- progress

@@ -96,7 +96,5 @@ def create_api_token(db: Session, user: User, name: str = "") -> str:
 
 
 def user_for_token(db: Session, token: str) -> User | None:
-    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(token)))
-    if row is None or not row.user.is_active:
-        return None
-    return row.user
+    return db.scalar(select(User).join(ApiToken, ApiToken.user_id == User.id)
+                     .where(ApiToken.token_hash == token_digest(token), User.is_active))

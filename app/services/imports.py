@@ -1,0 +1,448 @@
+"""Admin imports of prompts and continuations from JSON Lines or CSV.
+
+One record (JSONL object or CSV row) per continuation:
+
+    prompt           text, required
+    continuation     text; optional: a record with only a prompt creates the prompt (the trainer writes for it)
+    source           required with a continuation: who wrote it (model version or source name). An existing
+                     ModelVersion of that name (any kind) is used, else ModelVersion(kind="source",
+                     algorithm="import") is created.
+    prompt_id        optional external id of the prompt. Prompts are de-duplicated by external id, else
+                     (rows without one) by exact text.
+    continuation_id  optional external id of the continuation, unique in the file and in the database.
+
+Other keys / columns are ignored. In CSV an empty cell means "absent"; in JSON use null or leave the key
+out (an empty or blank string is an error). Texts are stored exactly as given (no stripping: GPT-2 style
+continuations keep their leading space).
+
+An import is all or nothing: it runs in one write transaction, and any bad record refuses the whole file
+with an `Invalid` (422) error naming the first bad line and field, whose details list up to 50 errors as
+{"line": n, "field": name, "message": msg}. Line numbers are physical lines of the file, 1-based (for a
+CSV record spanning several lines, the line it starts on; for a JSON array, the element's position).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import Database
+from app.models import Continuation, ModelVersion, Prompt
+from app.services.errors import Conflict, Invalid
+
+MAX_TEXT = 20_000
+MAX_NAME = 200  # ModelVersion.name, Prompt.external_id and Continuation.external_id are String(200)
+MAX_ERRORS = 50
+FIELDS = ("prompt", "continuation", "source", "prompt_id", "continuation_id")
+_IN_CHUNK = 500  # ids per IN (...) query
+
+
+class ImportRow(BaseModel):
+    """One validated record. `line` is where it was found in the file."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    line: int
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    continuation: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    source: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    prompt_id: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    continuation_id: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+
+    @field_validator("prompt", "continuation", "source", "prompt_id", "continuation_id")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _source_with_continuation(self) -> "ImportRow":
+        if self.continuation is not None and self.source is None:
+            raise _FieldError("source", "is required when a continuation is given (the model or source that wrote it)")
+        if self.continuation is None and self.continuation_id is not None:
+            raise _FieldError("continuation_id", "given without a continuation")
+        return self
+
+
+class ImportSummary(BaseModel):
+    prompts_created: int = 0
+    prompts_existing: int = 0
+    continuations_created: int = 0
+    sources_created: int = 0
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
+
+
+class _Errors:
+    """Collects the first MAX_ERRORS problems and counts the rest."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.total = 0
+
+    def add(self, line: int | None, field: str | None, message: str) -> None:
+        self.total += 1
+        if len(self.items) < MAX_ERRORS:
+            self.items.append({"line": line, "field": field, "message": message})
+
+    def raise_if_any(self, what: str = "the import was refused; nothing was imported") -> None:
+        if not self.total:
+            return
+        first = self.items[0]
+        where = [f"line {first['line']}"] if first["line"] is not None else []
+        if first["field"]:
+            where.append(f"field {first['field']!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        more = f" ({self.total} errors in all)" if self.total > 1 else ""
+        raise Invalid(f"{prefix}{first['message']}{more}; {what}", self.items)
+
+
+def _fail(line: int | None, field: str | None, message: str):
+    errors = _Errors()
+    errors.add(line, field, message)
+    errors.raise_if_any()
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def detect_format(data: bytes, filename: str) -> str:
+    """"jsonl" or "csv": by extension, else by the first non-blank character ('{' or '[' means JSON)."""
+    name = (filename or "").lower()
+    if name.endswith((".jsonl", ".ndjson", ".json", ".jsonl.txt")):
+        return "jsonl"
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    head = data.lstrip()[:1]
+    return "jsonl" if head in (b"{", b"[") else "csv"
+
+
+def _decode(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        _fail(line, None, f"not valid UTF-8 (byte {exc.start}: {exc.reason}); save the file as UTF-8")
+    if not text.strip():
+        _fail(None, None, "the file is empty")
+    return text
+
+
+def _validate(record: Any, line: int, errors: _Errors) -> ImportRow | None:
+    if not isinstance(record, dict):
+        errors.add(line, None, f"expected an object with a 'prompt' field, got {type(record).__name__}")
+        return None
+    try:
+        return ImportRow.model_validate({**{k: v for k, v in record.items() if k in FIELDS}, "line": line})
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err.get("loc", ()) if part != "line") or None
+            ctx_error = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_error, _FieldError):
+                errors.add(line, ctx_error.field, ctx_error.message)
+            elif err.get("type") == "missing":
+                errors.add(line, field, "is required")
+            else:
+                errors.add(line, field, _message(err))
+        return None
+
+
+def _message(err: dict) -> str:
+    kind = err.get("type", "")
+    if kind in ("string_type",):
+        got = type(err.get("input")).__name__
+        return f"must be text (a string), got {got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"is too long (at most {err.get('ctx', {}).get('max_length')} characters)"
+    msg = err.get("msg", "invalid")
+    return msg.removeprefix("Value error, ")
+
+
+def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of records; "line" is the record's position
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            _fail(exc.lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+        if not isinstance(records, list):
+            _fail(1, None, "expected JSON Lines (one object per line) or an array of objects")
+        rows = [_validate(record, i, errors) for i, record in enumerate(records, start=1)]
+        return [row for row in rows if row is not None]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.add(number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+            continue
+        row = _validate(record, number, errors)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _parse_csv(text: str, errors: _Errors, delimiter: str = ",") -> list[ImportRow]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        _fail(1, None, f"malformed CSV: {exc}")
+    header = [name.strip() for name in header]
+    if "prompt" not in header:
+        _fail(1, "prompt", f"missing CSV column 'prompt' (the header has: {', '.join(header) or 'nothing'})")
+    if "continuation" in header and "source" not in header:
+        _fail(1, "source", "missing CSV column 'source' (required with a 'continuation' column)")
+    duplicates = sorted({name for name in header if header.count(name) > 1 and name in FIELDS})
+    if duplicates:
+        _fail(1, duplicates[0], f"CSV column {duplicates[0]!r} appears twice")
+    rows = []
+    start = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            errors.add(start, None, f"malformed CSV: {exc}")
+            break  # the reader cannot resynchronise reliably
+        line, start = start, reader.line_num + 1
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) > len(header):
+            errors.add(line, None, f"{len(values)} fields but the header has {len(header)} columns")
+            continue
+        record = {name: (value if value != "" else None) for name, value in zip(header, values)}
+        row = _validate(record, line, errors)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def parse_upload(data: bytes, filename: str = "") -> list[ImportRow]:
+    """Parses and validates a whole upload; raises Invalid listing the problems, or returns the rows."""
+    if not data:
+        _fail(None, None, "the file is empty")
+    fmt = detect_format(data, filename)
+    text = _decode(data)
+    errors = _Errors()
+    if fmt == "jsonl":
+        rows = _parse_jsonl(text, errors)
+    else:
+        delimiter = "\t" if (filename or "").lower().endswith(".tsv") else ","
+        rows = _parse_csv(text, errors, delimiter)
+    _check_duplicate_ids(rows, errors)
+    errors.raise_if_any()
+    if not rows:
+        _fail(None, None, "the file has no records")
+    return rows
+
+
+def _check_duplicate_ids(rows: Sequence[ImportRow], errors: _Errors) -> None:
+    seen: dict[str, int] = {}
+    prompt_text: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        if row.continuation_id is not None:
+            if row.continuation_id in seen:
+                errors.add(row.line, "continuation_id",
+                           f"duplicate continuation_id {row.continuation_id!r} (first on line {seen[row.continuation_id]})")
+            else:
+                seen[row.continuation_id] = row.line
+        if row.prompt_id is not None:
+            first = prompt_text.setdefault(row.prompt_id, (row.prompt, row.line))
+            if first[0] != row.prompt:
+                errors.add(row.line, "prompt",
+                           f"prompt_id {row.prompt_id!r} has a different text than on line {first[1]}")
+
+
+# ---------------------------------------------------------------- storing
+
+
+def _chunks(values: Iterable, size: int = _IN_CHUNK) -> Iterable[list]:
+    values = list(values)
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def import_rows(db: Session, rows: Sequence[ImportRow]) -> ImportSummary:
+    """Stores validated rows in the caller's transaction; raises Invalid (nothing stored by the caller's
+    rollback) on duplicate continuation ids or prompt ids whose stored text differs."""
+    errors = _Errors()
+    _check_duplicate_ids(rows, errors)
+    errors.raise_if_any()
+    summary = ImportSummary()
+
+    # Continuation external ids already in the database.
+    ext_ids = [row.continuation_id for row in rows if row.continuation_id is not None]
+    taken: set[str] = set()
+    for chunk in _chunks(ext_ids):
+        taken.update(db.scalars(select(Continuation.external_id).where(Continuation.external_id.in_(chunk))))
+    for row in rows:
+        if row.continuation_id in taken:
+            errors.add(row.line, "continuation_id", f"continuation_id {row.continuation_id!r} already exists")
+
+    # Prompts by external id, then by exact text.
+    by_ext: dict[str, tuple[int, str]] = {}
+    for chunk in _chunks({row.prompt_id for row in rows if row.prompt_id is not None}):
+        for pid, ext, text in db.execute(select(Prompt.id, Prompt.external_id, Prompt.text).where(Prompt.external_id.in_(chunk))):
+            by_ext[ext] = (pid, text)
+    for row in rows:
+        if row.prompt_id in by_ext and by_ext[row.prompt_id][1] != row.prompt:
+            errors.add(row.line, "prompt", f"prompt_id {row.prompt_id!r} already exists with a different text")
+    errors.raise_if_any()
+
+    by_text: dict[str, int] = {}
+    for chunk in _chunks({row.prompt for row in rows if row.prompt_id is None}, 100):
+        for pid, text in db.execute(select(func.min(Prompt.id), Prompt.text).where(Prompt.text.in_(chunk)).group_by(Prompt.text)):
+            by_text[text] = pid
+
+    # Sources.
+    names = {row.source for row in rows if row.continuation is not None}
+    versions: dict[str, int] = {}
+    for chunk in _chunks(names):
+        versions.update(db.execute(select(ModelVersion.name, ModelVersion.id).where(ModelVersion.name.in_(chunk))).all())
+    for name in sorted(names - set(versions)):
+        version = ModelVersion(name=name, kind="source", algorithm="import")
+        db.add(version)
+        db.flush()
+        versions[name] = version.id
+        summary.sources_created += 1
+
+    existing_used: set[int] = set()
+    created_by_ext: dict[str, int] = {}
+    created_by_text: dict[str, int] = {}
+    pending: list[Continuation] = []
+    for row in rows:
+        if row.prompt_id is not None:
+            if row.prompt_id in by_ext:
+                prompt_id = by_ext[row.prompt_id][0]
+                existing_used.add(prompt_id)
+            elif row.prompt_id in created_by_ext:
+                prompt_id = created_by_ext[row.prompt_id]
+            else:
+                prompt_id = _new_prompt(db, row.prompt, row.prompt_id)
+                created_by_ext[row.prompt_id] = prompt_id
+                created_by_text.setdefault(row.prompt, prompt_id)
+                summary.prompts_created += 1
+        elif row.prompt in by_text:
+            prompt_id = by_text[row.prompt]
+            existing_used.add(prompt_id)
+        elif row.prompt in created_by_text:
+            prompt_id = created_by_text[row.prompt]
+        else:
+            prompt_id = _new_prompt(db, row.prompt, None)
+            created_by_text[row.prompt] = prompt_id
+            summary.prompts_created += 1
+        if row.continuation is not None:
+            pending.append(Continuation(prompt_id=prompt_id, model_version_id=versions[row.source], text=row.continuation,
+                                        external_id=row.continuation_id, generation_settings={}))
+            if len(pending) >= 1000:
+                db.add_all(pending)
+                db.flush()
+                summary.continuations_created += len(pending)
+                pending = []
+    db.add_all(pending)
+    db.flush()
+    summary.continuations_created += len(pending)
+    summary.prompts_existing = len(existing_used)
+    return summary
+
+
+def _new_prompt(db: Session, text: str, external_id: str | None) -> int:
+    prompt = Prompt(text=text, external_id=external_id)
+    db.add(prompt)
+    db.flush()
+    return prompt.id
+
+
+def import_file(database: Database, data: bytes, filename: str = "") -> ImportSummary:
+    """Parse, validate and store a whole upload in one write transaction: all or nothing."""
+    rows = parse_upload(data, filename)
+    try:
+        with database.write() as db:
+            return import_rows(db, rows)
+    except IntegrityError as exc:  # a concurrent import took an external id or source name meanwhile
+        raise Conflict("the import collided with a concurrent change (an external id or source name was "
+                       "taken meanwhile); nothing was imported, please retry") from exc
+
+
+# ---------------------------------------------------------------- choosing prompts (admin pages and API)
+
+
+class PromptInfo(BaseModel):
+    id: int
+    external_id: str | None
+    text: str
+    is_active: bool
+    continuations: int
+
+
+class PromptPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[PromptInfo]
+
+
+class ModelVersionInfo(BaseModel):
+    id: int
+    name: str
+    kind: str
+    algorithm: str
+    parent_id: int | None
+    continuations: int
+
+
+def prompt_ids(db: Session, active_only: bool = False) -> list[int]:
+    query = select(Prompt.id).order_by(Prompt.id)
+    if active_only:
+        query = query.where(Prompt.is_active.is_(True))
+    return list(db.scalars(query))
+
+
+def list_prompts(db: Session, offset: int = 0, limit: int = 50, q: str | None = None) -> PromptPage:
+    """A page of prompts with how many continuations each has; `q` filters by a substring of the text."""
+    counts = (
+        select(Continuation.prompt_id, func.count().label("n")).group_by(Continuation.prompt_id).subquery()
+    )
+    where = []
+    if q:
+        where.append(Prompt.text.contains(q, autoescape=True))
+    total = db.scalar(select(func.count()).select_from(Prompt).where(*where)) or 0
+    rows = db.execute(
+        select(Prompt, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.prompt_id == Prompt.id)
+        .where(*where)
+        .order_by(Prompt.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    items = [PromptInfo(id=p.id, external_id=p.external_id, text=p.text, is_active=p.is_active, continuations=n)
+             for p, n in rows]
+    return PromptPage(total=total, offset=offset, limit=limit, items=items)
+
+
+def list_model_versions(db: Session) -> list[ModelVersionInfo]:
+    counts = dict(db.execute(select(Continuation.model_version_id, func.count()).group_by(Continuation.model_version_id)).all())
+    return [
+        ModelVersionInfo(id=v.id, name=v.name, kind=v.kind, algorithm=v.algorithm, parent_id=v.parent_id,
+                         continuations=counts.get(v.id, 0))
+        for v in db.scalars(select(ModelVersion).order_by(ModelVersion.id))
+    ]
