@@ -108,7 +108,8 @@ def test_every_export_parses_with_expected_rows_and_values(client, database, adm
     by_judgement = defaultdict(list)
     for pair in pairs:
         chosen, rejected = int(pair["chosen_id"]), int(pair["rejected_id"])
-        assert pair["chosen"] == texts[chosen] and pair["rejected"] == texts[rejected]
+        # The story text is prompt + chosen: one space joins them, as the trainer builds it.
+        assert pair["chosen"] == " " + texts[chosen] and pair["rejected"] == " " + texts[rejected]
         assert pair["prompt"] == prompt_of[chosen] == prompt_of[rejected]
         assert pair["chosen_model_version"] == pair["rejected_model_version"] == "test-source"
         assert pair["annotator"] in ("ann1", "ann2")

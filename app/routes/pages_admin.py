@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
 from app.models import ROLES, utcnow
-from app.services import exports, imports, stats, tasks, users
+from app.services import exports, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 
@@ -297,3 +297,30 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
         media_type=exports.media_type(fmt),
         headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"'},
     )
+
+
+# ---------------------------------------------------------------- trainer
+
+
+@router.get("/training")
+def training_page(request: Request, user: PageAdmin, database: DatabaseDep):
+    status = training.trainer_status(database)
+    latest = next((r for r in status.history if r.status != "requested"), None)
+    logs = training.round_logs(database, latest.id) if latest else []
+    return _render(request, user, "admin/training.html", {"status": status, "latest": latest, "logs": logs[-200:]})
+
+
+@router.get("/training/status.json")
+def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.TrainerStatus:
+    """The same status as the API's, for the page's polling with the session cookie."""
+    return training.trainer_status(database, history=5)
+
+
+@router.post("/training/rounds", dependencies=[Csrf])
+def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep):
+    try:
+        queued = training.request_round(database, trigger="admin")
+        _flash(request, f"Round {queued.id} queued; the trainer starts it at its next poll.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin/training")

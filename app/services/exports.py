@@ -47,6 +47,7 @@ from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Rating, Task, User
 from app.services.errors import NotFound
 from app.services.scoring import BwsAnnotation, bradley_terry_scores, counting_scores, implied_pairs
+from app.services.story_text import completion_text
 
 FORMATS = ("jsonl", "csv", "parquet")
 CHUNK = 1000  # rows per query page and per Parquet row group
@@ -159,8 +160,9 @@ def _pairs(db: Session) -> Iterator[list[Row]]:
             for winner, loser in implied_pairs(j.shown_order, j.best_id, j.worst_id):
                 rows.append({
                     "prompt": prompts[j.prompt_id],
-                    "chosen": texts[winner][0],
-                    "rejected": texts[loser][0],
+                    # As the trainer builds them: prompt + chosen is the story text (story_text.py).
+                    "chosen": completion_text(texts[winner][0]),
+                    "rejected": completion_text(texts[loser][0]),
                     "judgement_id": j.id,
                     "annotator": j.username,
                     "tuple_id": j.task_id,
