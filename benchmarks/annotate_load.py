@@ -242,45 +242,60 @@ class Results:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
-async def annotator(conn, results: Results, deadline: float, rng: random.Random, retry_rate: float) -> None:
+async def annotator(conn, results: Results, deadline: float, rng: random.Random, retry_rate: float,
+                    chain: bool = False) -> None:
+    """fetch -> submit, until the deadline. With chain, each submit asks for the next task too
+    (POST .../bws?next=true), so a judgement costs one request instead of two."""
     clock = time.perf_counter
+    task = None
     try:
         while clock() < deadline:
-            t0 = clock()
-            try:
-                status, task = await conn.post("/api/v1/tasks/next")
-            except Exception as exc:  # noqa: BLE001
-                results.error(f"fetch {type(exc).__name__}")
-                await asyncio.sleep(0.05)
-                continue
-            results.fetch_ms.append((clock() - t0) * 1000)
-            if status == 204:
-                results.ran_out += 1
-                return
-            if status != 200:
-                results.error(f"fetch {status}")
-                continue
+            if task is None:
+                t0 = clock()
+                try:
+                    status, task = await conn.post("/api/v1/tasks/next")
+                except Exception as exc:  # noqa: BLE001
+                    results.error(f"fetch {type(exc).__name__}")
+                    task = None
+                    await asyncio.sleep(0.05)
+                    continue
+                results.fetch_ms.append((clock() - t0) * 1000)
+                if status == 204:
+                    results.ran_out += 1
+                    return
+                if status != 200:
+                    results.error(f"fetch {status}")
+                    task = None
+                    continue
             ids = [item["continuation_id"] for item in task["items"]]
             best, worst = rng.sample(ids, 2)
             body = {"best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex,
                     "duration_ms": rng.randint(1000, 30000)}
+            path = f"/api/v1/tasks/{task['assignment_id']}/bws" + ("?next=true" if chain else "")
+            next_task = None
             for _ in range(2 if rng.random() < retry_rate else 1):
                 t0 = clock()
                 try:
-                    status, answer = await conn.post(f"/api/v1/tasks/{task['assignment_id']}/bws", body)
+                    status, answer = await conn.post(path, body)
                 except Exception as exc:  # noqa: BLE001
                     results.error(f"submit {type(exc).__name__}")
                     continue
                 results.submit_ms.append((clock() - t0) * 1000)
                 if status == 200:
                     results.acknowledged.add(answer["judgement_id"])
+                    next_task = answer.get("next_task") or next_task
                 else:
                     results.error(f"submit {status}")
+            task = next_task if chain else None
+            if chain and task is None:
+                results.ran_out += 1
+                return
     finally:
         await conn.close()
 
 
-async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float) -> tuple[Results, float]:
+async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float,
+                   chain: bool = False) -> tuple[Results, float]:
     results = Results()
     started = time.perf_counter()
     deadline = started + seconds
@@ -290,10 +305,10 @@ async def run_load(port: int, tokens: list[str], seconds: float, client_kind: st
 
         limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
-            await asyncio.gather(*(annotator(HttpxConnection(client, t), results, deadline, r, retry_rate)
+            await asyncio.gather(*(annotator(HttpxConnection(client, t), results, deadline, r, retry_rate, chain)
                                    for t, r in zip(tokens, rngs)))
     else:
-        await asyncio.gather(*(annotator(RawConnection(port, t), results, deadline, r, retry_rate)
+        await asyncio.gather(*(annotator(RawConnection(port, t), results, deadline, r, retry_rate, chain)
                                for t, r in zip(tokens, rngs)))
     return results, time.perf_counter() - started
 
@@ -333,6 +348,7 @@ def main() -> None:
     parser.add_argument("--required", type=int, default=3, help="R: judgements per task")
     parser.add_argument("--tasks", type=int, default=0, help="tasks to seed (default: enough for 1500 judgements/s)")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument("--chain", action="store_true", help="submit with ?next=true: one request per judgement")
     parser.add_argument("--retry-rate", type=float, default=0.1, help="share of submissions sent twice (same key)")
     parser.add_argument("--uvicorn-arg", action="append", default=[], help="extra uvicorn arguments, e.g. --loop=asyncio")
     parser.add_argument("--profile", default="", help="py-spy: record the server's stacks (collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
@@ -370,7 +386,8 @@ def main() -> None:
                                  "-o", f"{args.profile}-{kind}-{n}.folded"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
-                        results, elapsed = asyncio.run(run_load(port, tokens, args.seconds, args.client, args.retry_rate))
+                        results, elapsed = asyncio.run(run_load(port, tokens, args.seconds, args.client, args.retry_rate,
+                                                                        args.chain))
                         cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
                         if profiler is not None:
                             profiler.wait(60)

@@ -70,15 +70,26 @@ def get_task(assignment_id: int, user: ApiUser, database: DatabaseDep):
     return tasks.get_task(database, user, assignment_id)
 
 
+NextQuery = Annotated[bool, Query(description="also lease the next task and return it as next_task")]
+
+
+def _with_next(result: SubmitResult, want_next: bool, user, database, settings) -> SubmitResult:
+    if want_next:
+        result.next_task = tasks.next_task(database, user, settings.lease_seconds)
+    return result
+
+
 @router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult)
-def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep):
+def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep, settings: SettingsDep,
+               next: NextQuery = False):
     """Submit best and worst. Retrying with the same idempotency_key never stores twice."""
-    return tasks.submit_bws(database, user, assignment_id, body)
+    return _with_next(tasks.submit_bws(database, user, assignment_id, body), next, user, database, settings)
 
 
 @router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult)
-def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep):
-    return tasks.submit_rating(database, user, assignment_id, body)
+def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
+                  settings: SettingsDep, next: NextQuery = False):
+    return _with_next(tasks.submit_rating(database, user, assignment_id, body), next, user, database, settings)
 
 
 @router.post("/tasks/{assignment_id}/skip", status_code=204)

@@ -36,7 +36,8 @@ from app.models import (
 from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Invalid, NotFound
 
-ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating",), "admin": ("bws", "rating")}
+ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating", "eval"), "admin": ("bws", "rating", "eval")}
+RATING_KINDS = ("rating", "eval")  # "eval": a blind evaluation-campaign item, rated like a rating task
 
 
 # ---------------------------------------------------------------- views and inputs
@@ -79,6 +80,8 @@ class SubmitResult(BaseModel):
     judgement_id: int
     counted: bool  # False: stored as surplus (late, or beyond R)
     replayed: bool  # True: this idempotency key was seen before; nothing new was stored
+    # With ?next=true: the next task, leased in the same request (saves a round trip per judgement).
+    next_task: TaskView | None = None
 
 
 class Progress(BaseModel):
@@ -302,10 +305,11 @@ def _assignment_row(db: Session, user: User, assignment_id: int):
     return row
 
 
-def _open_assignment(db: Session, user: User, assignment_id: int, kind: str):
+def _open_assignment(db: Session, user: User, assignment_id: int, kind: str | tuple[str, ...]):
     row = _assignment_row(db, user, assignment_id)
-    if row.kind != kind:
-        raise Invalid(f"this is a {row.kind} task, not {kind}")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if row.kind not in kinds:
+        raise Invalid(f"this is a {row.kind} task, not {kinds[0]}")
     if row.status not in ("active", "expired"):  # an expired lease may still be submitted, as surplus
         raise Conflict(f"this task is already {row.status}")
     return row
@@ -386,7 +390,7 @@ def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubm
 
 def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
     def store(db: Session) -> tuple[int, bool]:
-        row = _open_assignment(db, user, assignment_id, "rating")
+        row = _open_assignment(db, user, assignment_id, RATING_KINDS)
         now = utcnow()
         counted = _count_judgement(db, assignment_id, row, now)
         rating_id = db.scalar(insert(Rating).values(
