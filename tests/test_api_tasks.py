@@ -95,3 +95,21 @@ def test_evaluator_gets_no_bws_and_anonymous_gets_401(client, database):
     make_user(database, "eva", role="evaluator")
     assert client.post("/api/v1/tasks/next", headers=token_headers(client, "eva")).status_code == 204
     assert client.post("/api/v1/tasks/next").status_code == 401
+
+
+def test_submit_with_next_returns_the_next_lease(client, database):
+    seed_bws_batch(database, prompts=2, per_prompt=4, required=1)  # two tuples, one per prompt
+    make_user(database, "ann")
+    headers = token_headers(client, "ann")
+    first = client.post("/api/v1/tasks/next", headers=headers).json()
+    ids = [i["continuation_id"] for i in first["items"]]
+    body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()}
+    answer = client.post(f"/api/v1/tasks/{first['assignment_id']}/bws?next=true", headers=headers, json=body).json()
+    assert answer["counted"] and answer["next_task"]["task_id"] != first["task_id"]
+    # The lease in the answer is the one the annotator now holds.
+    assert client.post("/api/v1/tasks/next", headers=headers).json()["assignment_id"] == answer["next_task"]["assignment_id"]
+    second = answer["next_task"]
+    ids = [i["continuation_id"] for i in second["items"]]
+    body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()}
+    last = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws?next=true", headers=headers, json=body).json()
+    assert last["counted"] and last["next_task"] is None
