@@ -105,8 +105,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         return RedirectResponse(f"/login?{urlencode({'next': target}, safe='/')}", status_code=303)
 
     from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
+    from app.routes import api_eval, pages_eval  # evaluation campaigns, model versions, live status
 
-    for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin):
+    for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, api_eval, pages_eval):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

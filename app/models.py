@@ -300,3 +300,54 @@ class TrainingLog(Base):
     step: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+
+# ---------------------------------------------------------------- evaluation campaigns
+
+
+class Campaign(Base):
+    """A blind evaluation: one continuation per (model version, prompt), each rated by `required` evaluators.
+
+    waiting_for_generation -> open (its eval batch is built) -> closed; "failed" when nothing could be built.
+    """
+
+    __tablename__ = "campaign"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    required: Mapped[int] = mapped_column(Integer, default=2)  # evaluators per item
+    seed: Mapped[int] = mapped_column(Integer, default=0)  # order of the items
+    status: Mapped[str] = mapped_column(String(32), default="waiting_for_generation")
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id"))
+    note: Mapped[str] = mapped_column(Text, default="")  # e.g. prompts dropped because generation failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignVersion(Base):
+    __tablename__ = "campaign_version"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"), primary_key=True)
+
+
+class CampaignPrompt(Base):
+    __tablename__ = "campaign_prompt"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id"), primary_key=True)
+
+
+class GenerationRequest(Base):
+    """A continuation a campaign needs from a version that has none for that prompt; the trainer writes it."""
+
+    __tablename__ = "generation_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaign.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompt.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending | done | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None]

@@ -84,6 +84,8 @@ def test_full_loop(app, database, settings, tiny_cfg):
         assert (base.kind, base.algorithm, base.parent_id) == ("policy", "hub", None)
         assert (reward.kind, policy.algorithm) == ("reward", "ppo")
         assert 0.0 <= reward.metrics["held_out_accuracy"] <= 1.0
+        auto = policy.metrics["auto"]  # automatic metrics of the new version's continuations
+        assert 0 < auto["distinct_1"] <= 1 and auto["perplexity"] > 1 and auto["mean_reward"] is not None
         for version in (base, reward, policy):
             assert (settings.model_store / version.path / "config.json").exists()
         ppo_logs = db.scalars(select(TrainingLog).where(TrainingLog.round_id == round_id, TrainingLog.phase == "ppo")).all()
@@ -171,3 +173,14 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
         r = db.scalar(select(TrainingRound))
         assert r.status == "done" and r.policy_version_id is not None and r.batch_id is not None
         assert db.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.kind == "reward")) == 1
+
+
+def test_lease_of_a_dead_trainer_on_this_host_is_taken_over(database):
+    from trainer.lease import holder_name, try_acquire
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = holder_name().rpartition(":")[0]
+    assert try_acquire(database, f"{host}:{dead.pid}") is None  # the dead trainer held it
+    assert try_acquire(database, holder_name()) is None  # taken over at once, no stale wait
+    assert try_acquire(database, f"{host}:{dead.pid}") == holder_name()  # and now it is ours

@@ -14,15 +14,31 @@ def holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _dead_on_this_host(holder: str) -> bool:
+    """A holder on this machine whose process is gone (a killed trainer) need not be waited for."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def try_acquire(database: Database, holder: str) -> str | None:
-    """Takes the lease if it is free, stale or ours. Returns None on success, else the current holder."""
+    """Takes the lease if it is free, stale, ours, or held by a dead process on this host.
+    Returns None on success, else the current holder."""
     with database.write() as db:
         now = utcnow()
         lease = db.get(TrainerLease, TRAINER_LEASE, with_for_update=True)
         if lease is None:
             db.add(TrainerLease(name=TRAINER_LEASE, holder=holder, heartbeat_at=now))
             return None
-        if lease.holder == holder or lease.heartbeat_at < now - timedelta(seconds=LEASE_STALE_SECONDS):
+        stale = lease.heartbeat_at < now - timedelta(seconds=LEASE_STALE_SECONDS)
+        if lease.holder == holder or stale or _dead_on_this_host(lease.holder):
             lease.holder, lease.heartbeat_at = holder, now
             return None
         return lease.holder

@@ -15,6 +15,7 @@ from app.db import Database
 from app.models import TrainingRound, utcnow
 from trainer import model_store
 from trainer.config import TrainerSettings
+from trainer.eval_generation import fulfil_generation_requests
 from trainer.lease import Heartbeat, holder_name, release, try_acquire
 from trainer.rounds import judgements_since_last_round, run_round
 
@@ -97,6 +98,7 @@ def serve_forever(database: Database, settings: Settings, cfg: TrainerSettings, 
         model_store.clean_incomplete(settings.model_store, database)
         with Heartbeat(database, holder) as heartbeat:
             while not heartbeat.lost.is_set() and (max_rounds is None or rounds < max_rounds):
+                fulfil_generation_requests(database, settings, cfg)  # continuations evaluation campaigns wait for
                 round_id = next_round_id(database, settings)
                 if round_id is None:
                     time.sleep(settings.trainer_poll_seconds)

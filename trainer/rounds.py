@@ -11,6 +11,7 @@ resumes from the first unfinished phase. Versions become visible only once compl
 (model_store.save_version), and generate + queue commit in one transaction, so nothing is doubled.
 """
 
+import os
 import random
 import tempfile
 import time
@@ -27,6 +28,7 @@ from app.db import Database
 from app.models import Continuation, ModelVersion, Prompt, TrainingLog, TrainingRound, utcnow
 from app.services.tasks import build_bws_batch
 from trainer import model_store
+from trainer.auto_metrics import compute_for_version
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
 from trainer.generate import generate_continuations
@@ -211,8 +213,24 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
         return batch.id
 
 
+def metrics_phase(database, settings, policy_id: int, reward_id: int | None, reporter) -> None:
+    """Automatic metrics of the new version's continuations (reward score, distinct-n, length, perplexity)."""
+    reporter.phase("metrics")
+    auto = compute_for_version(database, settings.model_store, policy_id, reward_version_id=reward_id,
+                               device=model_store.resolve_device(None))
+    with database.write() as db:
+        version = db.get(ModelVersion, policy_id)
+        version.metrics = {**version.metrics, "auto": auto}  # a new dict, so the JSON column is saved
+
+
+def set_cpu_threads(cfg: TrainerSettings) -> None:
+    threads = cfg.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+
+
 def run_round(database: Database, settings: Settings, cfg: TrainerSettings, round_id: int, echo: bool = True) -> None:
     """Runs (or resumes) a round to the end. Raises on failure; the caller marks the round failed."""
+    set_cpu_threads(cfg)
     torch.manual_seed(cfg.seed + round_id)
     reporter = RoundReporter(database, round_id, echo)
     _set(database, round_id, status="running", started_at=utcnow(), error=None)
@@ -227,6 +245,7 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
             policy_id = ppo_phase(database, settings, cfg, round_id, parent, reward_id, reporter)
         if batch_id is None:
             generate_and_queue_phase(database, settings, cfg, round_id, policy_id, reporter)
+        metrics_phase(database, settings, policy_id, reward_id, reporter)
         _set(database, round_id, status="done", phase="done", finished_at=utcnow())
     finally:
         reporter.close()

@@ -25,7 +25,7 @@ router = APIRouter(include_in_schema=False)
 # (Evaluation campaigns can add their own queue here.)
 QUEUES: dict[str, dict] = {
     "annotate": {"title": "Annotate", "kinds": None, "roles": ("annotator", "admin")},
-    "evaluate": {"title": "Evaluate", "kinds": ("rating",), "roles": ("evaluator", "admin")},
+    "evaluate": {"title": "Evaluate", "kinds": ("eval", "rating"), "roles": ("evaluator", "admin")},
 }
 
 RUBRIC = [
@@ -250,7 +250,7 @@ def submit_rating(
     duration_ms: Annotated[str, Form()] = "",
 ):
     view = tasks.get_task(database, user, assignment_id)
-    if view.kind != "rating":
+    if view.kind not in tasks.RATING_KINDS:  # "eval" items are rated with the same form
         raise Invalid(f"this is a {view.kind} task, not rating")
     scores = {"grammar": _int_or_none(grammar), "creativity": _int_or_none(creativity),
               "consistency": _int_or_none(consistency), "plot": _int_or_none(plot)}

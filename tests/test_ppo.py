@@ -1,0 +1,129 @@
+"""PPO learns a simple preference with tiny offline models, plus unit tests of its pieces.
+
+The learning test: a 2-layer GPT-2 pretrained on synthetic one-sentence stories where the marker word
+"dragon" appears in ~10% of continuations; a reward model trained (Bradley-Terry) to prefer continuations
+with the marker; PPO must raise the marker's frequency in fresh samples, raise the mean reward-model
+score, and keep the KL to the reference policy bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+import torch
+
+from trainer.generate import generate_continuations, truncate_at_eos
+from trainer.ppo import PPOConfig, PPOTrainer, compute_gae, score_sequences
+from trainer.reward_format import format_for_reward
+
+try:
+    from tests.tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm,
+                                   tiny_reward_model, train_reward_model, train_tiny_tokenizer)
+except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
+    from tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm, tiny_reward_model,
+                             train_reward_model, train_tiny_tokenizer)
+
+MARKER = "dragon"
+SEED = int(os.environ.get("STORYLOOP_PPO_TEST_SEED", "0"))  # re-run with other seeds to check robustness
+STEPS = 20  # PPO steps of 32 rollouts
+# KL(policy || reference) bound, nats per response. Moving the marker from p=0.1 to p=0.95 alone costs
+# about 0.95*ln(9.5) + 0.05*ln(0.05/0.9) ~ 2 nats. Healthy runs (lr 1e-4) settle at 3-8 nats; runs with a
+# 10x larger learning rate ran away to 13-25 nats and collapsed to " the dragon ." (entropy < 0.1).
+KL_MAX = 10.0
+
+
+# ----------------------------------------------------------------------------- unit tests
+def test_format_for_reward_appends_eos_once():
+    assert format_for_reward("Once upon a time", " a fox ran.", "<|endoftext|>") == "Once upon a time a fox ran.<|endoftext|>"
+    assert format_for_reward("p", " c<|endoftext|>", "<|endoftext|>") == "p c<|endoftext|>"  # not doubled
+    assert format_for_reward("p", "", "</s>") == "p</s>"
+    with pytest.raises(ValueError):
+        format_for_reward("p", "c", "")
+
+
+def test_gae_matches_hand_computation():
+    # row 0: gamma=1, lam=0.5, reward only at the end
+    #   t2: delta = 1 + 0 - .5 = .5            -> A2 = .5
+    #   t1: delta = 0 + .5 - .5 = 0            -> A1 = 0 + .5 * .5 = .25
+    #   t0: delta = 0                           -> A0 = .5 * .25 = .125
+    adv = compute_gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]]), gamma=1.0, lam=0.5)
+    torch.testing.assert_close(adv, torch.tensor([[0.125, 0.25, 0.5]]))
+    # row 1: gamma=.9, lam=1, response of 2 tokens (reward and value zero after the end)
+    #   t2: 0;  t1: delta = 2 + .9*0 - 1 = 1 -> A1 = 1;  t0: delta = 0 + .9*1 - 1 = -.1 -> A0 = -.1 + .9*1 = .8
+    #   (lam=1: A0 = discounted return .9*2 minus V0 = 1)
+    adv = compute_gae(torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]), gamma=0.9, lam=1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.8, 1.0, 0.0]]))
+
+
+def test_truncate_at_eos_keeps_the_eos_token():
+    eos, pad = 0, 9
+    response = torch.tensor([[5, 6, eos, pad], [5, 6, 7, 8], [eos, pad, pad, pad]])
+    mask, lengths = truncate_at_eos(response, eos)
+    assert lengths.tolist() == [3, 4, 1]
+    assert mask.long().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- learning test
+@pytest.fixture(scope="module")
+def tiny_setup():
+    torch.set_num_threads(2)
+    corpus = story_corpus(3000, marker=MARKER, marker_rate=0.1, seed=SEED)
+    tok = train_tiny_tokenizer(p + c for p, c in corpus)
+    lm = pretrain_lm(tiny_lm(tok, seed=SEED), tok, [p + c for p, c in corpus], steps=300, seed=SEED)
+    rm = train_reward_model(tiny_reward_model(tok, init_from=lm, seed=SEED), tok,
+                            preference_pairs(2000, MARKER, seed=SEED + 1), format_for_reward, steps=150, seed=SEED)
+    return tok, lm, rm
+
+
+def _sample_stats(model, tok, rm, n_per_prompt=32):
+    """Marker frequency and mean RM score of fresh samples (n_per_prompt for every prompt)."""
+    outs = generate_continuations(model, tok, PROMPTS, num_return_sequences=n_per_prompt, max_new_tokens=16,
+                                  batch_size=128)
+    prompts = [p for p, o in zip(PROMPTS, outs) for _ in o]
+    completions = [c for o in outs for c in o]
+    freq = sum(MARKER in c for c in completions) / len(completions)
+    return freq, score_sequences(rm, tok, prompts, completions).mean().item()
+
+
+def test_reward_model_prefers_marker(tiny_setup):
+    tok, _, rm = tiny_setup
+    held_out = preference_pairs(200, MARKER, seed=99)
+    chosen = score_sequences(rm, tok, [t[0] for t in held_out], [t[1] for t in held_out])
+    rejected = score_sequences(rm, tok, [t[0] for t in held_out], [t[2] for t in held_out])
+    assert (chosen > rejected).float().mean() > 0.95
+
+
+def test_ppo_raises_marker_frequency(tiny_setup):
+    tok, lm, rm = tiny_setup
+    torch.manual_seed(SEED)
+    freq_before, score_before = _sample_stats(lm, tok, rm)
+
+    cfg = PPOConfig(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=16,
+                    temperature=1.0, init_kl_coef=0.05, seed=SEED)
+    history: list[dict] = []
+    trainer = PPOTrainer(cfg, lm, tok, rm, on_step=lambda step, stats: history.append({"step": step, **stats}))
+    rng = random.Random(SEED)
+    t0 = time.time()
+    for _ in range(STEPS):
+        trainer.step([rng.choice(PROMPTS) for _ in range(cfg.batch_size)])
+    seconds_per_step = (time.time() - t0) / STEPS
+
+    torch.manual_seed(SEED + 1)
+    freq_after, score_after = _sample_stats(trainer.policy, tok, rm)
+    final_kl = sum(h["kl"] for h in history[-5:]) / 5
+    print(f"\nseed {SEED}: marker frequency {freq_before:.2f} -> {freq_after:.2f}; RM score {score_before:.2f} -> "
+          f"{score_after:.2f}; KL(last 5 steps) {final_kl:.2f} nats, max {max(h['kl'] for h in history):.2f}; "
+          f"entropy {history[-1]['entropy']:.2f}; {seconds_per_step:.2f} s/step")
+
+    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
+    assert set(history[0]) >= {"score", "kl", "policy_loss", "value_loss", "clipfrac", "entropy",
+                               "response_length", "kl_coef"}
+    assert freq_before < 0.3
+    assert freq_after > 0.6
+    assert score_after > score_before + 2.0
+    assert 0.0 < final_kl < KL_MAX  # see KL_MAX above
+    assert max(h["kl"] for h in history) < 2 * KL_MAX
+    assert history[-1]["entropy"] > 0.3  # no collapse onto one sentence

@@ -1,0 +1,152 @@
+"""Batched sampling from a causal LM, shared by PPO rollouts and by the story generator.
+
+We sample with our own loop instead of ``model.generate`` so that the distribution we sample from is
+exactly the one PPO scores: ``softmax(logits / temperature)`` (optionally top-k / top-p filtered), with
+nothing merged in from a checkpoint's ``generation_config`` (repetition penalties, default top_k=50, ...).
+
+Shapes: B = sequences in the batch, P = padded prompt length, K = new tokens, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def left_pad_prompts(tokenizer, prompts: list[str], device, max_prompt_tokens: int | None = None):
+    """Tokenize prompts left-padded (so every row ends at the same column), keeping the END of long prompts.
+
+    Returns ``input_ids`` (B, P) and ``attention_mask`` (B, P), 0 on padding.
+    """
+    old_side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"  # a story prompt's end matters more than its start
+    try:
+        enc = tokenizer(
+            prompts,
+            padding=True,
+            padding_side="left",
+            truncation=max_prompt_tokens is not None,
+            max_length=max_prompt_tokens,
+            return_tensors="pt",
+        )
+    finally:
+        tokenizer.truncation_side = old_side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B, T) positions that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then nucleus filtering on (B, V) logits; removed entries become -inf. 0 / 1.0 disable them."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)  # (B, V)
+        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_tokens(
+    model,
+    input_ids: torch.Tensor,  # (B, P) left-padded prompt ids
+    attention_mask: torch.Tensor,  # (B, P)
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` tokens per row with a KV cache.
+
+    Returns the new tokens (B, K), K <= max_new_tokens (the loop stops once every row has produced EOS).
+    After a row's first EOS its remaining tokens are ``pad_token_id``.
+    """
+    B = input_ids.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
+    mask = attention_mask.long()  # (B, P + t) grows by one column per step
+    step_ids, step_pos = input_ids, position_ids_from_mask(mask)  # first step feeds the whole prompt
+    past, new_tokens = None, []
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :].float() / temperature  # (B, V)
+        probs = filter_logits(logits, top_k, top_p).softmax(-1)  # (B, V)
+        nxt = torch.multinomial(probs, 1).squeeze(-1)  # (B,)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+        new_tokens.append(nxt)
+        finished |= nxt == eos_token_id
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)  # (B, P + t + 1)
+        step_ids = nxt[:, None]  # (B, 1)
+        step_pos = (mask.sum(-1, keepdim=True) - 1)  # (B, 1) position of the token just sampled
+    return torch.stack(new_tokens, dim=1)  # (B, K)
+
+
+def truncate_at_eos(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) response ids -> (response_mask (B, K) covering tokens up to AND including the first EOS,
+    lengths (B,) = number of those tokens). Rows without EOS keep all K tokens."""
+    is_eos = response == eos_token_id  # (B, K)
+    K = response.shape[1]
+    first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), torch.full_like(is_eos[:, 0], K, dtype=torch.long))
+    lengths = torch.clamp(first_eos + 1, max=K)  # (B,)
+    response_mask = torch.arange(K, device=response.device)[None, :] < lengths[:, None]  # (B, K)
+    return response_mask, lengths
+
+
+def decode_responses(tokenizer, response: torch.Tensor, eos_token_id: int) -> list[str]:
+    """Decode each row up to (not including) its first EOS; special tokens are dropped."""
+    texts = []
+    for row in response.tolist():
+        if eos_token_id in row:
+            row = row[: row.index(eos_token_id)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+@torch.no_grad()
+def generate_continuations(
+    model,
+    tokenizer,
+    prompts: list[str],
+    num_return_sequences: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    batch_size: int = 16,
+    max_prompt_tokens: int | None = None,
+) -> list[list[str]]:
+    """Sample ``num_return_sequences`` continuations for every prompt.
+
+    Returns one list per prompt, in prompt order, each holding that many continuation strings (EOS and
+    anything after it removed; a byte-level BPE continuation keeps its leading space, so
+    ``prompt + continuation`` is the full text). Samples in eval mode (no dropout); the model's
+    train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token if unsure)")
+    flat = [p for p in prompts for _ in range(num_return_sequences)]  # each prompt repeated K times
+    texts: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        ids, mask = left_pad_prompts(tokenizer, flat[i : i + batch_size], device, max_prompt_tokens)
+        response = sample_tokens(
+            model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p,
+        )
+        texts.extend(decode_responses(tokenizer, response, tokenizer.eos_token_id))
+    model.train(was_training)
+    n = num_return_sequences
+    return [texts[j * n : (j + 1) * n] for j in range(len(prompts))]
