@@ -355,9 +355,10 @@ def _replay(database: Database, model, user: User, key: str) -> SubmitResult | N
 
 
 def _submit(database: Database, user: User, model, key: str, store) -> SubmitResult:
-    """Stores a judgement exactly once per idempotency key, also when the same one races itself."""
-    if (replayed := _replay(database, model, user, key)) is not None:
-        return replayed
+    """Stores a judgement exactly once per idempotency key, also when the same one races itself.
+
+    A repeated key finds its assignment no longer open (or hits the unique key) and is answered
+    from the stored judgement, so the common first submission costs no extra lookup."""
     try:
         with database.write() as db:
             judgement_id, counted = store(db)
