@@ -4,6 +4,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
@@ -13,11 +14,15 @@ from app.security import csrf_ok
 from app.services import users
 
 
-def get_database(request: Request) -> Database:
+# Dependencies that do no blocking work are `async def`: FastAPI runs a plain `def` dependency in
+# its thread pool, and those hand-offs cost more than the work itself on the hot API paths.
+
+
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -30,7 +35,12 @@ _bearer = HTTPBearer(auto_error=False)
 TOKEN_CACHE_SECONDS = 10.0  # a deactivated user or a changed role takes effect within this time
 
 
-def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
+def _lookup_token(database: Database, token: str) -> User | None:
+    with database.read() as db:
+        return users.user_for_token(db, token)
+
+
+async def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     # Every API call authenticates; a short per-process cache saves a query on most of them.
@@ -38,8 +48,7 @@ def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCred
     now = time.monotonic()
     user, cached_at = cache.get(credentials.credentials, (None, float("-inf")))
     if now - cached_at > TOKEN_CACHE_SECONDS:
-        with database.read() as db:
-            user = users.user_for_token(db, credentials.credentials)
+        user = await run_in_threadpool(_lookup_token, database, credentials.credentials)
         if len(cache) > 100_000:
             cache.clear()
         cache[credentials.credentials] = (user, now)
@@ -48,7 +57,7 @@ def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCred
     return user
 
 
-def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
+async def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
     if user.role != "admin":
         raise HTTPException(403, "admins only")
     return user
