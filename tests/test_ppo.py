@@ -29,15 +29,17 @@ except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.p
 MARKER = "dragon"
 SEED = int(os.environ.get("STORYLOOP_PPO_TEST_SEED", "0"))  # re-run with other seeds to check robustness
 STEPS = 20  # PPO steps of 32 rollouts
-# KL(policy || reference) bound, nats per response. Moving the marker from p=0.1 to p=0.95 alone costs
-# about 0.95*ln(9.5) + 0.05*ln(0.05/0.9) ~ 2 nats. Healthy runs (lr 1e-4) settle at 3-8 nats; runs with a
-# 10x larger learning rate ran away to 13-25 nats and collapsed to " the dragon ." (entropy < 0.1).
-KL_MAX = 10.0
+# KL(policy || reference) bound, nats per response (mean of the last 5 steps' rollout estimates). Moving
+# the marker from p=0.1 to p=0.97 alone costs about 0.97*ln(9.7) + 0.03*ln(0.03/0.9) ~ 2.1 nats. With these
+# settings seeds 0-3 ended at 3.0-5.9 nats (per-step peaks 4-9.4); a run that drifts away from the
+# reference (seen with lr 1e-4 and kl coef 0.05: 13.8 nats, peaks up to 30) fails.
+KL_MAX = 8.0
 
 
 # ----------------------------------------------------------------------------- unit tests
 def test_format_for_reward_appends_eos_once():
-    assert format_for_reward("Once upon a time", " a fox ran.", "<|endoftext|>") == "Once upon a time a fox ran.<|endoftext|>"
+    eos = "<|endoftext|>"
+    assert format_for_reward("Once upon a time", " a fox ran.", eos) == "Once upon a time a fox ran." + eos
     assert format_for_reward("p", " c<|endoftext|>", "<|endoftext|>") == "p c<|endoftext|>"  # not doubled
     assert format_for_reward("p", "", "</s>") == "p</s>"
     with pytest.raises(ValueError):
@@ -69,7 +71,6 @@ def test_truncate_at_eos_keeps_the_eos_token():
 # ----------------------------------------------------------------------------- learning test
 @pytest.fixture(scope="module")
 def tiny_setup():
-    torch.set_num_threads(2)
     corpus = story_corpus(3000, marker=MARKER, marker_rate=0.1, seed=SEED)
     tok = train_tiny_tokenizer(p + c for p, c in corpus)
     lm = pretrain_lm(tiny_lm(tok, seed=SEED), tok, [p + c for p, c in corpus], steps=300, seed=SEED)
@@ -101,8 +102,8 @@ def test_ppo_raises_marker_frequency(tiny_setup):
     torch.manual_seed(SEED)
     freq_before, score_before = _sample_stats(lm, tok, rm)
 
-    cfg = PPOConfig(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=16,
-                    temperature=1.0, init_kl_coef=0.05, seed=SEED)
+    cfg = PPOConfig(learning_rate=5e-5, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=16,
+                    temperature=1.0, init_kl_coef=0.1, seed=SEED)
     history: list[dict] = []
     trainer = PPOTrainer(cfg, lm, tok, rm, on_step=lambda step, stats: history.append({"step": step, **stats}))
     rng = random.Random(SEED)

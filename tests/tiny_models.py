@@ -77,7 +77,8 @@ def tiny_lm(tokenizer, seed: int = 0, **config_kwargs) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(tiny_gpt2_config(tokenizer, **config_kwargs))
 
 
-def tiny_reward_model(tokenizer, init_from: GPT2LMHeadModel | None = None, seed: int = 0) -> GPT2ForSequenceClassification:
+def tiny_reward_model(tokenizer, init_from: GPT2LMHeadModel | None = None,
+                      seed: int = 0) -> GPT2ForSequenceClassification:
     """num_labels=1 classifier; with ``init_from`` its transformer starts from that LM's weights."""
     torch.manual_seed(seed)
     cfg = init_from.config if init_from is not None else tiny_gpt2_config(tokenizer)

@@ -76,7 +76,8 @@ def sample_tokens(
     step_ids, step_pos = input_ids, position_ids_from_mask(mask)  # first step feeds the whole prompt
     past, new_tokens = None, []
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past, use_cache=True)
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
+                    use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float() / temperature  # (B, V)
         probs = filter_logits(logits, top_k, top_p).softmax(-1)  # (B, V)
@@ -97,8 +98,8 @@ def truncate_at_eos(response: torch.Tensor, eos_token_id: int) -> tuple[torch.Te
     lengths (B,) = number of those tokens). Rows without EOS keep all K tokens."""
     is_eos = response == eos_token_id  # (B, K)
     K = response.shape[1]
-    first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), torch.full_like(is_eos[:, 0], K, dtype=torch.long))
-    lengths = torch.clamp(first_eos + 1, max=K)  # (B,)
+    first_eos = is_eos.long().argmax(-1)  # (B,) index of the first EOS (0 when there is none)
+    lengths = torch.where(is_eos.any(-1), first_eos + 1, torch.full_like(first_eos, K))  # (B,)
     response_mask = torch.arange(K, device=response.device)[None, :] < lengths[:, None]  # (B, K)
     return response_mask, lengths
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from .generate import decode_responses, left_pad_prompts, position_ids_from_mask, sample_tokens, truncate_at_eos
@@ -185,6 +186,13 @@ def score_sequences(reward_model, tokenizer, prompts: list[str], completions: li
 
 # ----------------------------------------------------------------------------- trainer
 class PPOTrainer:
+    """trainer = PPOTrainer(cfg, policy, tokenizer, reward_model, on_step=log_fn); trainer.step(prompts) per step.
+
+    `policy` is trained in place (also reachable as `trainer.policy`); `ref_policy` defaults to a frozen copy
+    of it and `value_model` to a trainable copy of `reward_model`. `reward_tokenizer` defaults to `tokenizer`.
+    Tokenizers need an EOS and a pad token; prompts must be non-empty strings.
+    """
+
     def __init__(self, config: PPOConfig, policy, tokenizer, reward_model, reward_tokenizer=None,
                  ref_policy=None, value_model=None, on_step: Callable[[int, dict], None] | None = None,
                  accelerator: Accelerator | None = None):
@@ -194,10 +202,15 @@ class PPOTrainer:
             if mp == "auto":
                 bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                 mp = None if "ACCELERATE_MIXED_PRECISION" in os.environ else ("bf16" if bf16 else "no")
+            if AcceleratorState._shared_state:
+                # accelerate is set up once per process (e.g. by a TRL trainer that ran before us, as
+                # the reward model does in a round); asking for a precision again would raise.
+                mp = None
             accelerator = Accelerator(mixed_precision=mp)
         self.config, self.accelerator, self.on_step = config, accelerator, on_step
         set_seed(config.seed, device_specific=True)  # different samples on every process
-        self.tokenizer, self.reward_tokenizer = tokenizer, reward_tokenizer or tokenizer
+        self.tokenizer = tokenizer
+        self.reward_tokenizer = tokenizer if reward_tokenizer is None else reward_tokenizer
         for tok in (self.tokenizer, self.reward_tokenizer):
             if tok.pad_token_id is None or tok.eos_token_id is None:
                 raise ValueError("policy and reward tokenizers need both an EOS and a pad token")
@@ -205,11 +218,15 @@ class PPOTrainer:
             reward_model.config.pad_token_id = self.reward_tokenizer.pad_token_id
 
         device = accelerator.device
-        self.ref_policy = (ref_policy or copy.deepcopy(policy)).to(device).eval().requires_grad_(False)
+        if ref_policy is None:
+            ref_policy = copy.deepcopy(policy)  # the policy before RL
+        self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval().requires_grad_(False)
-        value_model = value_model or copy.deepcopy(reward_model)
+        if value_model is None:
+            value_model = copy.deepcopy(reward_model)  # value head starts as the reward head
         value_model.requires_grad_(True)
-        disable_dropout(policy), disable_dropout(value_model)
+        for m in (policy, value_model):
+            disable_dropout(m)
         model = PolicyAndValue(policy, value_model).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -223,6 +240,8 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Sample one response per prompt; return sequences, masks, old log-probs, reference log-probs,
+        values and RM scores, all computed with the parameters as they are before this step's updates."""
         cfg, tok, acc = self.config, self.tokenizer, self.accelerator
         net = acc.unwrap_model(self.model)
         prompt_ids, prompt_mask = left_pad_prompts(tok, prompts, acc.device, cfg.max_prompt_tokens)  # (B, P)
@@ -242,7 +261,9 @@ class PPOTrainer:
                 lp, ent = response_logprobs(logits, response[s], P, cfg.temperature)  # (b, K) x2
                 ref_logits = self.ref_policy(input_ids=seq[s], attention_mask=attn[s], position_ids=pos[s]).logits
                 ref_logprobs.append(response_logprobs(ref_logits, response[s], P, cfg.temperature)[0])
-                logprobs.append(lp), entropy.append(ent), values.append(v[:, P - 1 : -1])  # value of state before y_t
+                logprobs.append(lp)
+                entropy.append(ent)
+                values.append(v[:, P - 1 : -1])  # (b, K): value of the state in which y_t is chosen
             completions = decode_responses(tok, response, tok.eos_token_id)
             scores = score_sequences(self.reward_model, self.reward_tokenizer, prompts, completions,
                                      cfg.reward_batch_size, cfg.reward_max_length)  # (B,)
@@ -252,6 +273,10 @@ class PPOTrainer:
                     entropy=torch.cat(entropy), scores=scores, prompt_len=P)
 
     def step(self, prompts: list[str]) -> dict[str, float]:
+        """One PPO step on exactly `batch_size` prompts (repeats allowed). Returns stats averaged over
+        processes: score (raw RM score), kl (per response, nats), kl_coef (beta used this step),
+        non_score_reward, entropy, response_length, eos_fraction, value_mean, return_mean, policy_loss,
+        value_loss, clipfrac, vf_clipfrac, approx_kl (of the PPO updates), time_s; then calls on_step."""
         cfg, t0 = self.config, time.time()
         assert len(prompts) == cfg.batch_size, f"step() takes batch_size={cfg.batch_size} prompts"
         r = self.rollout(prompts)
@@ -277,7 +302,7 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask) * mask
 
         # 3. PPO epochs over minibatches
-        log: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": []}
+        log: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl")}
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(B, device=mask.device).split(cfg.mini_batch_size):  # (b,) rollout indices
                 m = mask[idx]  # (b, K)
@@ -301,7 +326,8 @@ class PPOTrainer:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
-                    log["policy_loss"].append(pg_loss.item()), log["value_loss"].append(vf_loss.item())
+                    log["policy_loss"].append(pg_loss.item())
+                    log["value_loss"].append(vf_loss.item())
                     log["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), m).item())
                     log["vf_clipfrac"].append(masked_mean((vf_losses > (vpred - ret) ** 2).float(), m).item())
                     log["approx_kl"].append(masked_mean(0.5 * log_ratio**2, m).item())
