@@ -132,8 +132,9 @@ PRESETS: dict[str, BootstrapConfig] = {
                             batch_size=16, lr=3e-3, warmup_steps=10, eval_max_blocks=64, weight_decay=0.0),
     # a demo on 2 CPU cores: 1.3M parameters, at most 3 minutes of training (the LR schedule anneals
     # by steps or by time, whichever ends first), plus ~15 s of corpus/tokenizer preparation
-    "demo": BootstrapConfig(vocab_size=4096, n_layer=4, n_head=4, n_embd=128, block_size=128, steps=600,
-                            batch_size=8, lr=3e-3, warmup_steps=30, max_seconds=180),
+    # block 256: a demo prompt plus its continuation (up to ~150 tokens) fits the context
+    "demo": BootstrapConfig(vocab_size=4096, n_layer=4, n_head=4, n_embd=128, block_size=256, steps=600,
+                            batch_size=4, lr=3e-3, warmup_steps=30, max_seconds=180),
     # GPU: GPT-2 small shape (124M with a 32K vocabulary, as in BabyStories)
     "base": BootstrapConfig(vocab_size=32000, n_layer=12, n_head=12, n_embd=768, block_size=512, steps=20000,
                             batch_size=32, lr=6e-4, warmup_steps=1000, dropout=0.1, eval_max_blocks=512,

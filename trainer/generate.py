@@ -12,6 +12,12 @@ from __future__ import annotations
 import torch
 
 
+def context_length(model) -> int:
+    """How many positions the model can attend to (GPT-2: n_positions)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+
+
 def left_pad_prompts(tokenizer, prompts: list[str], device, max_prompt_tokens: int | None = None):
     """Tokenize prompts left-padded (so every row ends at the same column), keeping the END of long prompts.
 
@@ -137,6 +143,8 @@ def generate_continuations(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    if max_prompt_tokens is None:  # keep the end of long prompts so prompt + continuation fits the context
+        max_prompt_tokens = max(1, context_length(model) - max_new_tokens)
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token if unsure)")
     flat = [p for p in prompts for _ in range(num_return_sequences)]  # each prompt repeated K times

@@ -25,6 +25,7 @@ T = P + K, V = vocabulary.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from .generate import decode_responses, left_pad_prompts, position_ids_from_mask, sample_tokens, truncate_at_eos
+from .generate import context_length, decode_responses, left_pad_prompts, position_ids_from_mask, sample_tokens, truncate_at_eos
 from .reward_format import format_for_reward
 
 
@@ -162,6 +163,7 @@ def score_texts(reward_model, tokenizer, texts: list[str], batch_size: int = 32,
     sequence-classification head pools at the last non-pad token, i.e. at the EOS we appended (the pad
     token must therefore differ from EOS for that EOS to be the pooled token, as it is in training)."""
     device = next(reward_model.parameters()).device
+    max_length = max_length or context_length(reward_model)  # longer texts keep their end (and the EOS)
     old_side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     scores = []
@@ -207,6 +209,8 @@ class PPOTrainer:
                 # the reward model does in a round); asking for a precision again would raise.
                 mp = None
             accelerator = Accelerator(mixed_precision=mp)
+        if config.max_prompt_tokens is None:  # prompt + response must fit the policy's context
+            config = dataclasses.replace(config, max_prompt_tokens=max(1, context_length(policy) - config.max_new_tokens))
         self.config, self.accelerator, self.on_step = config, accelerator, on_step
         set_seed(config.seed, device_specific=True)  # different samples on every process
         self.tokenizer = tokenizer

@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
 from trainer.data import PreferencePairs
+from trainer.generate import context_length
 from trainer.ppo import score_sequences
 
 
@@ -70,7 +71,7 @@ def train_reward_model(
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        max_length=config.max_length,
+        max_length=min(config.max_length, context_length(model)),  # longer pairs are left out by TRL
         seed=config.seed,
         logging_steps=5,
         save_strategy="no",

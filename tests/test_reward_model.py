@@ -1,0 +1,77 @@
+"""The reward model learns a known preference from BWS judgements (TRL RewardTrainer, tiny model).
+
+Synthetic annotators prefer continuations that mention a dragon. Their BWS judgements go through the
+annotation service, become implied pairs (trainer.data), and train the reward model as a round does;
+held-out accuracy (judgements the model never saw) must be clearly above chance.
+"""
+
+import random
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from app.db import Database
+from app.migrate import upgrade_to_head
+from app.models import Continuation, ModelVersion, Prompt, User
+from app.services import tasks
+from app.services.story_text import completion_text
+from tests.tiny_models import PROMPTS, pretrain_lm, story_continuation, story_corpus, tiny_lm, train_tiny_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
+    from trainer.data import load_pairs
+    from trainer.ppo import score_sequences
+    from trainer.reward_model import RewardModelConfig, train_reward_model
+
+    # A tiny base policy saved to a folder, as a round would load it.
+    corpus = story_corpus(1500)
+    tokenizer = train_tiny_tokenizer(p + c for p, c in corpus)
+    base = tmp_path / "base"
+    pretrain_lm(tiny_lm(tokenizer, n_positions=128), tokenizer, [p + c for p, c in corpus], steps=150).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+
+    # 8 prompts x 8 continuations, half of them with a dragon; balanced BWS tuples, R = 2.
+    upgrade_to_head(sqlite_url)
+    database = Database.from_url(sqlite_url)
+    rng = random.Random(0)
+    with database.write() as db:
+        source = ModelVersion(name="synthetic", kind="source", algorithm="import")
+        db.add(source)
+        db.flush()
+        for text in PROMPTS:
+            prompt = Prompt(text=text)
+            db.add(prompt)
+            db.flush()
+            for i in range(8):
+                body = story_continuation(rng, "dragon" if i % 2 else None).strip()
+                db.add(Continuation(prompt_id=prompt.id, model_version_id=source.id, text=body))
+        db.flush()
+        tasks.build_bws_batch(db, "bws", tasks.continuations_by_prompt(db), seed=0, required=2)
+        judges = [User(username=f"judge{i}", password_hash="-", role="annotator") for i in range(2)]
+        db.add_all(judges)
+
+    # Annotators: dragon first, then a little noise (ties broken at random).
+    for judge in judges:
+        while (task := tasks.next_task(database, judge, 600)) is not None:
+            score = {i.continuation_id: ("dragon" in i.text) + rng.gauss(0, 0.3) for i in task.items}
+            ranked = sorted(score, key=score.get)
+            tasks.submit_bws(database, judge, task.assignment_id, tasks.BwsSubmission(
+                best_id=ranked[-1], worst_id=ranked[0], idempotency_key=uuid.uuid4().hex))
+
+    train, held_out, judgements = load_pairs(database, held_out_fraction=0.3, seed=0)
+    assert judgements == 2 * 8 * 16 and len(held_out) > 100  # 16 tuples per prompt (C(8,4) capped at 2N)
+    model, metrics = train_reward_model(base, tokenizer, train, held_out,
+                                        RewardModelConfig(learning_rate=1e-3, epochs=4, batch_size=16), tmp_path / "work")
+
+    print("reward model:", metrics)
+    # Pairs with a dragon on one side only carry the preference; the others are noise (chance = 0.5).
+    assert metrics["held_out_accuracy"] >= 0.65, metrics
+    with database.read() as db:
+        texts = db.scalars(select(Continuation.text)).all()
+    dragon = [completion_text(t) for t in texts if "dragon" in t]
+    plain = [completion_text(t) for t in texts if "dragon" not in t]
+    scores = score_sequences(model, tokenizer, ["one day"] * len(dragon + plain), dragon + plain)
+    assert scores[: len(dragon)].mean() > scores[len(dragon):].mean() + 1.0
