@@ -113,3 +113,23 @@ def test_submit_with_next_returns_the_next_lease(client, database):
     body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()}
     last = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws?next=true", headers=headers, json=body).json()
     assert last["counted"] and last["next_task"] is None
+
+
+def test_rating_items_come_in_a_different_order_for_each_person(client, database):
+    from tests.factories import seed_stories
+    from app.services.tasks import build_rating_batch
+
+    by_prompt = seed_stories(database, prompts=4, per_prompt=5, source="rated")
+    with database.write() as db:
+        build_rating_batch(db, "ratings", [c for cs in by_prompt.values() for c in cs], required=2)
+    orders = []
+    for name in ("eva1", "eva2"):
+        make_user(database, name, role="evaluator")
+        headers = token_headers(client, name)
+        seen = []
+        while (task := client.post("/api/v1/tasks/next", headers=headers)).status_code == 200:
+            seen.append(task.json()["task_id"])
+            client.post(f"/api/v1/tasks/{task.json()['assignment_id']}/skip", headers=headers, json={})
+        orders.append(seen)
+    assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 20  # everyone gets every item once
+    assert orders[0] != orders[1] and orders[0] != sorted(orders[0])

@@ -252,10 +252,15 @@ def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequenc
 
 
 def _lease_free_task(db: Session, is_sqlite: bool, user_id: int, kinds: Sequence[str]) -> int | None:
-    """Takes one slot of the oldest free task the user has not seen; None when there is none."""
+    """Takes one slot of a free task the user has not seen; None when there is none.
+
+    BWS tuples go out oldest first (walking the free-task index), so batches complete in order.
+    Rating and evaluation items go out in an order of their own for each person, so that blind
+    ratings share no order effects; those batches are small, a sort is cheap."""
     seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id)
     has_slot = Task.done_count + Task.active_leases < Task.required
-    query = select(Task.id).where(has_slot, Task.kind.in_(kinds), ~seen).order_by(Task.id).limit(1)
+    order = (Task.id,) if "bws" in kinds else ((Task.id * 7919 + user_id * 104729) % 10007, Task.id)
+    query = select(Task.id).where(has_slot, Task.kind.in_(kinds), ~seen).order_by(*order).limit(1)
     if not is_sqlite:
         # PostgreSQL: concurrent requests skip a task that another request is leasing right now.
         query = query.with_for_update(skip_locked=True)
