@@ -75,3 +75,12 @@ def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
     plain = [completion_text(t) for t in texts if "dragon" not in t]
     scores = score_sequences(model, tokenizer, ["one day"] * len(dragon + plain), dragon + plain)
     assert scores[: len(dragon)].mean() > scores[len(dragon):].mean() + 1.0
+
+    # Margins (counting-score differences) are larger where the pair carries the preference.
+    informative = [m for c, r, m in zip(train.chosen, train.rejected, train.margin) if ("dragon" in c) != ("dragon" in r)]
+    noise = [m for c, r, m in zip(train.chosen, train.rejected, train.margin) if ("dragon" in c) == ("dragon" in r)]
+    assert min(train.margin) >= 0 and sum(informative) / len(informative) > 2 * sum(noise) / len(noise)
+    # ...and the margin option trains too (TRL adds the margin inside its loss).
+    _, with_margin = train_reward_model(base, tokenizer, train, held_out, RewardModelConfig(
+        learning_rate=1e-3, epochs=4, batch_size=16, use_margin=True), tmp_path / "work-margin")
+    assert with_margin["held_out_accuracy"] >= 0.65, with_margin

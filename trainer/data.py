@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.db import Database
 from app.models import BwsJudgement, Continuation, Prompt, Task
-from app.services.scoring import implied_pairs
+from app.services.scoring import BwsAnnotation, counting_scores, implied_pairs, pair_margin
 from app.services.story_text import completion_text
 
 
@@ -23,19 +23,14 @@ class PreferencePairs:
     prompt: list[str]
     chosen: list[str]
     rejected: list[str]
+    margin: list[float]  # counting-score difference (scoring.pair_margin), as in the pairs export
 
     def __len__(self) -> int:
         return len(self.prompt)
 
-    def as_columns(self) -> dict[str, list[str]]:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-
-
-def count_judgements(database: Database) -> int:
-    from sqlalchemy import func
-
-    with database.read() as db:
-        return db.scalar(select(func.count()).select_from(BwsJudgement)) or 0
+    def as_columns(self, with_margin: bool = False) -> dict[str, list]:
+        columns = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {**columns, "margin": self.margin} if with_margin else columns
 
 
 def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0) -> tuple[PreferencePairs, PreferencePairs, int]:
@@ -50,13 +45,15 @@ def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0
         text = dict(db.execute(select(Continuation.id, Continuation.text).where(Continuation.id.in_(needed))).all()) if needed else {}
         prompts = dict(db.execute(select(Prompt.id, Prompt.text)).all())
 
+    scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in judgements)
     rng = random.Random(seed)
     held_out_ids = {j.id for j in judgements if rng.random() < held_out_fraction}
-    train, held_out = PreferencePairs([], [], []), PreferencePairs([], [], [])
+    train, held_out = PreferencePairs([], [], [], []), PreferencePairs([], [], [], [])
     for j in judgements:
         split = held_out if j.id in held_out_ids else train
         for winner, loser in implied_pairs(tuple(j.shown_order), j.best_id, j.worst_id):
             split.prompt.append(prompts[j.prompt_id])
             split.chosen.append(completion_text(text[winner]))
             split.rejected.append(completion_text(text[loser]))
+            split.margin.append(pair_margin(scores, winner, loser))
     return train, held_out, len(judgements)

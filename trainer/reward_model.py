@@ -26,6 +26,7 @@ class RewardModelConfig:
     batch_size: int = 16
     max_length: int = 256  # tokens of prompt + continuation + EOS
     held_out_fraction: float = 0.2  # of judgements, not pairs
+    use_margin: bool = False  # pass the pairs' margin column to the loss: -log sigmoid(r_c - r_r - margin)
     seed: int = 0
 
 
@@ -82,7 +83,7 @@ def train_reward_model(
     )
     trainer = RewardTrainer(
         model=model, args=args, processing_class=tokenizer,
-        train_dataset=Dataset.from_dict(train.as_columns()), callbacks=[_Progress(report)],
+        train_dataset=Dataset.from_dict(train.as_columns(with_margin=config.use_margin)), callbacks=[_Progress(report)],
     )
     result = trainer.train()
     model = trainer.model.float().eval()

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Rating, Task, User
 from app.services.errors import NotFound
-from app.services.scoring import BwsAnnotation, bradley_terry_scores, counting_scores, implied_pairs
+from app.services.scoring import BwsAnnotation, bradley_terry_scores, counting_scores, implied_pairs, pair_margin
 from app.services.story_text import completion_text
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -171,7 +171,7 @@ def _pairs(db: Session) -> Iterator[list[Row]]:
                     "chosen_id": winner,
                     "rejected_id": loser,
                     "is_surplus": bool(j.is_surplus),
-                    "margin": max(0.0, scores.get(winner, 0.0) - scores.get(loser, 0.0)),
+                    "margin": pair_margin(scores, winner, loser),
                 })
         yield rows
 

@@ -78,6 +78,12 @@ def counting_scores(annotations: Iterable[BwsAnnotation]) -> dict[int, float]:
     return {item: (best[item] - worst[item]) / seen[item] for item in sorted(seen)}
 
 
+def pair_margin(scores: dict[int, float], winner: int, loser: int) -> float:
+    """How much more clearly the winner was preferred: counting-score difference, floored at 0.
+    Used as the `margin` column of preference pairs (TRL's RewardTrainer adds it to its loss)."""
+    return max(0.0, scores.get(winner, 0.0) - scores.get(loser, 0.0))
+
+
 def bradley_terry_scores(
     annotations: Iterable[BwsAnnotation], alpha: float = 0.01
 ) -> dict[int, float]:
