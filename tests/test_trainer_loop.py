@@ -184,3 +184,20 @@ def test_lease_of_a_dead_trainer_on_this_host_is_taken_over(database):
     assert try_acquire(database, f"{host}:{dead.pid}") is None  # the dead trainer held it
     assert try_acquire(database, holder_name()) is None  # taken over at once, no stale wait
     assert try_acquire(database, f"{host}:{dead.pid}") == holder_name()  # and now it is ours
+
+
+def test_supervised_baseline_before_the_first_round(database, settings, tiny_cfg):
+    from trainer.rounds import RoundReporter, ensure_base_policy
+
+    seed_bws_batch(database, prompts=2, per_prompt=4)
+    with database.write() as db:
+        r = TrainingRound(status="running")
+        db.add(r)
+        db.flush()
+        round_id = r.id
+    tiny_cfg.sft_base = True
+    policy = ensure_base_policy(database, settings, tiny_cfg, RoundReporter(database, round_id, echo=False))
+    with database.read() as db:
+        base = db.get(ModelVersion, policy.parent_id)
+    assert (policy.algorithm, base.algorithm, base.parent_id) == ("sft", "hub", None)
+    assert policy.settings["pairs"] == 8 and (settings.model_store / policy.path / "config.json").exists()

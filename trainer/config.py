@@ -32,6 +32,10 @@ class TrainerSettings(BaseSettings):
     # "bootstrap" pretrains a small GPT-2 offline; anything else is a hub id or a local folder.
     base_policy: str = "bootstrap"
     bootstrap_preset: str = "demo"  # tiny | demo | base
+    # Fine-tune the base on the imported prompt -> continuation texts before the first round
+    # (a supervised baseline, TRL's SFTTrainer); PPO then starts from that version.
+    sft_base: bool = False
+    sft_epochs: float = 1.0
     ppo_steps: int = 20  # PPO steps per round
     seed: int = 0
     # CPU threads for torch; 0 = all cores but one, which stays free for the web app beside the trainer.

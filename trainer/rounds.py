@@ -26,6 +26,7 @@ from tqdm import tqdm
 from app.config import Settings
 from app.db import Database
 from app.models import Continuation, ModelVersion, Prompt, TrainingLog, TrainingRound, utcnow
+from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch
 from trainer import model_store
 from trainer.auto_metrics import compute_for_version
@@ -105,11 +106,31 @@ def ensure_base_policy(database: Database, settings: Settings, cfg: TrainerSetti
     model, tokenizer, metrics = model_store.resolve_base_policy_with_metrics(base, reporter.step)
     algorithm = "pretrain" if cfg.base_policy == model_store.BOOTSTRAP else "hub"
     name = f"base-{cfg.bootstrap_preset}" if algorithm == "pretrain" else f"base-{Path(cfg.base_policy).name}"
-    model_store.save_version(database, settings.model_store, kind="policy", name=name, parent_id=None,
-                             algorithm=algorithm, settings={"base_policy": cfg.base_policy,
-                                                            "bootstrap_preset": cfg.bootstrap_preset},
-                             metrics=metrics, model=model, tokenizer=tokenizer)
+    base_id = model_store.save_version(database, settings.model_store, kind="policy", name=name, parent_id=None,
+                                       algorithm=algorithm, settings={"base_policy": cfg.base_policy,
+                                                                      "bootstrap_preset": cfg.bootstrap_preset},
+                                       metrics=metrics, model=model, tokenizer=tokenizer)
+    if cfg.sft_base:
+        sft_phase(database, settings, cfg, base_id, model, tokenizer, reporter)
     return latest_policy(database)
+
+
+def sft_phase(database, settings, cfg, base_id: int, model, tokenizer, reporter) -> int:
+    """Supervised baseline: the base fine-tuned on every imported prompt -> continuation text."""
+    from trainer.bootstrap import sft
+
+    with database.read() as db:
+        pairs = [(p, completion_text(c)) for p, c in db.execute(
+            select(Prompt.text, Continuation.text).join(Prompt, Prompt.id == Continuation.prompt_id)
+            .join(ModelVersion, ModelVersion.id == Continuation.model_version_id).where(ModelVersion.kind == "source"))]
+    if not pairs:
+        raise RuntimeError("sft_base is on but there are no imported continuations to fine-tune on")
+    reporter.phase("sft")
+    model, metrics = sft(model.train(), tokenizer, pairs, epochs=cfg.sft_epochs, seed=cfg.seed)
+    return model_store.save_version(database, settings.model_store, kind="policy", name=f"sft-{base_id}",
+                                    parent_id=base_id, algorithm="sft", settings={"epochs": cfg.sft_epochs,
+                                                                                  "pairs": len(pairs)},
+                                    metrics=metrics, model=model, tokenizer=tokenizer)
 
 
 def _active_prompts(database: Database, cfg: TrainerSettings) -> list[tuple[int, str]]:
