@@ -11,7 +11,6 @@ import json
 import krippendorff
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from scipy import stats
 from sqlalchemy import select
 
@@ -23,7 +22,6 @@ from app.models import (
     ModelVersion,
     Prompt,
     Task,
-    utcnow,
 )
 from app.services import evaluation
 from app.services.evaluation import CampaignCreate

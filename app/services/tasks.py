@@ -10,7 +10,6 @@ Guarantees (tested in tests/test_concurrency.py):
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -25,7 +24,6 @@ from app.models import (
     Batch,
     BwsJudgement,
     Continuation,
-    Prompt,
     Prompt,
     Rating,
     Task,
