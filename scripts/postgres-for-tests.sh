@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts a local PostgreSQL for the test suite, with a role
-# `storyloop` allowed to create databases. Prints the URL the tests should use.
+# `storyloop` allowed to create databases (and to end other connections to the ones it drops). Prints the URL the tests should use.
 set -euo pipefail
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then echo "PostgreSQL is not installed; run as root or install it: apt-get install postgresql" >&2; exit 1; fi
@@ -12,4 +12,6 @@ pg_ctlcluster "$version" main status >/dev/null 2>&1 || pg_ctlcluster "$version"
 for _ in $(seq 30); do pg_isready -q -h localhost && break; sleep 0.5; done
 runuser -u postgres -- psql -q -tAc "SELECT 1 FROM pg_roles WHERE rolname='storyloop'" | grep -q 1 \
   || runuser -u postgres -- psql -q -c "CREATE ROLE storyloop LOGIN CREATEDB PASSWORD 'storyloop'" >&2
+# Each test drops its database WITH (FORCE), which ends connections a test may have left open.
+runuser -u postgres -- psql -q -c "GRANT pg_signal_backend TO storyloop" >&2
 echo "postgresql+psycopg://storyloop:storyloop@localhost:5432/postgres"
