@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.db import Database
-from app.models import Continuation, ModelVersion, Prompt, TrainingLog, TrainingRound, utcnow
+from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, TrainingLog, TrainingRound, utcnow
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch
 from trainer import model_store
@@ -274,8 +274,6 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
 
 def judgements_since_last_round(database: Database) -> tuple[int, int]:
     """(judgements now, judgements the last finished round used)."""
-    from app.models import BwsJudgement
-
     with database.read() as db:
         now = db.scalar(select(func.count()).select_from(BwsJudgement)) or 0
         used = db.scalar(select(func.max(TrainingRound.judgements_used)).where(TrainingRound.status == "done")) or 0
