@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from app.deps import ApiAdmin, DatabaseDep, SettingsDep, api_admin
 from app.models import Batch, BwsJudgement, Rating, Task
 from app.services import exports, imports, tasks, users
-from app.services.errors import Conflict, Invalid, TooLarge
+from app.services.errors import Invalid, TooLarge
 from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)])
@@ -197,10 +197,8 @@ def create_user(body: CreateUserRequest, database: DatabaseDep):
 
 @router.patch("/users/{user_id}", response_model=UserOut)
 def update_user(user_id: int, body: UpdateUserRequest, database: DatabaseDep, admin: ApiAdmin):
-    if user_id == admin.id and (body.is_active is False or (body.role is not None and body.role != "admin")):
-        raise Conflict("you cannot deactivate yourself or take away your own admin role")
     with database.write() as db:
-        return _user_out(users.update_user(db, user_id, role=body.role, is_active=body.is_active))
+        return _user_out(users.update_user(db, user_id, role=body.role, is_active=body.is_active, acting=admin))
 
 
 @router.post("/invites", response_model=InviteOut, status_code=201)

@@ -236,12 +236,9 @@ def create_user(request: Request, user: PageAdmin, database: DatabaseDep,
 @router.post("/users/{user_id}/role", dependencies=[Csrf])
 def change_role(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
                 role: Annotated[str, Form(max_length=32)] = ""):
-    if user_id == user.id and role != "admin":
-        _flash(request, "You cannot take away your own admin role (ask another admin).", "bad")
-        return _back("/admin/users")
     try:
         with database.write() as db:
-            changed = users.update_user(db, user_id, role=role)
+            changed = users.update_user(db, user_id, role=role, acting=user)
             _flash(request, f"{changed.username} is now {changed.role}.")
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
@@ -251,12 +248,9 @@ def change_role(request: Request, user_id: int, user: PageAdmin, database: Datab
 @router.post("/users/{user_id}/active", dependencies=[Csrf])
 def set_active(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
                active: Annotated[bool, Form()] = False):
-    if user_id == user.id and not active:
-        _flash(request, "You cannot deactivate your own account.", "bad")
-        return _back("/admin/users")
     try:
         with database.write() as db:
-            changed = users.update_user(db, user_id, is_active=active)
+            changed = users.update_user(db, user_id, is_active=active, acting=user)
             _flash(request, f"{changed.username} is {'active' if changed.is_active else 'deactivated'}.")
     except ServiceError as exc:
         _flash(request, exc.message, "bad")

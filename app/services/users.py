@@ -49,7 +49,14 @@ def list_users(db: Session) -> list[User]:
     return list(db.scalars(select(User).order_by(User.id)))
 
 
-def update_user(db: Session, user_id: int, role: str | None = None, is_active: bool | None = None) -> User:
+def update_user(db: Session, user_id: int, role: str | None = None, is_active: bool | None = None,
+                acting: User | None = None) -> User:
+    """Changes role or activity. An admin (`acting`) cannot lock themselves out."""
+    if acting is not None and acting.id == user_id:
+        if is_active is False:
+            raise Conflict("You cannot deactivate your own account.")
+        if role is not None and role != "admin":
+            raise Conflict("You cannot take away your own admin role (ask another admin).")
     user = get_user(db, user_id)
     if role is not None:
         if role not in ROLES:
