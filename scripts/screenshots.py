@@ -13,17 +13,13 @@ Uses Debian's /usr/bin/chromium; no browser is downloaded.
 
 import argparse
 import random
-import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import uvicorn  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from app.config import Settings  # noqa: E402
@@ -33,9 +29,8 @@ from app.migrate import upgrade_to_head  # noqa: E402
 from app.models import Continuation, ModelVersion, Prompt  # noqa: E402
 from app.services import users  # noqa: E402
 from app.services.tasks import build_bws_batch, build_rating_batch  # noqa: E402
+from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PASSWORD = "screenshot-password"
 
 PROMPT = ("Lily found a small blue key under the old oak tree in the park. She showed it to her brother Tom. "
@@ -68,30 +63,6 @@ def seed(database: Database) -> None:
         build_bws_batch(db, "demo tuples", {prompt.id: ids[:4]}, seed=3, required=1, factor=1.0)
         build_rating_batch(db, "demo ratings", [ids[4]], required=1)
         users.create_user(db, "alice", PASSWORD, "annotator")
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.app = app
-
-    def __enter__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 def main() -> None:

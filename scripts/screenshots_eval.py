@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
-from screenshots import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
+from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import Database  # noqa: E402

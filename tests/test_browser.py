@@ -7,14 +7,10 @@ the module is skipped, except under CI, where a missing browser is an error.
 import csv
 import io
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from app.config import Settings
@@ -23,39 +19,9 @@ from app.migrate import upgrade_to_head
 from app.models import Assignment, BwsJudgement, Rating
 from tests.conftest import PASSWORD, make_user
 from tests.factories import seed_bws_batch, seed_rating_batch
+from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-class LiveServer:
-    """The app under uvicorn in a background thread, on a free localhost port."""
-
-    def __init__(self, app):
-        self.app = app
-
-    def __enter__(self) -> "LiveServer":
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
 
 @pytest.fixture(scope="module")
 def playwright_browser():

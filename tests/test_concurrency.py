@@ -8,7 +8,6 @@ Runs on SQLite and on PostgreSQL (see the `database_url` fixture in conftest.py)
 """
 
 import random
-import socket
 import threading
 import time
 import uuid
@@ -20,12 +19,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 
 from app.models import ApiToken, Assignment, BwsJudgement, Task, User, utcnow
 from app.security import hash_password, new_token, token_digest
 from tests.factories import seed_bws_batch
+from tests.live_server import LiveServer
 
 ANNOTATORS = 30
 REQUIRED = 3
@@ -34,36 +33,10 @@ REQUIRED = 3
 # ---------------------------------------------------------------- a live server
 
 
-@dataclass
-class LiveServer:
-    base_url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-
-def _start_server(app) -> LiveServer:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a free port, held by us until uvicorn listens on it
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    return LiveServer(f"http://127.0.0.1:{port}", server, thread)
-
-
 @pytest.fixture
 def live_server(app) -> Iterator[LiveServer]:
-    live = _start_server(app)
-    yield live
-    live.server.should_exit = True
-    live.thread.join(timeout=15)
+    with LiveServer(app) as live:
+        yield live
 
 
 def _make_annotators(database, count: int, prefix: str = "ann") -> list[tuple[int, dict[str, str]]]:
@@ -163,7 +136,7 @@ def _annotate(base_url: str, user_id: int, headers: dict[str, str], outcome: Out
 def _run_annotators(live: LiveServer, annotators, outcome: Outcome, skip_rate: float, budget_s: float = 25) -> None:
     deadline = time.monotonic() + budget_s
     threads = [
-        threading.Thread(target=_annotate, args=(live.base_url, uid, headers, outcome, 1000 + i, skip_rate, deadline))
+        threading.Thread(target=_annotate, args=(live.url, uid, headers, outcome, 1000 + i, skip_rate, deadline))
         for i, (uid, headers) in enumerate(annotators)
     ]
     for t in threads:
@@ -236,7 +209,7 @@ def test_expired_leases_return_to_the_pool(database, live_server):
     first, rest = annotators[:2], annotators[2:]
 
     def post(headers, url, **kwargs) -> httpx.Response:
-        with httpx.Client(base_url=live_server.base_url, headers=headers, timeout=30) as c:
+        with httpx.Client(base_url=live_server.url, headers=headers, timeout=30) as c:
             return c.post(url, **kwargs)
 
     # Two annotators lease both slots; everybody else finds nothing, even all at once.
