@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -43,6 +43,7 @@ class Database:
     """The engine plus two session factories: plain reads, and short write transactions."""
 
     engine: Engine
+    write_engine: Engine  # the same engine; its connections begin write transactions (BEGIN IMMEDIATE on SQLite)
     read: sessionmaker[Session]
     write_factory: sessionmaker[Session]
     state: dict = field(default_factory=dict, compare=False)  # per-process bookkeeping (e.g. last lease sweep)
@@ -50,10 +51,12 @@ class Database:
     @classmethod
     def from_url(cls, url: str) -> "Database":
         engine = make_engine(url)
+        write_engine = engine.execution_options(write=True)
         return cls(
             engine=engine,
+            write_engine=write_engine,
             read=sessionmaker(engine, expire_on_commit=False),
-            write_factory=sessionmaker(engine.execution_options(write=True), expire_on_commit=False),
+            write_factory=sessionmaker(write_engine, expire_on_commit=False),
         )
 
     @property
@@ -70,6 +73,13 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """The same short write transaction on a Core connection, without the ORM session: for the
+        annotation hot path, which runs prebuilt statements only."""
+        with self._sqlite_writer_turn(), self.write_engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _sqlite_writer_turn(self) -> Iterator[None]:

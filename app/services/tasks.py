@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -158,46 +168,88 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
 
 # ---------------------------------------------------------------- handing out tasks
 #
-# Hot path: plain Core statements, a few per request. Slots are counted on the task row itself
-# (done_count + active_leases < required), changed only by conditional UPDATEs, so the database
-# serialises competing requests on that row; SQLite serialises all writers anyway (BEGIN IMMEDIATE).
+# Hot path. Slots are counted on the task row itself (done_count + active_leases < required) and
+# changed only by conditional UPDATEs, so the database serialises competing requests on that row;
+# SQLite serialises all writers anyway (BEGIN IMMEDIATE).
+#
+# Every statement below is built once, at import, with bind parameters, and runs on a Core
+# connection: SQLAlchemy then only looks its compiled form up. Building a statement per call, and
+# the ORM session around it, cost several times more CPU than running it (benchmarks/annotate_load.py).
 
 EXPIRY_SWEEP_SECONDS = 5.0
 
+_kinds = bindparam("kinds", expanding=True)
+_has_slot = Task.done_count + Task.active_leases < Task.required
 
-def _view(db: Session, assignment_id: int) -> TaskView:
-    row = db.execute(
-        select(Assignment.task_id, Assignment.item_order, Assignment.expires_at, Task.kind, Prompt.text)
-        .join(Task, Task.id == Assignment.task_id)
-        .join(Prompt, Prompt.id == Task.prompt_id)
-        .where(Assignment.id == assignment_id)
-    ).one()
-    text_of = dict(db.execute(select(Continuation.id, Continuation.text).where(Continuation.id.in_(row.item_order))).all())
-    return TaskView(
-        assignment_id=assignment_id, task_id=row.task_id, kind=row.kind, prompt=row.text,
-        items=[ItemView(continuation_id=c, text=text_of[c]) for c in row.item_order], expires_at=row.expires_at,
-    )
+CURRENT_LEASE = (
+    select(Assignment.id).join(Task, Task.id == Assignment.task_id)
+    .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
+           Assignment.expires_at > bindparam("now"), Task.kind.in_(_kinds))
+    .order_by(Assignment.id).limit(1)
+)
 
 
-def _release_leases(db: Session, task_ids: Sequence[int]) -> None:
+def _take_slot_statement(order_by: tuple, skip_locked: bool):
+    """UPDATE task SET active_leases + 1 WHERE id = (the first free task the user has not seen).
+
+    BWS tuples go out oldest first (walking the free-task index), so batches complete in order.
+    Rating and evaluation items go out in an order of their own for each person, so that blind
+    ratings share no order effects; those batches are small, a sort is cheap. On PostgreSQL,
+    concurrent requests skip a task that another request is leasing right now (SKIP LOCKED)."""
+    unseen = ~exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
+    free = select(Task.id).where(_has_slot, Task.kind.in_(_kinds), unseen).order_by(*order_by).limit(1)
+    if skip_locked:
+        free = free.with_for_update(skip_locked=True)
+    # The outer condition re-checks the slot on the row's newest version.
+    return (update(Task).where(Task.id == free.scalar_subquery(), _has_slot)
+            .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id))
+
+
+_OLDEST_FIRST = (Task.id,)
+_PER_PERSON_ORDER = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
+TAKE_SLOT = {  # (oldest first, SKIP LOCKED) -> statement
+    (oldest, skip): _take_slot_statement(_OLDEST_FIRST if oldest else _PER_PERSON_ORDER, skip)
+    for oldest in (True, False) for skip in (True, False)
+}
+TASK_ITEMS = select(TaskItem.continuation_id).where(TaskItem.task_id == bindparam("task_id")).order_by(TaskItem.position)
+NEW_LEASE = insert(Assignment).returning(Assignment.id)
+LEASE_VIEW = (
+    select(Assignment.task_id, Assignment.item_order, Assignment.expires_at, Task.kind, Prompt.text)
+    .join(Task, Task.id == Assignment.task_id).join(Prompt, Prompt.id == Task.prompt_id)
+    .where(Assignment.id == bindparam("assignment_id"))
+)
+PROMPT_TEXT = select(Prompt.text).where(Prompt.id == bindparam("prompt_id"))
+CONTINUATION_TEXTS = select(Continuation.id, Continuation.text).where(Continuation.id.in_(bindparam("ids", expanding=True)))
+EXPIRE = (update(Assignment).where(Assignment.status == "active", Assignment.expires_at <= bindparam("now"))
+          .values(status="expired").returning(Assignment.task_id))
+RELEASE = update(Task).where(Task.id == bindparam("task_id")).values(active_leases=Task.active_leases - bindparam("n", type_=Integer))
+LEASE_OWNER = select(Assignment.user_id).where(Assignment.id == bindparam("assignment_id"))
+
+
+def _view(conn: Connection, assignment_id: int) -> TaskView:
+    row = conn.execute(LEASE_VIEW, {"assignment_id": assignment_id}).one()
+    return TaskView(assignment_id=assignment_id, task_id=row.task_id, kind=row.kind, prompt=row.text,
+                    items=_items(conn, row.item_order), expires_at=row.expires_at)
+
+
+def _items(conn: Connection, order: list[int]) -> list[ItemView]:
+    text_of = dict(conn.execute(CONTINUATION_TEXTS, {"ids": order}).all())
+    return [ItemView(continuation_id=c, text=text_of[c]) for c in order]
+
+
+def _release_leases(conn: Connection, task_ids: Sequence[int]) -> None:
     """One fewer active lease on each task (ids may repeat), in id order to keep lock order stable."""
     counts: dict[int, int] = {}
     for task_id in task_ids:
         counts[task_id] = counts.get(task_id, 0) + 1
-    for task_id in sorted(counts):
-        db.execute(update(Task).where(Task.id == task_id).values(active_leases=Task.active_leases - counts[task_id]))
+    if counts:
+        conn.execute(RELEASE, [{"task_id": t, "n": counts[t]} for t in sorted(counts)])
 
 
-def expire_leases(db: Session, now: datetime) -> int:
+def expire_leases(conn: Connection, now: datetime) -> int:
     """Marks leases past their time as expired and frees their slots. Returns how many."""
-    expired = db.execute(
-        update(Assignment)
-        .where(Assignment.status == "active", Assignment.expires_at <= now)
-        .values(status="expired")
-        .returning(Assignment.task_id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    _release_leases(db, expired)
+    expired = conn.execute(EXPIRE, {"now": now}).scalars().all()
+    _release_leases(conn, expired)
     return len(expired)
 
 
@@ -218,98 +270,83 @@ def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequenc
         return None
     for _attempt in range(3):
         try:
-            with database.write() as db:
-                now = utcnow()
-                if _sweep_due(database):
-                    expire_leases(db, now)
-                current = db.scalar(
-                    select(Assignment.id).join(Task, Task.id == Assignment.task_id)
-                    .where(Assignment.user_id == user.id, Assignment.status == "active",
-                           Assignment.expires_at > now, Task.kind.in_(kinds))
-                    .order_by(Assignment.id).limit(1)
-                )
-                if current is not None:
-                    return _view(db, current)
-                task_id = _lease_free_task(db, database.is_sqlite, user.id, kinds)
-                if task_id is None and expire_leases(db, now):  # nothing free: maybe a lease just ran out
-                    task_id = _lease_free_task(db, database.is_sqlite, user.id, kinds)
-                if task_id is None:
-                    return None
-                order = list(db.scalars(select(TaskItem.continuation_id).where(TaskItem.task_id == task_id)
-                                        .order_by(TaskItem.position)))
-                random.shuffle(order)  # a fresh order per annotator, against position bias
-                assignment_id = db.scalar(
-                    insert(Assignment).values(task_id=task_id, user_id=user.id, item_order=order, status="active",
-                                              leased_at=now, expires_at=now + timedelta(seconds=lease_seconds))
-                    .returning(Assignment.id)
-                )
-                return _view(db, assignment_id)
+            with database.write_connection() as conn:
+                return _lease_next(conn, database, user.id, kinds, lease_seconds)
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
 
 
-def _lease_free_task(db: Session, is_sqlite: bool, user_id: int, kinds: Sequence[str]) -> int | None:
-    """Takes one slot of a free task the user has not seen; None when there is none.
-
-    BWS tuples go out oldest first (walking the free-task index), so batches complete in order.
-    Rating and evaluation items go out in an order of their own for each person, so that blind
-    ratings share no order effects; those batches are small, a sort is cheap."""
-    seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id)
-    has_slot = Task.done_count + Task.active_leases < Task.required
-    order = (Task.id,) if "bws" in kinds else ((Task.id * 7919 + user_id * 104729) % 10007, Task.id)
-    query = select(Task.id).where(has_slot, Task.kind.in_(kinds), ~seen).order_by(*order).limit(1)
-    if not is_sqlite:
-        # PostgreSQL: concurrent requests skip a task that another request is leasing right now.
-        query = query.with_for_update(skip_locked=True)
-    for _ in range(20):
-        task_id = db.scalar(query)
-        if task_id is None:
-            return None
-        # The conditional UPDATE re-checks the slot on the row's newest version.
-        taken = db.execute(update(Task).where(Task.id == task_id, has_slot)
-                           .values(active_leases=Task.active_leases + 1)
-                           .execution_options(synchronize_session=False))
-        if taken.rowcount == 1:
-            return task_id
-    raise Conflict("too many concurrent requests for the same tasks, please retry")
+def _lease_next(conn: Connection, database: Database, user_id: int, kinds: list[str], lease_seconds: int) -> TaskView | None:
+    now = utcnow()
+    if _sweep_due(database):
+        expire_leases(conn, now)
+    current = conn.scalar(CURRENT_LEASE, {"user_id": user_id, "now": now, "kinds": kinds})
+    if current is not None:
+        return _view(conn, current)
+    take_slot = TAKE_SLOT["bws" in kinds, not database.is_sqlite]
+    params = {"user_id": user_id, "kinds": kinds}
+    taken = conn.execute(take_slot, params).one_or_none()
+    if taken is None and expire_leases(conn, now):  # nothing free: maybe a lease just ran out
+        taken = conn.execute(take_slot, params).one_or_none()
+    if taken is None:
+        return None
+    order = list(conn.scalars(TASK_ITEMS, {"task_id": taken.id}))
+    random.shuffle(order)  # a fresh order per annotator, against position bias
+    expires_at = now + timedelta(seconds=lease_seconds)
+    assignment_id = conn.scalar(NEW_LEASE, {"task_id": taken.id, "user_id": user_id, "item_order": order,
+                                            "status": "active", "leased_at": now, "expires_at": expires_at})
+    return TaskView(assignment_id=assignment_id, task_id=taken.id, kind=taken.kind,
+                    prompt=conn.scalar(PROMPT_TEXT, {"prompt_id": taken.prompt_id}),
+                    items=_items(conn, order), expires_at=expires_at)
 
 
 def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
-    with database.read() as db:
-        owner = db.scalar(select(Assignment.user_id).where(Assignment.id == assignment_id))
-        if owner != user.id:
+    with database.engine.connect() as conn:
+        if conn.scalar(LEASE_OWNER, {"assignment_id": assignment_id}) != user.id:
             raise NotFound("no such task of yours")
-        return _view(db, assignment_id)
+        return _view(conn, assignment_id)
 
 
 def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
-    with database.write() as db:
-        row = _assignment_row(db, user, assignment_id)
+    with database.write_connection() as conn:
+        row = _assignment_row(conn, user, assignment_id)
         if row.status not in ("active", "expired"):
             raise Conflict(f"this task is already {row.status}")
-        _finish(db, assignment_id, row.status, "skipped", skip_reason=reason[:500])
+        _finish(conn, assignment_id, row.status, "skipped", skip_reason=reason[:500])
         if row.status == "active":
-            _release_leases(db, [row.task_id])
+            _release_leases(conn, [row.task_id])
 
 
 # ---------------------------------------------------------------- submitting
 
+ASSIGNMENT_ROW = (
+    select(Assignment.user_id, Assignment.task_id, Assignment.status, Assignment.expires_at,
+           Assignment.item_order, Task.kind)
+    .join(Task, Task.id == Assignment.task_id).where(Assignment.id == bindparam("assignment_id"))
+)
+FINISH = (
+    update(Assignment).where(Assignment.id == bindparam("assignment_id"), Assignment.status == bindparam("old_status"))
+    .values(status=bindparam("new_status"), finished_at=bindparam("now"), skip_reason=bindparam("reason"))
+)
+COUNT_JUDGEMENT = (
+    update(Task).where(Task.id == bindparam("task_id"), Task.done_count < Task.required)
+    .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
+)
+INSERT_JUDGEMENT = {model: insert(model).returning(model.id) for model in (BwsJudgement, Rating)}
+STORED_BY_KEY = {model: select(model.id, model.user_id, model.is_surplus).where(model.idempotency_key == bindparam("key"))
+                 for model in (BwsJudgement, Rating)}
 
-def _assignment_row(db: Session, user: User, assignment_id: int):
-    row = db.execute(
-        select(Assignment.user_id, Assignment.task_id, Assignment.status, Assignment.expires_at,
-               Assignment.item_order, Task.kind)
-        .join(Task, Task.id == Assignment.task_id)
-        .where(Assignment.id == assignment_id)
-    ).one_or_none()
+
+def _assignment_row(conn: Connection, user: User, assignment_id: int):
+    row = conn.execute(ASSIGNMENT_ROW, {"assignment_id": assignment_id}).one_or_none()
     if row is None or row.user_id != user.id:
         raise NotFound("no such task of yours")
     return row
 
 
-def _open_assignment(db: Session, user: User, assignment_id: int, kind: str | tuple[str, ...]):
-    row = _assignment_row(db, user, assignment_id)
+def _open_assignment(conn: Connection, user: User, assignment_id: int, kind: str | tuple[str, ...]):
+    row = _assignment_row(conn, user, assignment_id)
     kinds = (kind,) if isinstance(kind, str) else kind
     if row.kind not in kinds:
         raise Invalid(f"this is a {row.kind} task, not {kinds[0]}")
@@ -318,17 +355,15 @@ def _open_assignment(db: Session, user: User, assignment_id: int, kind: str | tu
     return row
 
 
-def _finish(db: Session, assignment_id: int, old_status: str, new_status: str, **values) -> None:
+def _finish(conn: Connection, assignment_id: int, old_status: str, new_status: str, skip_reason: str | None = None) -> None:
     """Moves an assignment out of old_status; a concurrent change in between is a conflict."""
-    changed = db.execute(
-        update(Assignment).where(Assignment.id == assignment_id, Assignment.status == old_status)
-        .values(status=new_status, finished_at=utcnow(), **values).execution_options(synchronize_session=False)
-    )
+    changed = conn.execute(FINISH, {"assignment_id": assignment_id, "old_status": old_status,
+                                    "new_status": new_status, "now": utcnow(), "reason": skip_reason})
     if changed.rowcount != 1:
         raise Conflict("this task changed meanwhile; reload it")
 
 
-def _count_judgement(db: Session, assignment_id: int, row, now: datetime) -> bool:
+def _count_judgement(conn: Connection, assignment_id: int, row, now: datetime) -> bool:
     """Stores the assignment's outcome and returns whether the judgement counts towards R.
 
     It counts when the lease is still valid and the task has fewer than R counted judgements; the
@@ -336,20 +371,16 @@ def _count_judgement(db: Session, assignment_id: int, row, now: datetime) -> boo
     counted = False
     if row.status == "active":
         if row.expires_at > now:
-            counted = db.execute(
-                update(Task).where(Task.id == row.task_id, Task.done_count < Task.required)
-                .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
-                .execution_options(synchronize_session=False)
-            ).rowcount == 1
+            counted = conn.execute(COUNT_JUDGEMENT, {"task_id": row.task_id}).rowcount == 1
         if not counted:
-            _release_leases(db, [row.task_id])
-    _finish(db, assignment_id, row.status, "submitted" if counted else "surplus")
+            _release_leases(conn, [row.task_id])
+    _finish(conn, assignment_id, row.status, "submitted" if counted else "surplus")
     return counted
 
 
 def _replay(database: Database, model, user: User, key: str) -> SubmitResult | None:
-    with database.read() as db:
-        row = db.execute(select(model.id, model.user_id, model.is_surplus).where(model.idempotency_key == key)).one_or_none()
+    with database.engine.connect() as conn:
+        row = conn.execute(STORED_BY_KEY[model], {"key": key}).one_or_none()
     if row is None:
         return None
     if row.user_id != user.id:
@@ -357,15 +388,17 @@ def _replay(database: Database, model, user: User, key: str) -> SubmitResult | N
     return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
 
 
-def _submit(database: Database, user: User, model, key: str, store) -> SubmitResult:
+def _submit(database: Database, user: User, model, key: str, values) -> SubmitResult:
     """Stores a judgement exactly once per idempotency key, also when the same one races itself.
 
-    A repeated key finds its assignment no longer open (or hits the unique key) and is answered
-    from the stored judgement, so the common first submission costs no extra lookup."""
+    `values(conn)` checks the assignment, counts it and returns the judgement's columns. A repeated
+    key finds its assignment no longer open (or hits the unique key) and is answered from the stored
+    judgement, so the common first submission costs no extra lookup."""
     try:
-        with database.write() as db:
-            judgement_id, counted = store(db)
-            return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+        with database.write_connection() as conn:
+            row = values(conn)
+            judgement_id = conn.scalar(INSERT_JUDGEMENT[model], row)
+            return SubmitResult(judgement_id=judgement_id, counted=not row["is_surplus"], replayed=False)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := _replay(database, model, user, key)) is not None:
@@ -374,38 +407,32 @@ def _submit(database: Database, user: User, model, key: str, store) -> SubmitRes
 
 
 def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission) -> SubmitResult:
-    def store(db: Session) -> tuple[int, bool]:
-        row = _open_assignment(db, user, assignment_id, "bws")
+    def values(conn: Connection) -> dict:
+        row = _open_assignment(conn, user, assignment_id, "bws")
         if data.best_id not in row.item_order or data.worst_id not in row.item_order:
             raise Invalid("best and worst must be items of this task")
         if data.best_id == data.worst_id:
             raise Invalid("best and worst must be different continuations")
         now = utcnow()
-        counted = _count_judgement(db, assignment_id, row, now)
-        judgement_id = db.scalar(insert(BwsJudgement).values(
-            assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, best_id=data.best_id,
-            worst_id=data.worst_id, shown_order=row.item_order, duration_ms=data.duration_ms,
-            is_surplus=not counted, idempotency_key=data.idempotency_key, created_at=now,
-        ).returning(BwsJudgement.id))
-        return judgement_id, counted
+        counted = _count_judgement(conn, assignment_id, row, now)
+        return {"assignment_id": assignment_id, "task_id": row.task_id, "user_id": user.id, "best_id": data.best_id,
+                    "worst_id": data.worst_id, "shown_order": row.item_order, "duration_ms": data.duration_ms,
+                    "is_surplus": not counted, "idempotency_key": data.idempotency_key, "created_at": now}
 
-    return _submit(database, user, BwsJudgement, data.idempotency_key, store)
+    return _submit(database, user, BwsJudgement, data.idempotency_key, values)
 
 
 def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
-    def store(db: Session) -> tuple[int, bool]:
-        row = _open_assignment(db, user, assignment_id, RATING_KINDS)
+    def values(conn: Connection) -> dict:
+        row = _open_assignment(conn, user, assignment_id, RATING_KINDS)
         now = utcnow()
-        counted = _count_judgement(db, assignment_id, row, now)
-        rating_id = db.scalar(insert(Rating).values(
-            assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, continuation_id=row.item_order[0],
-            comment=data.comment.strip(), duration_ms=data.duration_ms, is_surplus=not counted,
-            idempotency_key=data.idempotency_key, created_at=now,
-            **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS},
-        ).returning(Rating.id))
-        return rating_id, counted
+        counted = _count_judgement(conn, assignment_id, row, now)
+        return dict(assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, continuation_id=row.item_order[0],
+                    comment=data.comment.strip(), duration_ms=data.duration_ms, is_surplus=not counted,
+                    idempotency_key=data.idempotency_key, created_at=now,
+                    **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS})
 
-    return _submit(database, user, Rating, data.idempotency_key, store)
+    return _submit(database, user, Rating, data.idempotency_key, values)
 
 
 # ---------------------------------------------------------------- progress
