@@ -270,8 +270,7 @@ def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequenc
         return None
     for _attempt in range(3):
         try:
-            with database.write_connection() as conn:
-                return _lease_next(conn, database, user.id, kinds, lease_seconds)
+            return database.run_write(lambda conn: _lease_next(conn, database, user.id, kinds, lease_seconds))
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
@@ -309,13 +308,15 @@ def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
 
 
 def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
-    with database.write_connection() as conn:
+    def skip(conn: Connection) -> None:
         row = _assignment_row(conn, user, assignment_id)
         if row.status not in ("active", "expired"):
             raise Conflict(f"this task is already {row.status}")
         _finish(conn, assignment_id, row.status, "skipped", skip_reason=reason[:500])
         if row.status == "active":
             _release_leases(conn, [row.task_id])
+
+    database.run_write(skip)
 
 
 # ---------------------------------------------------------------- submitting
@@ -394,11 +395,13 @@ def _submit(database: Database, user: User, model, key: str, values) -> SubmitRe
     `values(conn)` checks the assignment, counts it and returns the judgement's columns. A repeated
     key finds its assignment no longer open (or hits the unique key) and is answered from the stored
     judgement, so the common first submission costs no extra lookup."""
+    def store(conn: Connection) -> SubmitResult:
+        row = values(conn)
+        judgement_id = conn.scalar(INSERT_JUDGEMENT[model], row)
+        return SubmitResult(judgement_id=judgement_id, counted=not row["is_surplus"], replayed=False)
+
     try:
-        with database.write_connection() as conn:
-            row = values(conn)
-            judgement_id = conn.scalar(INSERT_JUDGEMENT[model], row)
-            return SubmitResult(judgement_id=judgement_id, counted=not row["is_surplus"], replayed=False)
+        return database.run_write(store)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := _replay(database, model, user, key)) is not None:
