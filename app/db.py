@@ -1,11 +1,11 @@
 """Engine and sessions. SQLite by default (WAL, busy timeout); PostgreSQL by URL."""
 
+import asyncio
 import fcntl
 import os
-import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -42,7 +42,6 @@ def make_engine(url: str) -> Engine:
 
 
 T = TypeVar("T")
-GROUP_COMMIT_MAX_JOBS = 64
 
 
 @dataclass(frozen=True)
@@ -87,55 +86,56 @@ class Database:
         with self._sqlite_writer_turn(), self.write_engine.begin() as conn:
             yield conn
 
-    def run_write(self, job: Callable[[Connection], T]) -> T:
-        """Runs job(conn) in a write transaction and returns its result once committed; its
-        exception, if it raises, after undoing what it wrote. For the annotation hot path.
+    async def run_write(self, job: Callable[[Connection], T]) -> T:
+        """Runs job(conn) in a write transaction and returns its result once committed; if the job
+        raises, its writes are undone and the exception is raised here. For the annotation hot path.
 
-        PostgreSQL: one transaction per job, in the calling thread; row locks let jobs run side by side.
-        SQLite has one writer at a time, so each process hands its jobs to one writer thread that
-        runs all jobs waiting at that moment in one transaction, each inside a savepoint (group
-        commit): one lock turn and one commit for many requests, and no threads contending for the
-        lock. A job's result is handed back only after the commit, so nothing unsaved is acknowledged."""
+        PostgreSQL: one transaction per job, in a worker thread; row locks let jobs run side by side.
+        SQLite has one writer at a time. Jobs wait in a queue per event loop, and the loop's own
+        thread runs all jobs queued at that moment in one transaction, each inside a savepoint
+        (group commit): one lock turn and one commit for many requests, and no other Python thread
+        competes for the GIL while the database lock is held (a writer thread lost most of its time
+        to that). Results are handed back only after the commit: nothing unsaved is acknowledged."""
         if not self.is_sqlite:
-            with self.write_connection() as conn:
-                return job(conn)
-        future: Future = Future()
-        self._group_commit_queue().put((job, future))
-        return future.result()
+            return await asyncio.to_thread(self.run_write_now, job)
+        loop = asyncio.get_running_loop()
+        queue = self.state.setdefault("group_commit", weakref.WeakKeyDictionary()).setdefault(loop, _JobQueue())
+        future = loop.create_future()
+        queue.jobs.append((job, future))
+        if not queue.commit_scheduled:
+            queue.commit_scheduled = True
+            queue.task = loop.create_task(self._group_commit(queue))
+        return await future
 
-    def _group_commit_queue(self) -> queue.SimpleQueue:
-        if self.state.get("group_commit_pid") != os.getpid():  # a new process: its own writer thread
-            jobs: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=self._group_commit_writer, args=(jobs,), name="storyloop-writer", daemon=True).start()
-            self.state.update(group_commit_pid=os.getpid(), group_commit_queue=jobs)
-        return self.state["group_commit_queue"]
+    def run_write_now(self, job: Callable[[Connection], T]) -> T:
+        """run_write for code without an event loop: its own transaction, in this thread."""
+        with self.write_connection() as conn:
+            return job(conn)
 
-    def _group_commit_writer(self, jobs: queue.SimpleQueue) -> None:
-        while True:
-            batch = [jobs.get()]
-            while len(batch) < GROUP_COMMIT_MAX_JOBS:
-                try:
-                    batch.append(jobs.get_nowait())
-                except queue.Empty:
-                    break
+    async def _group_commit(self, queue: "_JobQueue") -> None:
+        if not self._take_writer_turn(blocking=False):
+            await asyncio.to_thread(self._take_writer_turn, blocking=True)  # waits without blocking the loop
+        try:
+            batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False  # jobs queued from now on: next commit
             outcomes = []
-            try:
-                with self.write_connection() as conn:
-                    for job, future in batch:
-                        try:
-                            with conn.begin_nested():
-                                outcomes.append((future, job(conn), None))
-                        except Exception as exc:  # noqa: BLE001 (this job's writes are undone; the others' stand)
-                            outcomes.append((future, None, exc))
-            except Exception as exc:  # noqa: BLE001 (the commit failed: no job of this batch is saved)
-                for _job, future in batch:
-                    future.set_exception(exc)
+            with self.write_engine.begin() as conn:
+                for job, future in batch:
+                    try:
+                        with conn.begin_nested():
+                            outcomes.append((future, job(conn), None))
+                    except Exception as exc:  # noqa: BLE001 (this job's writes are undone; the others' stand)
+                        outcomes.append((future, None, exc))
+        except Exception as exc:  # noqa: BLE001 (the commit failed: no job of this batch is saved)
+            outcomes = [(future, None, exc) for _job, future in batch]
+        finally:
+            self._end_writer_turn()
+        for future, result, exc in outcomes:
+            if future.done():  # the request went away meanwhile; a retry finds what was stored
                 continue
-            for future, result, exc in outcomes:
-                if exc is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(exc)
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
 
     @contextmanager
     def _sqlite_writer_turn(self) -> Iterator[None]:
@@ -143,15 +143,46 @@ class Database:
         handler, which sleeps in growing steps (up to 100 ms) and so wakes late: under load, p99
         latency grew to seconds. Queueing writers on a thread lock and a file lock (flock, across
         worker processes) instead wakes the next writer as soon as the previous one commits."""
-        if not self.is_sqlite or not self.engine.url.database:
+        self._take_writer_turn(blocking=True)
+        try:
             yield
-            return
+        finally:
+            self._end_writer_turn()
+
+    def _take_writer_turn(self, blocking: bool) -> bool:
+        if not self.is_sqlite:
+            return True
         if self.state.get("writer_pid") != os.getpid():  # a new process: its own lock and file
+            path = self.engine.url.database
             self.state.update(writer_pid=os.getpid(), writer_lock=threading.Lock(),
-                              writer_file=open(f"{self.engine.url.database}.writer-lock", "a+b"))  # noqa: SIM115 (open for the process's life)
-        with self.state["writer_lock"]:
-            fcntl.flock(self.state["writer_file"], fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self.state["writer_file"], fcntl.LOCK_UN)
+                              writer_file=open(f"{path}.writer-lock", "a+b") if path else None)  # noqa: SIM115 (open for the process's life)
+        lock, file = self.state["writer_lock"], self.state["writer_file"]
+        if not lock.acquire(blocking=blocking):
+            return False
+        if file is None:  # an in-memory database: one process
+            return True
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            lock.release()
+            return False
+        except BaseException:
+            lock.release()
+            raise
+
+    def _end_writer_turn(self) -> None:
+        if not self.is_sqlite:
+            return
+        if self.state["writer_file"] is not None:
+            fcntl.flock(self.state["writer_file"], fcntl.LOCK_UN)
+        self.state["writer_lock"].release()
+
+
+@dataclass
+class _JobQueue:
+    """Write jobs waiting for the next group commit of one event loop."""
+
+    jobs: list = field(default_factory=list)
+    commit_scheduled: bool = False
+    task: asyncio.Task | None = None  # the pending commit (kept referenced, so it is not collected)

@@ -10,6 +10,7 @@ rated by three evaluators through the ordinary task service), serves it under uv
 Uses Debian's /usr/bin/chromium; no browser is downloaded.
 """
 
+import asyncio
 import argparse
 import math
 import random
@@ -127,12 +128,12 @@ def seed(database: Database) -> int:
         with database.read() as db:
             user = db.query(User).filter_by(username=name).one()
         bias = {"eva": 0.2, "ezra": -0.2, "elin": 0.0}[name]
-        while (view := tasks.next_task(database, user, 600)) is not None:
+        while (view := asyncio.run(tasks.next_task(database, user, 600))) is not None:
             q = QUALITY[version_of[view.items[0].continuation_id]] + bias
             score = {d: max(1, min(5, round(q + off + rng.gauss(0, 0.7))))
                      for d, off in (("grammar", 0.4), ("creativity", -0.2), ("consistency", 0.0), ("plot", -0.3))}
-            tasks.submit_rating(database, user, view.assignment_id,
-                                RatingSubmission(**score, idempotency_key=f"{name}-{view.assignment_id}-key", duration_ms=20000))
+            asyncio.run(tasks.submit_rating(database, user, view.assignment_id, RatingSubmission(
+                **score, idempotency_key=f"{name}-{view.assignment_id}-key", duration_ms=20000)))
     return campaign_id
 
 

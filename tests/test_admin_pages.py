@@ -1,5 +1,6 @@
 """Admin pages: access control, CSRF, the numbers they show, import, batches, users, exports; the overview API."""
 
+import asyncio
 import html
 import json
 import re
@@ -141,12 +142,12 @@ def test_scores_page_escapes_and_truncates(admin, database):
     post_form(admin, "/admin/import", "/admin/import", files={"file": ("s.jsonl", data, "application/json")})
     post_form(admin, "/admin/batches", "/admin/batches/bws", {"seed": "0", "required": "1"})
     annotator = make_user(database, "ann")
-    view = tasks.next_task(database, annotator, LEASE, ["bws"])
+    view = asyncio.run(tasks.next_task(database, annotator, LEASE, ["bws"]))
     ids = [i.continuation_id for i in view.items]
     evil = next(i.continuation_id for i in view.items if i.text.startswith("<script>"))
     worst = next(i for i in ids if i != evil)
-    tasks.submit_bws(database, annotator, view.assignment_id,
-                     BwsSubmission(best_id=evil, worst_id=worst, idempotency_key=uuid.uuid4().hex))
+    asyncio.run(tasks.submit_bws(database, annotator, view.assignment_id,
+                                 BwsSubmission(best_id=evil, worst_id=worst, idempotency_key=uuid.uuid4().hex)))
     page = admin.get("/admin/scores")
     assert page.status_code == 200
     assert "<script>alert" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text

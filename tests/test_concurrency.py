@@ -7,6 +7,7 @@ acknowledged (200) judgement id is collected. The database must then hold exactl
 Runs on SQLite and on PostgreSQL (see the `database_url` fixture in conftest.py).
 """
 
+import asyncio
 import random
 import threading
 import time
@@ -268,7 +269,7 @@ def test_a_task_is_never_leased_beyond_r_at_once(database):
 
         def fetch(user):
             barrier.wait()
-            leased[user.id] = service.next_task(database, user, 600)
+            leased[user.id] = asyncio.run(service.next_task(database, user, 600))
 
         threads = [threading.Thread(target=fetch, args=(u,)) for u in people]
         for t in threads:
@@ -285,5 +286,5 @@ def test_a_task_is_never_leased_beyond_r_at_once(database):
             view = leased.get(user.id)
             if view is not None:
                 ids = [i.continuation_id for i in view.items]
-                service.submit_bws(database, user, view.assignment_id, service.BwsSubmission(
-                    best_id=ids[0], worst_id=ids[1], idempotency_key=uuid.uuid4().hex))
+                asyncio.run(service.submit_bws(database, user, view.assignment_id, service.BwsSubmission(
+                    best_id=ids[0], worst_id=ids[1], idempotency_key=uuid.uuid4().hex)))

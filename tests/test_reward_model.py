@@ -5,6 +5,7 @@ annotation service, become implied pairs (trainer.data), and train the reward mo
 held-out accuracy (judgements the model never saw) must be clearly above chance.
 """
 
+import asyncio
 import random
 import uuid
 
@@ -55,11 +56,11 @@ def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
 
     # Annotators: dragon first, then a little noise (ties broken at random).
     for judge in judges:
-        while (task := tasks.next_task(database, judge, 600)) is not None:
+        while (task := asyncio.run(tasks.next_task(database, judge, 600))) is not None:
             score = {i.continuation_id: ("dragon" in i.text) + rng.gauss(0, 0.3) for i in task.items}
             ranked = sorted(score, key=score.get)
-            tasks.submit_bws(database, judge, task.assignment_id, tasks.BwsSubmission(
-                best_id=ranked[-1], worst_id=ranked[0], idempotency_key=uuid.uuid4().hex))
+            asyncio.run(tasks.submit_bws(database, judge, task.assignment_id, tasks.BwsSubmission(
+                best_id=ranked[-1], worst_id=ranked[0], idempotency_key=uuid.uuid4().hex)))
 
     train, held_out, judgements = load_pairs(database, held_out_fraction=0.3, seed=0)
     assert judgements == 2 * 8 * 16 and len(held_out) > 100  # 16 tuples per prompt (C(8,4) capped at 2N)

@@ -1,5 +1,6 @@
 """The admin overview against a small hand-computed dataset (SQLite and PostgreSQL)."""
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,16 +47,15 @@ class Known:
 
 
 def _bws(database: Database, user, best: int, worst: int, duration_ms: int | None):
-    view = tasks.next_task(database, user, LEASE, ["bws"])
+    view = asyncio.run(tasks.next_task(database, user, LEASE, ["bws"]))
     assert view is not None and {best, worst} <= {i.continuation_id for i in view.items}
-    result = tasks.submit_bws(database, user, view.assignment_id,
-                              BwsSubmission(best_id=best, worst_id=worst, idempotency_key=uuid.uuid4().hex,
-                                            duration_ms=duration_ms))
+    result = asyncio.run(tasks.submit_bws(database, user, view.assignment_id, BwsSubmission(
+        best_id=best, worst_id=worst, idempotency_key=uuid.uuid4().hex, duration_ms=duration_ms)))
     return view, result
 
 
 def _rate(database: Database, user, values_of: dict[int, tuple[int, int, int, int]], duration_ms: int, expire=False):
-    view = tasks.next_task(database, user, LEASE, ["rating"])
+    view = asyncio.run(tasks.next_task(database, user, LEASE, ["rating"]))
     assert view is not None
     continuation = view.items[0].continuation_id
     if expire:  # the lease runs out before the rating arrives: stored as surplus
@@ -63,8 +63,8 @@ def _rate(database: Database, user, values_of: dict[int, tuple[int, int, int, in
             db.execute(update(Assignment).where(Assignment.id == view.assignment_id)
                        .values(expires_at=utcnow() - timedelta(seconds=1)))
     g, c, s, p = values_of[continuation]
-    return tasks.submit_rating(database, user, view.assignment_id, RatingSubmission(
-        grammar=g, creativity=c, consistency=s, plot=p, idempotency_key=uuid.uuid4().hex, duration_ms=duration_ms))
+    return asyncio.run(tasks.submit_rating(database, user, view.assignment_id, RatingSubmission(
+        grammar=g, creativity=c, consistency=s, plot=p, idempotency_key=uuid.uuid4().hex, duration_ms=duration_ms)))
 
 
 def seed_known_dataset(database: Database) -> Known:
@@ -104,8 +104,8 @@ def seed_known_dataset(database: Database) -> Known:
     assert _rate(database, people["e2"], values, 100).counted
     assert _rate(database, people["e2"], values, 300).counted
     assert not _rate(database, people["e2"], values, 1000, expire=True).counted
-    view = tasks.next_task(database, people["e3"], LEASE, ["rating"])
-    tasks.skip_task(database, people["e3"], view.assignment_id, "unclear")
+    view = asyncio.run(tasks.next_task(database, people["e3"], LEASE, ["rating"]))
+    asyncio.run(tasks.skip_task(database, people["e3"], view.assignment_id, "unclear"))
     return Known(p1=p1, p2=p2, c=c, x=x, bws1=bws1, bws2=bws2, rating_batch=rating_batch, rated=rated)
 
 

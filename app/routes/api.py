@@ -56,10 +56,10 @@ def my_progress(user: ApiUser, database: DatabaseDep):
 
 @router.post("/tasks/next", response_model=TaskView | None,
              responses={204: {"description": "nothing left for you"}})
-def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
-              kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
+async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
+                    kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
     """Lease the next task (or return the one already leased). 204 when nothing is left."""
-    view = tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
+    view = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
     if view is None:
         return Response(status_code=204)
     return view
@@ -73,25 +73,25 @@ def get_task(assignment_id: int, user: ApiUser, database: DatabaseDep):
 NextQuery = Annotated[bool, Query(description="also lease the next task and return it as next_task")]
 
 
-def _with_next(result: SubmitResult, want_next: bool, user, database, settings) -> SubmitResult:
+async def _with_next(result: SubmitResult, want_next: bool, user, database, settings) -> SubmitResult:
     if want_next:
-        result.next_task = tasks.next_task(database, user, settings.lease_seconds)
+        result.next_task = await tasks.next_task(database, user, settings.lease_seconds)
     return result
 
 
 @router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult)
-def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep, settings: SettingsDep,
-               next: NextQuery = False):
+async def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep,
+                     settings: SettingsDep, next: NextQuery = False):
     """Submit best and worst. Retrying with the same idempotency_key never stores twice."""
-    return _with_next(tasks.submit_bws(database, user, assignment_id, body), next, user, database, settings)
+    return await _with_next(await tasks.submit_bws(database, user, assignment_id, body), next, user, database, settings)
 
 
 @router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult)
-def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
-                  settings: SettingsDep, next: NextQuery = False):
-    return _with_next(tasks.submit_rating(database, user, assignment_id, body), next, user, database, settings)
+async def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
+                        settings: SettingsDep, next: NextQuery = False):
+    return await _with_next(await tasks.submit_rating(database, user, assignment_id, body), next, user, database, settings)
 
 
 @router.post("/tasks/{assignment_id}/skip", status_code=204)
-def skip(assignment_id: int, body: SkipRequest, user: ApiUser, database: DatabaseDep):
-    tasks.skip_task(database, user, assignment_id, body.reason)
+async def skip(assignment_id: int, body: SkipRequest, user: ApiUser, database: DatabaseDep):
+    await tasks.skip_task(database, user, assignment_id, body.reason)

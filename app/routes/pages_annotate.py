@@ -1,13 +1,16 @@
 """Browser pages for annotators and evaluators: the queue, BWS and rating forms, skip, guidelines.
 
 The pages call the same service functions as the JSON API (app/services/tasks.py), so leasing,
-idempotency and counting behave identically. Judging is blind: nothing here shows model versions.
+idempotency and counting behave identically. The pages run in FastAPI's thread pool; the write
+services are coroutines (see Database.run_write), called on the event loop with from_thread.run.
+Judging is blind: nothing here shows model versions.
 """
 
 import uuid
 from datetime import datetime
 from typing import Annotated
 
+from anyio import from_thread
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
@@ -69,7 +72,7 @@ def _queue_of(request: Request, user: User) -> str:
 def _next_or_done(request: Request, database, settings, user: User) -> RedirectResponse:
     queue = _queue_of(request, user)
     kinds = QUEUES[queue]["kinds"]
-    view = tasks.next_task(database, user, settings.lease_seconds, list(kinds) if kinds else None)
+    view = from_thread.run(tasks.next_task, database, user, settings.lease_seconds, list(kinds) if kinds else None)
     if view is None:
         return _redirect(f"/done?queue={queue}")
     return _redirect(f"/task/{view.assignment_id}")
@@ -226,7 +229,7 @@ def submit_bws(
     except ValidationError:
         return again("The form was damaged; reload the page and try again.")
     try:
-        result = tasks.submit_bws(database, user, assignment_id, data)
+        result = from_thread.run(tasks.submit_bws, database, user, assignment_id, data)
     except Invalid as exc:
         return again(exc.message[:1].upper() + exc.message[1:] + ".")
     except Conflict as exc:
@@ -269,7 +272,7 @@ def submit_rating(
     except ValidationError as exc:
         return again("Please check the form: " + "; ".join(e["msg"] for e in exc.errors()))
     try:
-        result = tasks.submit_rating(database, user, assignment_id, data)
+        result = from_thread.run(tasks.submit_rating, database, user, assignment_id, data)
     except Invalid as exc:
         return again(exc.message)
     except Conflict as exc:
@@ -287,7 +290,7 @@ def skip(
     reason: Annotated[str, Form()] = "",
 ):
     try:
-        tasks.skip_task(database, user, assignment_id, reason.strip())
+        from_thread.run(tasks.skip_task, database, user, assignment_id, reason.strip())
         _flash(request, "Skipped.")
     except Conflict as exc:
         _flash(request, f"Not skipped: {exc.message}.", "bad")

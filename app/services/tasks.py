@@ -262,7 +262,7 @@ def _sweep_due(database: Database) -> bool:
     return True
 
 
-def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
+async def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
     """The user's current task if one is leased, else lease the oldest task with a free slot they have not seen."""
     allowed = ROLE_TASK_KINDS.get(user.role, ())
     kinds = [k for k in (kinds or allowed) if k in allowed]
@@ -270,7 +270,7 @@ def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequenc
         return None
     for _attempt in range(3):
         try:
-            return database.run_write(lambda conn: _lease_next(conn, database, user.id, kinds, lease_seconds))
+            return await database.run_write(lambda conn: _lease_next(conn, database, user.id, kinds, lease_seconds))
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
@@ -307,7 +307,7 @@ def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
         return _view(conn, assignment_id)
 
 
-def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
+async def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
     def skip(conn: Connection) -> None:
         row = _assignment_row(conn, user, assignment_id)
         if row.status not in ("active", "expired"):
@@ -316,7 +316,7 @@ def skip_task(database: Database, user: User, assignment_id: int, reason: str = 
         if row.status == "active":
             _release_leases(conn, [row.task_id])
 
-    database.run_write(skip)
+    await database.run_write(skip)
 
 
 # ---------------------------------------------------------------- submitting
@@ -389,7 +389,7 @@ def _replay(database: Database, model, user: User, key: str) -> SubmitResult | N
     return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
 
 
-def _submit(database: Database, user: User, model, key: str, values) -> SubmitResult:
+async def _submit(database: Database, user: User, model, key: str, values) -> SubmitResult:
     """Stores a judgement exactly once per idempotency key, also when the same one races itself.
 
     `values(conn)` checks the assignment, counts it and returns the judgement's columns. A repeated
@@ -401,7 +401,7 @@ def _submit(database: Database, user: User, model, key: str, values) -> SubmitRe
         return SubmitResult(judgement_id=judgement_id, counted=not row["is_surplus"], replayed=False)
 
     try:
-        return database.run_write(store)
+        return await database.run_write(store)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := _replay(database, model, user, key)) is not None:
@@ -409,7 +409,7 @@ def _submit(database: Database, user: User, model, key: str, values) -> SubmitRe
         raise
 
 
-def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission) -> SubmitResult:
+async def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission) -> SubmitResult:
     def values(conn: Connection) -> dict:
         row = _open_assignment(conn, user, assignment_id, "bws")
         if data.best_id not in row.item_order or data.worst_id not in row.item_order:
@@ -422,10 +422,10 @@ def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubm
                     "worst_id": data.worst_id, "shown_order": row.item_order, "duration_ms": data.duration_ms,
                     "is_surplus": not counted, "idempotency_key": data.idempotency_key, "created_at": now}
 
-    return _submit(database, user, BwsJudgement, data.idempotency_key, values)
+    return await _submit(database, user, BwsJudgement, data.idempotency_key, values)
 
 
-def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
+async def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
     def values(conn: Connection) -> dict:
         row = _open_assignment(conn, user, assignment_id, RATING_KINDS)
         now = utcnow()
@@ -435,7 +435,7 @@ def submit_rating(database: Database, user: User, assignment_id: int, data: Rati
                     idempotency_key=data.idempotency_key, created_at=now,
                     **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS})
 
-    return _submit(database, user, Rating, data.idempotency_key, values)
+    return await _submit(database, user, Rating, data.idempotency_key, values)
 
 
 # ---------------------------------------------------------------- progress
