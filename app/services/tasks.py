@@ -10,6 +10,7 @@ Guarantees (tested in tests/test_concurrency.py):
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -181,8 +182,10 @@ EXPIRY_SWEEP_SECONDS = 5.0
 _kinds = bindparam("kinds", expanding=True)
 _has_slot = Task.done_count + Task.active_leases < Task.required
 
+# The columns of a Lease (below): everything needed to show a leased task again.
+_LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, Assignment.item_order, Assignment.expires_at)
 CURRENT_LEASE = (
-    select(Assignment.id).join(Task, Task.id == Assignment.task_id)
+    select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
     .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
            Assignment.expires_at > bindparam("now"), Task.kind.in_(_kinds))
     .order_by(Assignment.id).limit(1)
@@ -213,28 +216,55 @@ TAKE_SLOT = {  # (oldest first, SKIP LOCKED) -> statement
 }
 TASK_ITEMS = select(TaskItem.continuation_id).where(TaskItem.task_id == bindparam("task_id")).order_by(TaskItem.position)
 NEW_LEASE = insert(Assignment).returning(Assignment.id)
-LEASE_VIEW = (
-    select(Assignment.task_id, Assignment.item_order, Assignment.expires_at, Task.kind, Prompt.text)
-    .join(Task, Task.id == Assignment.task_id).join(Prompt, Prompt.id == Task.prompt_id)
-    .where(Assignment.id == bindparam("assignment_id"))
-)
-PROMPT_TEXT = select(Prompt.text).where(Prompt.id == bindparam("prompt_id"))
-CONTINUATION_TEXTS = select(Continuation.id, Continuation.text).where(Continuation.id.in_(bindparam("ids", expanding=True)))
+LEASE_BY_ID = (select(Assignment.user_id, *_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
+               .where(Assignment.id == bindparam("assignment_id")))
 EXPIRE = (update(Assignment).where(Assignment.status == "active", Assignment.expires_at <= bindparam("now"))
           .values(status="expired").returning(Assignment.task_id))
 RELEASE = update(Task).where(Task.id == bindparam("task_id")).values(active_leases=Task.active_leases - bindparam("n", type_=Integer))
-LEASE_OWNER = select(Assignment.user_id).where(Assignment.id == bindparam("assignment_id"))
+PROMPT_TEXTS = select(Prompt.id, Prompt.text).where(Prompt.id.in_(bindparam("ids", expanding=True)))
+CONTINUATION_TEXTS = select(Continuation.id, Continuation.text).where(Continuation.id.in_(bindparam("ids", expanding=True)))
+TEXT_CACHE_SIZE = 100_000
 
 
-def _view(conn: Connection, assignment_id: int) -> TaskView:
-    row = conn.execute(LEASE_VIEW, {"assignment_id": assignment_id}).one()
-    return TaskView(assignment_id=assignment_id, task_id=row.task_id, kind=row.kind, prompt=row.text,
-                    items=_items(conn, row.item_order), expires_at=row.expires_at)
+@dataclass(frozen=True)
+class Lease:
+    assignment_id: int
+    task_id: int
+    kind: str
+    prompt_id: int
+    item_order: list[int]
+    expires_at: datetime
 
 
-def _items(conn: Connection, order: list[int]) -> list[ItemView]:
-    text_of = dict(conn.execute(CONTINUATION_TEXTS, {"ids": order}).all())
-    return [ItemView(continuation_id=c, text=text_of[c]) for c in order]
+def _task_view(conn: Connection, database: Database, lease: Lease | None) -> TaskView | None:
+    """The lease with its texts. Prompts, continuations and the items of a task never change once
+    stored, so each process keeps them in memory: most requests need no query for them."""
+    if lease is None:
+        return None
+    items = _cached(conn, database, "continuation_texts", CONTINUATION_TEXTS, lease.item_order)
+    return TaskView(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind,
+                    prompt=_cached(conn, database, "prompt_texts", PROMPT_TEXTS, [lease.prompt_id])[0],
+                    items=[ItemView(continuation_id=c, text=t) for c, t in zip(lease.item_order, items, strict=True)],
+                    expires_at=lease.expires_at)
+
+
+def _cached(conn: Connection, database: Database, name: str, query, ids: list[int]) -> list[str]:
+    cache = database.state.setdefault(name, {})
+    missing = [i for i in ids if i not in cache]
+    if missing:
+        if len(cache) > TEXT_CACHE_SIZE:
+            cache.clear()
+        cache.update(conn.execute(query, {"ids": missing}).all())
+    return [cache[i] for i in ids]
+
+
+def _task_items(database: Database, conn: Connection, task_id: int) -> list[int]:
+    cache = database.state.setdefault("task_items", {})
+    if task_id not in cache:
+        if len(cache) > TEXT_CACHE_SIZE:
+            cache.clear()
+        cache[task_id] = list(conn.scalars(TASK_ITEMS, {"task_id": task_id}))
+    return cache[task_id]
 
 
 def _release_leases(conn: Connection, task_ids: Sequence[int]) -> None:
@@ -270,19 +300,20 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         return None
     for _attempt in range(3):
         try:
-            return await database.run_write(lambda conn: _lease_next(conn, database, user.id, kinds, lease_seconds))
+            return await database.run_write(lambda conn: _task_view(
+                conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
 
 
-def _lease_next(conn: Connection, database: Database, user_id: int, kinds: list[str], lease_seconds: int) -> TaskView | None:
+def _lease_next(conn: Connection, database: Database, user_id: int, kinds: list[str], lease_seconds: int) -> Lease | None:
     now = utcnow()
     if _sweep_due(database):
         expire_leases(conn, now)
-    current = conn.scalar(CURRENT_LEASE, {"user_id": user_id, "now": now, "kinds": kinds})
+    current = conn.execute(CURRENT_LEASE, {"user_id": user_id, "now": now, "kinds": kinds}).one_or_none()
     if current is not None:
-        return _view(conn, current)
+        return Lease(*current)
     take_slot = TAKE_SLOT["bws" in kinds, not database.is_sqlite]
     params = {"user_id": user_id, "kinds": kinds}
     taken = conn.execute(take_slot, params).one_or_none()
@@ -290,21 +321,20 @@ def _lease_next(conn: Connection, database: Database, user_id: int, kinds: list[
         taken = conn.execute(take_slot, params).one_or_none()
     if taken is None:
         return None
-    order = list(conn.scalars(TASK_ITEMS, {"task_id": taken.id}))
+    order = _task_items(database, conn, taken.id).copy()
     random.shuffle(order)  # a fresh order per annotator, against position bias
     expires_at = now + timedelta(seconds=lease_seconds)
     assignment_id = conn.scalar(NEW_LEASE, {"task_id": taken.id, "user_id": user_id, "item_order": order,
                                             "status": "active", "leased_at": now, "expires_at": expires_at})
-    return TaskView(assignment_id=assignment_id, task_id=taken.id, kind=taken.kind,
-                    prompt=conn.scalar(PROMPT_TEXT, {"prompt_id": taken.prompt_id}),
-                    items=_items(conn, order), expires_at=expires_at)
+    return Lease(assignment_id, taken.id, taken.kind, taken.prompt_id, order, expires_at)
 
 
 def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
     with database.engine.connect() as conn:
-        if conn.scalar(LEASE_OWNER, {"assignment_id": assignment_id}) != user.id:
+        row = conn.execute(LEASE_BY_ID, {"assignment_id": assignment_id}).one_or_none()
+        if row is None or row.user_id != user.id:
             raise NotFound("no such task of yours")
-        return _view(conn, assignment_id)
+        return _task_view(conn, database, Lease(*row[1:]))
 
 
 async def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
