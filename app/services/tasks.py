@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
@@ -179,28 +180,38 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
 
 EXPIRY_SWEEP_SECONDS = 5.0
 
-_kinds = bindparam("kinds", expanding=True)
 _has_slot = Task.done_count + Task.active_leases < Task.required
 
 # The columns of a Lease (below): everything needed to show a leased task again.
 _LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, Assignment.item_order, Assignment.expires_at)
-CURRENT_LEASE = (
-    select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
-    .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
-           Assignment.expires_at > bindparam("now"), Task.kind.in_(_kinds))
-    .order_by(Assignment.id).limit(1)
-)
 
 
-def _take_slot_statement(order_by: tuple, skip_locked: bool):
+# The statements that depend on the task kinds asked for are built once per combination of kinds
+# (a handful), with the kinds as plain parameters: an expanding IN would be recompiled every call.
+
+@cache
+def _current_lease_statement(kinds: tuple[str, ...]):
+    """The user's lease that is still running, if any."""
+    return (select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
+            .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
+                   Assignment.expires_at > bindparam("now"), Task.kind.in_(kinds))
+            .order_by(Assignment.id).limit(1))
+
+
+@cache
+def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
     """UPDATE task SET active_leases + 1 WHERE id = (the first free task the user has not seen).
 
     BWS tuples go out oldest first (walking the free-task index), so batches complete in order.
     Rating and evaluation items go out in an order of their own for each person, so that blind
     ratings share no order effects; those batches are small, a sort is cheap. On PostgreSQL,
     concurrent requests skip a task that another request is leasing right now (SKIP LOCKED)."""
+    if "bws" in kinds:
+        order_by = (Task.id,)
+    else:
+        order_by = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
     unseen = ~exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    free = select(Task.id).where(_has_slot, Task.kind.in_(_kinds), unseen).order_by(*order_by).limit(1)
+    free = select(Task.id).where(_has_slot, Task.kind.in_(kinds), unseen).order_by(*order_by).limit(1)
     if skip_locked:
         free = free.with_for_update(skip_locked=True)
     # The outer condition re-checks the slot on the row's newest version.
@@ -208,12 +219,6 @@ def _take_slot_statement(order_by: tuple, skip_locked: bool):
             .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id))
 
 
-_OLDEST_FIRST = (Task.id,)
-_PER_PERSON_ORDER = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
-TAKE_SLOT = {  # (oldest first, SKIP LOCKED) -> statement
-    (oldest, skip): _take_slot_statement(_OLDEST_FIRST if oldest else _PER_PERSON_ORDER, skip)
-    for oldest in (True, False) for skip in (True, False)
-}
 TASK_ITEMS = select(TaskItem.continuation_id).where(TaskItem.task_id == bindparam("task_id")).order_by(TaskItem.position)
 NEW_LEASE = insert(Assignment).returning(Assignment.id)
 LEASE_BY_ID = (select(Assignment.user_id, *_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
@@ -295,7 +300,7 @@ def _sweep_due(database: Database) -> bool:
 async def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
     """The user's current task if one is leased, else lease the oldest task with a free slot they have not seen."""
     allowed = ROLE_TASK_KINDS.get(user.role, ())
-    kinds = [k for k in (kinds or allowed) if k in allowed]
+    kinds = tuple(k for k in (kinds or allowed) if k in allowed)
     if not kinds:
         return None
     for _attempt in range(3):
@@ -307,18 +312,17 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
     raise Conflict("could not lease a task, please retry")
 
 
-def _lease_next(conn: Connection, database: Database, user_id: int, kinds: list[str], lease_seconds: int) -> Lease | None:
+def _lease_next(conn: Connection, database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int) -> Lease | None:
     now = utcnow()
     if _sweep_due(database):
         expire_leases(conn, now)
-    current = conn.execute(CURRENT_LEASE, {"user_id": user_id, "now": now, "kinds": kinds}).one_or_none()
+    current = conn.execute(_current_lease_statement(kinds), {"user_id": user_id, "now": now}).one_or_none()
     if current is not None:
         return Lease(*current)
-    take_slot = TAKE_SLOT["bws" in kinds, not database.is_sqlite]
-    params = {"user_id": user_id, "kinds": kinds}
-    taken = conn.execute(take_slot, params).one_or_none()
+    take_slot = _take_slot_statement(kinds, not database.is_sqlite)
+    taken = conn.execute(take_slot, {"user_id": user_id}).one_or_none()
     if taken is None and expire_leases(conn, now):  # nothing free: maybe a lease just ran out
-        taken = conn.execute(take_slot, params).one_or_none()
+        taken = conn.execute(take_slot, {"user_id": user_id}).one_or_none()
     if taken is None:
         return None
     order = _task_items(database, conn, taken.id).copy()
