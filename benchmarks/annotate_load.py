@@ -243,11 +243,16 @@ class Results:
 
 
 async def annotator(conn, results: Results, deadline: float, rng: random.Random, retry_rate: float,
-                    chain: bool = False) -> None:
+                    chain: bool = False, think: float = 0.0) -> None:
     """fetch -> submit, until the deadline. With chain, each submit asks for the next task too
-    (POST .../bws?next=true), so a judgement costs one request instead of two."""
+    (POST .../bws?next=true), so a judgement costs one request instead of two. With think > 0, the
+    annotator reads for a random time (exponential, mean `think` seconds) before each submission,
+    as people do, and annotators arrive spread over the first `think` seconds rather than all at
+    once; without it, every annotator submits as fast as the server answers."""
     clock = time.perf_counter
     task = None
+    if think:
+        await asyncio.sleep(rng.uniform(0, think))
     try:
         while clock() < deadline:
             if task is None:
@@ -267,6 +272,10 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
                     results.error(f"fetch {status}")
                     task = None
                     continue
+            if think:
+                await asyncio.sleep(min(rng.expovariate(1 / think), max(0.0, deadline - clock())))
+                if clock() >= deadline:
+                    break
             ids = [item["continuation_id"] for item in task["items"]]
             best, worst = rng.sample(ids, 2)
             body = {"best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex,
@@ -295,7 +304,7 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
 
 
 async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float,
-                   chain: bool = False) -> tuple[Results, float]:
+                   chain: bool = False, think: float = 0.0) -> tuple[Results, float]:
     results = Results()
     started = time.perf_counter()
     deadline = started + seconds
@@ -305,10 +314,10 @@ async def run_load(port: int, tokens: list[str], seconds: float, client_kind: st
 
         limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
-            await asyncio.gather(*(annotator(HttpxConnection(client, t), results, deadline, r, retry_rate, chain)
+            await asyncio.gather(*(annotator(HttpxConnection(client, t), results, deadline, r, retry_rate, chain, think)
                                    for t, r in zip(tokens, rngs)))
     else:
-        await asyncio.gather(*(annotator(RawConnection(port, t), results, deadline, r, retry_rate, chain)
+        await asyncio.gather(*(annotator(RawConnection(port, t), results, deadline, r, retry_rate, chain, think)
                                for t, r in zip(tokens, rngs)))
     return results, time.perf_counter() - started
 
@@ -349,6 +358,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=0, help="tasks to seed (default: enough for 1500 judgements/s)")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     parser.add_argument("--chain", action="store_true", help="submit with ?next=true: one request per judgement")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds an annotator reads before submitting (0: submit at once, the most load)")
     parser.add_argument("--retry-rate", type=float, default=0.1, help="share of submissions sent twice (same key)")
     parser.add_argument("--uvicorn-arg", action="append", default=[], help="extra uvicorn arguments, e.g. --loop=asyncio")
     parser.add_argument("--profile", default="", help="py-spy: record the server's stacks (collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
@@ -387,7 +398,7 @@ def main() -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
                         results, elapsed = asyncio.run(run_load(port, tokens, args.seconds, args.client, args.retry_rate,
-                                                                        args.chain))
+                                                                args.chain, args.think))
                         cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
                         if profiler is not None:
                             profiler.wait(60)
@@ -398,7 +409,8 @@ def main() -> None:
                     drop()
                 client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
                 row = {
-                    "db": kind, "annotators": n, "workers": args.workers, "seconds": round(elapsed, 1),
+                    "db": kind, "annotators": n, "workers": args.workers, "think_s": args.think, "chain": args.chain,
+                    "seconds": round(elapsed, 1),
                     "judgements": len(results.acknowledged),
                     "judgements_per_s": len(results.acknowledged) / elapsed,
                     "fetch_p50": percentile(results.fetch_ms, 50), "fetch_p95": percentile(results.fetch_ms, 95),
