@@ -113,11 +113,24 @@ class Database:
             return job(conn)
 
     async def _group_commit(self, queue: "_JobQueue") -> None:
-        if not self._take_writer_turn(blocking=False):
-            await asyncio.to_thread(self._take_writer_turn, blocking=True)  # waits without blocking the loop
         try:
-            batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False  # jobs queued from now on: next commit
-            outcomes = []
+            if not self._take_writer_turn(blocking=False):
+                await asyncio.to_thread(self._take_writer_turn, blocking=True)  # waits without blocking the loop
+        except BaseException as exc:  # e.g. the loop is shutting down: nobody waits in vain
+            batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False
+            _hand_back([(future, None, exc) for _job, future in batch])
+            raise
+        batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False  # jobs queued from now on: next commit
+        try:
+            outcomes = self._run_batch(batch)
+        finally:
+            self._end_writer_turn()
+        _hand_back(outcomes)
+
+    def _run_batch(self, batch: list) -> list:
+        """Runs the jobs in one transaction, each in a savepoint; returns (future, result, exception)s."""
+        outcomes = []
+        try:
             with self.write_engine.begin() as conn:
                 # Savepoints straight on the sqlite3 connection: SQLAlchemy's begin_nested() cost
                 # about as much as a job's own statements. Jobs only run statements, so
@@ -132,16 +145,8 @@ class Database:
                         outcomes.append((future, None, exc))
                     sqlite.execute("RELEASE SAVEPOINT job")
         except Exception as exc:  # noqa: BLE001 (the commit failed: no job of this batch is saved)
-            outcomes = [(future, None, exc) for _job, future in batch]
-        finally:
-            self._end_writer_turn()
-        for future, result, exc in outcomes:
-            if future.done():  # the request went away meanwhile; a retry finds what was stored
-                continue
-            if exc is None:
-                future.set_result(result)
-            else:
-                future.set_exception(exc)
+            return [(future, None, exc) for _job, future in batch]
+        return outcomes
 
     @contextmanager
     def _sqlite_writer_turn(self) -> Iterator[None]:
@@ -183,6 +188,18 @@ class Database:
         if self.state["writer_file"] is not None:
             fcntl.flock(self.state["writer_file"], fcntl.LOCK_UN)
         self.state["writer_lock"].release()
+
+
+def _hand_back(outcomes: list) -> None:
+    for future, result, exc in outcomes:
+        if future.done():  # the request went away meanwhile; a retry finds what was stored
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        elif exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 @dataclass
