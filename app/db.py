@@ -2,6 +2,7 @@
 
 import asyncio
 import fcntl
+import logging
 import os
 import threading
 import weakref
@@ -42,6 +43,7 @@ def make_engine(url: str) -> Engine:
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,36 @@ class Database:
         except Exception as exc:  # noqa: BLE001 (the commit failed: no job of this batch is saved)
             return [(future, None, exc) for _job, future in batch]
         return outcomes
+
+    @contextmanager
+    def wal_checkpoints_in_background(self, every_seconds: float = 0.5) -> Iterator[None]:
+        """SQLite: while this is open, a thread checkpoints the write-ahead log every half second.
+
+        Otherwise SQLite checkpoints inside whichever commit makes the log pass 1000 pages; on the
+        web app that is a group commit on the event loop, and everybody waiting on it saw the pause
+        in their p99. PASSIVE checkpoints run beside writers and readers without waiting for them."""
+        if not self.is_sqlite or not self.engine.url.database:
+            yield
+            return
+        stop = threading.Event()
+
+        def checkpoint_until_stopped() -> None:
+            while not stop.wait(every_seconds):
+                connection = self.engine.raw_connection()  # the sqlite3 connection, outside any transaction
+                try:
+                    connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except Exception as exc:  # noqa: BLE001 (retried next time; commits still checkpoint when the log grows)
+                    log.warning("WAL checkpoint failed: %s", exc)
+                finally:
+                    connection.close()
+
+        thread = threading.Thread(target=checkpoint_until_stopped, name="storyloop-wal-checkpoint", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     @contextmanager
     def _sqlite_writer_turn(self) -> Iterator[None]:

@@ -1,5 +1,7 @@
 """The app factory: settings, database, middleware, error pages and routers."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
@@ -62,7 +64,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     database = database or Database.from_url(settings.resolved_database_url)
     check_schema_current(database.engine)
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        with database.wal_checkpoints_in_background():
+            yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="storyloop",
         version="0.1.0",
         description="Human judgements of machine-written stories: Best-Worst Scaling, ratings, exports, and the RLHF loop.",
@@ -104,8 +112,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?{urlencode({'next': target}, safe='/')}", status_code=303)
 
-    from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
-    from app.routes import api_eval, pages_eval  # evaluation campaigns, model versions, live status
+    from app.routes import (  # evaluation campaigns, model versions, live status
+        api,
+        api_admin,
+        api_eval,
+        api_overview,
+        api_training,
+        pages_admin,
+        pages_annotate,
+        pages_auth,
+        pages_eval,
+    )
 
     for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, api_eval, pages_eval):
         app.include_router(module.router)
