@@ -9,6 +9,10 @@ It prints judgements/s, fetch and submit latency percentiles, errors, and whethe
 exactly the judgements that were acknowledged.
 
     python benchmarks/annotate_load.py --annotators 50 200 --seconds 20 --db sqlite postgresql --workers 2
+    python benchmarks/annotate_load.py --annotators 1000 --seconds 30 --workers 2 --think 10
+
+Without --think every annotator submits as soon as the server answers: the most load, and latency
+is then annotators / throughput. --think gives each annotator a reading pause before each submission.
 
 The load generator speaks HTTP/1.1 on raw asyncio streams by default (--client raw): on a small
 machine it shares the CPUs with the server, and httpx costs several times more CPU per request.
