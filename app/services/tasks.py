@@ -228,7 +228,7 @@ EXPIRE = (update(Assignment).where(Assignment.status == "active", Assignment.exp
 RELEASE = update(Task).where(Task.id == bindparam("task_id")).values(active_leases=Task.active_leases - bindparam("n", type_=Integer))
 PROMPT_TEXTS = select(Prompt.id, Prompt.text).where(Prompt.id.in_(bindparam("ids", expanding=True)))
 CONTINUATION_TEXTS = select(Continuation.id, Continuation.text).where(Continuation.id.in_(bindparam("ids", expanding=True)))
-TEXT_CACHE_SIZE = 100_000
+CACHE_SIZE = 100_000  # entries per cache; past that it starts afresh
 
 
 @dataclass(frozen=True)
@@ -242,34 +242,38 @@ class Lease:
 
 
 def _task_view(conn: Connection, database: Database, lease: Lease | None) -> TaskView | None:
-    """The lease with its texts. Prompts, continuations and the items of a task never change once
-    stored, so each process keeps them in memory: most requests need no query for them."""
+    """The lease with its texts (cached: most requests need no query for them)."""
     if lease is None:
         return None
-    items = _cached(conn, database, "continuation_texts", CONTINUATION_TEXTS, lease.item_order)
-    return TaskView(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind,
-                    prompt=_cached(conn, database, "prompt_texts", PROMPT_TEXTS, [lease.prompt_id])[0],
-                    items=[ItemView(continuation_id=c, text=t) for c, t in zip(lease.item_order, items, strict=True)],
+    [prompt] = _cached(database, "prompt_texts", [lease.prompt_id],
+                       lambda ids: conn.execute(PROMPT_TEXTS, {"ids": ids}).all())
+    texts = _cached(database, "continuation_texts", lease.item_order,
+                    lambda ids: conn.execute(CONTINUATION_TEXTS, {"ids": ids}).all())
+    return TaskView(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind, prompt=prompt,
+                    items=[ItemView(continuation_id=c, text=t) for c, t in zip(lease.item_order, texts, strict=True)],
                     expires_at=lease.expires_at)
 
 
-def _cached(conn: Connection, database: Database, name: str, query, ids: list[int]) -> list[str]:
+def _task_items(conn: Connection, database: Database, task_id: int) -> list[int]:
+    """The continuations of a task in their stored order (cached)."""
+    [items] = _cached(database, "task_items", [task_id],
+                      lambda ids: {ids[0]: list(conn.scalars(TASK_ITEMS, {"task_id": ids[0]}))})
+    return items
+
+
+def _cached(database: Database, name: str, ids: list[int], load) -> list:
+    """Values by id from a per-process cache, for what never changes once stored: prompts,
+    continuations, the items of a task. load(missing ids) gives (id, value) pairs."""
     cache = database.state.setdefault(name, {})
-    missing = [i for i in ids if i not in cache]
+    found = {i: value for i in ids if (value := cache.get(i)) is not None}
+    missing = [i for i in ids if i not in found]
     if missing:
-        if len(cache) > TEXT_CACHE_SIZE:
+        loaded = dict(load(missing))
+        if len(cache) > CACHE_SIZE:
             cache.clear()
-        cache.update(conn.execute(query, {"ids": missing}).all())
-    return [cache[i] for i in ids]
-
-
-def _task_items(database: Database, conn: Connection, task_id: int) -> list[int]:
-    cache = database.state.setdefault("task_items", {})
-    if task_id not in cache:
-        if len(cache) > TEXT_CACHE_SIZE:
-            cache.clear()
-        cache[task_id] = list(conn.scalars(TASK_ITEMS, {"task_id": task_id}))
-    return cache[task_id]
+        cache.update(loaded)
+        found.update(loaded)
+    return [found[i] for i in ids]
 
 
 def _release_leases(conn: Connection, task_ids: Sequence[int]) -> None:
@@ -325,7 +329,7 @@ def _lease_next(conn: Connection, database: Database, user_id: int, kinds: tuple
         taken = conn.execute(take_slot, {"user_id": user_id}).one_or_none()
     if taken is None:
         return None
-    order = _task_items(database, conn, taken.id).copy()
+    order = _task_items(conn, database, taken.id).copy()
     random.shuffle(order)  # a fresh order per annotator, against position bias
     expires_at = now + timedelta(seconds=lease_seconds)
     assignment_id = conn.scalar(NEW_LEASE, {"task_id": taken.id, "user_id": user_id, "item_order": order,
