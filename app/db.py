@@ -48,13 +48,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Database:
-    """The engine plus two session factories: plain reads, and short write transactions."""
+    """The engine plus two session factories: plain reads, and short write transactions; and
+    run_write, the group-committed write path of the annotation hot path."""
 
     engine: Engine
     write_engine: Engine  # the same engine; its connections begin write transactions (BEGIN IMMEDIATE on SQLite)
     read: sessionmaker[Session]
     write_factory: sessionmaker[Session]
-    state: dict = field(default_factory=dict, compare=False)  # per-process bookkeeping (e.g. last lease sweep)
+    # Per-process bookkeeping: writer lock, group-commit queues, caches, the last lease sweep.
+    state: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_url(cls, url: str) -> "Database":

@@ -5,6 +5,9 @@ Guarantees (tested in tests/test_concurrency.py):
 - a task is leased to at most `required` people at once, counting finished judgements;
 - a submission is stored exactly once per idempotency key, even when retried or sent twice at once;
 - every submission is stored; one that comes after its lease expired, or beyond R, is marked surplus.
+
+Leasing, submitting and skipping are coroutines: their writes go through Database.run_write, which
+on SQLite groups the jobs of concurrent requests into one commit.
 """
 
 import random
