@@ -8,7 +8,12 @@ Runs on SQLite and on PostgreSQL (see the `database_url` fixture in conftest.py)
 """
 
 import asyncio
+import os
 import random
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -288,3 +293,77 @@ def test_a_task_is_never_leased_beyond_r_at_once(database):
                 ids = [i.continuation_id for i in view.items]
                 asyncio.run(service.submit_bws(database, user, view.assignment_id, service.BwsSubmission(
                     best_id=ids[0], worst_id=ids[1], idempotency_key=uuid.uuid4().hex)))
+
+
+def _start_server_process(settings, port: int) -> subprocess.Popen:
+    """The real server as `storyloop serve` runs it: uvicorn with 2 worker processes."""
+    env = {**os.environ, "STORYLOOP_DATABASE_URL": settings.resolved_database_url,
+           "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_SECRET_KEY": "test-secret"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                time.sleep(1.0)  # let the second worker finish starting too
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise AssertionError("the server did not start")
+
+
+def test_a_killed_server_keeps_every_acknowledged_judgement(database, settings):
+    """SIGKILL the whole server (both workers) in the middle of a load: every judgement that was
+    acknowledged is in the database, and the task counters agree with the judgements stored
+    (on SQLite the judgements of one worker are committed together, so this checks the group commit)."""
+    seed_bws_batch(database, prompts=10, per_prompt=8, required=REQUIRED)
+    annotators = _make_annotators(database, 16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _start_server_process(settings, port)
+    acknowledged: set[int] = set()
+    stop = threading.Event()
+
+    def annotate(headers: dict[str, str], seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    task = client.post("/api/v1/tasks/next")
+                    if task.status_code != 200:
+                        return
+                    best, worst = rng.sample([i["continuation_id"] for i in task.json()["items"]], 2)
+                    answer = client.post(f"/api/v1/tasks/{task.json()['assignment_id']}/bws", json={
+                        "best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex})
+                except httpx.TransportError:
+                    return  # the server is gone
+                if answer.status_code == 200:
+                    acknowledged.add(answer.json()["judgement_id"])
+
+    threads = [threading.Thread(target=annotate, args=(headers, i)) for i, (_uid, headers) in enumerate(annotators)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(acknowledged) < 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(server.pid, signal.SIGKILL)  # no shutdown, no cleanup: as a crash or the OOM killer
+    finally:
+        stop.set()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        for t in threads:
+            t.join(timeout=15)
+
+    assert len(acknowledged) >= 60
+    with database.read() as db:
+        stored = set(db.scalars(select(BwsJudgement.id)))
+        counted = Counter(db.scalars(select(BwsJudgement.task_id).where(BwsJudgement.is_surplus.is_(False))))
+        done = {t.id: t.done_count for t in db.scalars(select(Task))}
+    assert acknowledged <= stored, f"lost acknowledged judgements: {sorted(acknowledged - stored)[:10]}"
+    assert all(done[task_id] == counted[task_id] for task_id in done)
