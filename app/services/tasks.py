@@ -26,6 +26,8 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
+    or_,
     select,
     update,
 )
@@ -190,14 +192,19 @@ _LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, 
 
 
 # The statements that depend on the task kinds asked for are built once per combination of kinds
-# (a handful), with the kinds as plain parameters: an expanding IN would be recompiled every call.
+# (a handful), matching the kinds with plain equalities: SQLAlchemy renders IN (...) anew on every call.
+
+
+def _kind_is_one_of(kinds: tuple[str, ...]):
+    return or_(*(Task.kind == kind for kind in kinds))
+
 
 @cache
 def _current_lease_statement(kinds: tuple[str, ...]):
     """The user's lease that is still running, if any."""
     return (select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
             .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
-                   Assignment.expires_at > bindparam("now"), Task.kind.in_(kinds))
+                   Assignment.expires_at > bindparam("now"), _kind_is_one_of(kinds))
             .order_by(Assignment.id).limit(1))
 
 
@@ -213,8 +220,12 @@ def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
         order_by = (Task.id,)
     else:
         order_by = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
-    unseen = ~exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    free = select(Task.id).where(_has_slot, Task.kind.in_(kinds), unseen).order_by(*order_by).limit(1)
+    # "Not seen by this user" as a scalar subquery, not NOT EXISTS: PostgreSQL turned NOT EXISTS into
+    # a merge anti-join that read every assignment of every older task, more with each judgement;
+    # this way each candidate task costs one probe of the (task, user) unique index.
+    seen = select(literal(1)).where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
+    free = (select(Task.id).where(_has_slot, _kind_is_one_of(kinds), seen.scalar_subquery().is_(None))
+            .order_by(*order_by).limit(1))
     if skip_locked:
         free = free.with_for_update(skip_locked=True)
     # The outer condition re-checks the slot on the row's newest version.
