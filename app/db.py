@@ -84,12 +84,6 @@ class Database:
                 session.rollback()
                 raise
 
-    @contextmanager
-    def write_connection(self) -> Iterator[Connection]:
-        """The same short write transaction on a Core connection, without the ORM session."""
-        with self._sqlite_writer_turn(), self.write_engine.begin() as conn:
-            yield conn
-
     async def run_write(self, job: Callable[[Connection], T]) -> T:
         """Runs job(conn) in a write transaction and returns its result once committed; if the job
         raises, its writes are undone and the exception is raised here. For the annotation hot path.
@@ -101,7 +95,7 @@ class Database:
         competes for the GIL while the database lock is held (a writer thread lost most of its time
         to that). Results are handed back only after the commit: nothing unsaved is acknowledged."""
         if not self.is_sqlite:
-            return await asyncio.to_thread(self.run_write_now, job)
+            return await asyncio.to_thread(self._run_write_now, job)
         loop = asyncio.get_running_loop()
         queue = self.state.setdefault("group_commit", weakref.WeakKeyDictionary()).setdefault(loop, _JobQueue())
         future = loop.create_future()
@@ -111,9 +105,9 @@ class Database:
             queue.task = loop.create_task(self._group_commit(queue))
         return await future
 
-    def run_write_now(self, job: Callable[[Connection], T]) -> T:
-        """run_write for code without an event loop: its own transaction, in this thread."""
-        with self.write_connection() as conn:
+    def _run_write_now(self, job: Callable[[Connection], T]) -> T:
+        """The job in its own write transaction on a Core connection, in this thread."""
+        with self._sqlite_writer_turn(), self.write_engine.begin() as conn:
             return job(conn)
 
     async def _group_commit(self, queue: "_JobQueue") -> None:
@@ -121,10 +115,9 @@ class Database:
             if not self._take_writer_turn(blocking=False):
                 await asyncio.to_thread(self._take_writer_turn, blocking=True)  # waits without blocking the loop
         except BaseException as exc:  # e.g. the loop is shutting down: nobody waits in vain
-            batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False
-            _hand_back([(future, None, exc) for _job, future in batch])
+            _hand_back([(future, None, exc) for _job, future in queue.take()])
             raise
-        batch, queue.jobs, queue.commit_scheduled = queue.jobs, [], False  # jobs queued from now on: next commit
+        batch = queue.take()
         try:
             outcomes = self._run_batch(batch)
         finally:
@@ -243,3 +236,8 @@ class _JobQueue:
     jobs: list = field(default_factory=list)
     commit_scheduled: bool = False
     task: asyncio.Task | None = None  # the pending commit (kept referenced, so it is not collected)
+
+    def take(self) -> list:
+        """All jobs queued so far, for this commit; jobs queued from now on schedule the next one."""
+        batch, self.jobs, self.commit_scheduled = self.jobs, [], False
+        return batch

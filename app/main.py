@@ -124,17 +124,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?{urlencode({'next': target}, safe='/')}", status_code=303)
 
-    from app.routes import (  # evaluation campaigns, model versions, live status
-        api,
-        api_admin,
-        api_eval,
-        api_overview,
-        api_training,
-        pages_admin,
-        pages_annotate,
-        pages_auth,
-        pages_eval,
-    )
+    from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
+    from app.routes import api_eval, pages_eval  # evaluation campaigns, model versions, live status
 
     for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, api_eval, pages_eval):
         app.include_router(module.router)

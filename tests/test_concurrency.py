@@ -11,9 +11,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +27,7 @@ from sqlalchemy import select, update
 from app.models import ApiToken, Assignment, BwsJudgement, Task, User, utcnow
 from app.security import hash_password, new_token, token_digest
 from tests.factories import seed_bws_batch
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, start_server_process
 
 ANNOTATORS = 30
 REQUIRED = 3
@@ -295,36 +292,13 @@ def test_a_task_is_never_leased_beyond_r_at_once(database):
                     best_id=ids[0], worst_id=ids[1], idempotency_key=uuid.uuid4().hex)))
 
 
-def _start_server_process(settings, port: int) -> subprocess.Popen:
-    """The real server as `storyloop serve` runs it: uvicorn with 2 worker processes."""
-    env = {**os.environ, "STORYLOOP_DATABASE_URL": settings.resolved_database_url,
-           "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_SECRET_KEY": "test-secret"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        env=env, start_new_session=True, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                time.sleep(1.0)  # let the second worker finish starting too
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise AssertionError("the server did not start")
-
-
 def test_a_killed_server_keeps_every_acknowledged_judgement(database, settings):
     """SIGKILL the whole server (both workers) in the middle of a load: every judgement that was
     acknowledged is in the database, and the task counters agree with the judgements stored
     (on SQLite the judgements of one worker are committed together, so this checks the group commit)."""
     seed_bws_batch(database, prompts=10, per_prompt=8, required=REQUIRED)
     annotators = _make_annotators(database, 16)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = _start_server_process(settings, port)
+    server, port = start_server_process(settings)
     acknowledged: set[int] = set()
     stop = threading.Event()
 
