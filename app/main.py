@@ -126,8 +126,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
     from app.routes import api_eval, pages_eval  # evaluation campaigns, model versions, live status
+    from app.routes import pages_stories  # what each version wrote, side by side
 
-    for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, api_eval, pages_eval):
+    for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, pages_stories,
+                   api_eval, pages_eval):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

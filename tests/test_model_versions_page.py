@@ -1,6 +1,7 @@
 """The model-versions page from seeded data: lineage, human BWS over mixed tuples, evaluation means,
 automatic metrics, PPO curves and reward accuracy; the charts; and the live-status JSON."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -186,3 +187,91 @@ def test_charts_escape_text_and_label_axes():
     assert charts.nice_ticks(1, 5) == [1, 2, 3, 4, 5]
     empty = charts.bar_chart([("r1", None)], title="t", x_label="x", y_label="y")
     assert "no data yet" in empty
+
+
+# ---------------------------------------------------------------- latest reward model, new auto metrics, warnings
+
+
+def seed_latest_rm_and_metrics(database) -> dict[str, int]:
+    """seed_lineage plus a newest reward model (reward-r3) that scored base and r1, and new auto metrics on r2:
+    perplexity 2.3x r1's (a warning), KL 0.9 nats (below the 1-nat floor: none), copy similarity 0.5 (none)."""
+    ids = seed_lineage(database)
+    with database.write() as db:
+        r2 = db.get(ModelVersion, ids["r2"])
+        r2.metrics = {"auto": {"perplexity": 40.0, "kl_to_reference": 0.9, "copy_similarity": 0.5, "eos_rate": 0.625,
+                               "length_p10": 12, "length_p50": 31, "length_p90": 58, "mean_reward": 2.5}}
+        r1 = db.get(ModelVersion, ids["r1"])
+        r1.metrics = {"auto": {**AUTO_R1, "kl_to_reference": 0.5}}
+        rm3 = ModelVersion(name="reward-r3", kind="reward", algorithm="reward", parent_id=ids["r2"], path="reward/r3",
+                           metrics={"held_out_accuracy": 0.8,
+                                    "version_scores": {str(ids["base"]): {"mean": -0.5, "n": 3},
+                                                       str(ids["r1"]): {"mean": 0.75, "n": 2}}})
+        db.add(rm3)
+        db.flush()
+        ids["rm3"] = rm3.id
+    return ids
+
+
+def test_latest_reward_model_column_and_warnings(database):
+    ids = seed_latest_rm_and_metrics(database)
+    page = model_versions.models_page(database)
+    assert page.latest_rm.name == "reward-r3" and page.latest_rm.scored_versions == 2
+    by_id = {v.id: v for v in page.versions}
+    assert (by_id[ids["base"]].latest_rm_mean, by_id[ids["base"]].latest_rm_n) == (-0.5, 3)
+    assert (by_id[ids["r1"]].latest_rm_mean, by_id[ids["r1"]].latest_rm_n) == (0.75, 2)
+    assert by_id[ids["r2"]].latest_rm_mean is None
+    assert [(w.version_name, w.code) for w in page.warnings] == [("policy-r2", "perplexity")]
+    assert "2.3x over policy-r1's" in page.warnings[0].message
+
+
+@pytest.mark.parametrize("auto, parent_auto, code", [
+    ({"kl_to_reference": 2.5}, {"kl_to_reference": 1.0}, "kl"),  # more than doubled and above 1 nat
+    ({"kl_to_reference": 0.9}, {"kl_to_reference": 0.2}, None),  # more than doubled, but under 1 nat
+    ({"kl_to_reference": 1.9}, {"kl_to_reference": 1.0}, None),  # above 1 nat, not doubled
+    ({"copy_similarity": 0.81}, {}, "copy"),
+    ({"copy_similarity": 0.8}, {}, None),
+    ({"eos_rate": 0.0}, {}, "eos"),
+    ({"eos_rate": 0.05}, {}, None),
+    ({"perplexity": 15.0}, {"perplexity": 10.0}, None),  # 1.5x exactly: not more than
+    ({"perplexity": 15.1}, {"perplexity": 10.0}, "perplexity"),
+    ({"perplexity": 99.0}, {}, None),  # parent without perplexity: not judged
+])
+def test_warning_thresholds(database, auto, parent_auto, code):
+    with database.write() as db:
+        parent = ModelVersion(name="p", kind="policy", algorithm="ppo", metrics={"auto": parent_auto})
+        db.add(parent)
+        db.flush()
+        db.add(ModelVersion(name="c", kind="policy", algorithm="ppo", parent_id=parent.id, metrics={"auto": auto}))
+    with database.read() as db:
+        found = [(w.version_name, w.code) for w in model_versions.version_warnings(db)]
+    assert found == ([("c", code)] if code else [])
+
+
+def test_models_page_shows_latest_rm_new_metrics_and_warnings(client, database):
+    ids = seed_latest_rm_and_metrics(database)
+    make_user(database, "root", "admin")
+    login(client, "root")
+    page = client.get("/admin/models")
+    assert page.status_code == 200, page.text
+    text = text_of(page)
+    assert "scored by reward-r3" in text and "recomputed each round" in text
+    assert "Reward (latest RM)" in text and "own round's RM" in text
+    row = re.search(rf'<tr data-version="{ids["r1"]}">.*?</tr>', page.text, re.S).group(0)
+    assert "+0.750" in row and "n=2" in row
+    auto_r2 = re.search(rf'<table id="auto">.*?<tr data-version="{ids["r2"]}">(.*?)</tr>', page.text, re.S).group(1)
+    for expected in ("12 / 31 / 58", "62 %", "0.90", "0.50", "40.0", "+2.500"):
+        assert expected in auto_r2, expected
+    auto_r1 = re.search(rf'<table id="auto">.*?<tr data-version="{ids["r1"]}">(.*?)</tr>', page.text, re.S).group(1)
+    assert "– / – / –" in auto_r1  # old version without the new metrics
+    warnings = re.search(r'<section class="card warnings".*?</section>', page.text, re.S).group(0)
+    assert "policy-r2" in warnings and "perplexity under the base rose 2.3x" in warnings
+    assert "copy the previous" not in warnings and "KL to the reference" not in warnings
+
+
+def test_models_page_without_reward_model_says_so(client, database):
+    with database.write() as db:
+        db.add(ModelVersion(name="base-only", kind="policy", algorithm="pretrain", metrics={"auto": {"eos_rate": 0.5}}))
+    make_user(database, "root", "admin")
+    login(client, "root")
+    text = text_of(client.get("/admin/models"))
+    assert "no reward model yet" in text and "No warnings" in text

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from app.deps import ApiAdmin, DatabaseDep, SettingsDep, api_admin
 from app.models import Batch, BwsJudgement, Rating, Task
 from app.services import exports, imports, tasks, users
+from app.services import stories as stories_service
 from app.services.errors import Invalid, TooLarge
 from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
 
@@ -229,3 +230,19 @@ def download_export(name: str, fmt: str, database: DatabaseDep):
         headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"',
                  "Cache-Control": "no-store"},
     )
+
+
+# ---------------------------------------------------------------- stories by version
+
+
+@router.get("/stories", response_model=stories_service.StoriesPage)
+def list_stories(database: DatabaseDep,
+                 prompt_id: Annotated[int | None, Query(ge=1)] = None,
+                 version_id: Annotated[list[int], Query(description="repeat for several; none: every version")] = [],  # noqa: B006
+                 q: Annotated[str | None, Query(max_length=200, description="a substring of the prompt text")] = None,
+                 offset: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=stories_service.MAX_LIMIT)] = 20):
+    """Per prompt, every continuation of every (chosen) model version, judged or not, with its BWS counting
+    score and appearances over the prompt's judgements (null / 0 when never judged)."""
+    return stories_service.stories(database, offset=offset, limit=limit, q=q or None, prompt_id=prompt_id,
+                                   version_ids=version_id)

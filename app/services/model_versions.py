@@ -6,7 +6,12 @@ Per policy or imported source:
   its items (an item shown in a tuple judged three times appears three times). In [-1, 1]; only
   comparisons across versions count, so a version is not credited for beating its own siblings.
 - evaluation means from the latest campaign that rated it (app/services/evaluation.py);
-- automatic metrics the trainer stored in ModelVersion.metrics["auto"] (trainer/auto_metrics.py).
+- automatic metrics the trainer stored in ModelVersion.metrics["auto"] (trainer/auto_metrics.py). Its
+  "mean_reward" was scored by the reward model of the version's own round, so it compares nothing across
+  versions; the comparable column is the NEWEST reward model's metrics["version_scores"]
+  ({str(version id): {"mean", "n"}}), rescored by the trainer for every version each round;
+- warnings (version_warnings) when a version drifts from its parent: perplexity under the base, KL to the
+  reference, copying the previous version's stories, never ending a story.
 Training curves: the PPO per-step metrics (training_log, phase "ppo") and per round the reward model's
 held-out pairwise accuracy (its ModelVersion.metrics, else the round's "reward model" log).
 """
@@ -35,7 +40,15 @@ from app.models import (
 )
 from app.services import evaluation
 
-AUTO_METRICS = ("mean_reward", "distinct_1", "distinct_2", "mean_length", "perplexity")
+AUTO_METRICS = ("mean_reward", "distinct_1", "distinct_2", "mean_length", "perplexity", "eos_rate", "length_p10",
+                "length_p50", "length_p90", "kl_to_reference", "copy_similarity")
+
+# Warning thresholds (version_warnings): a version against its parent policy.
+PERPLEXITY_RISE = 1.5  # perplexity under the base more than 1.5x its parent's
+KL_RISE = 2.0  # kl_to_reference more than doubled over its parent's ...
+KL_FLOOR_NATS = 1.0  # ... and above 1 nat per story
+COPY_SIMILARITY_MAX = 0.8  # median character similarity to the previous version's continuations
+EOS_RATE_MIN = 0.0  # a policy none of whose continuations ended with end-of-text
 PPO_METRICS = ("score", "kl", "policy_loss", "value_loss", "kl_coef", "entropy")
 
 
@@ -59,6 +72,23 @@ class VersionRow(BaseModel):
     eval_n: int
     eval_means: dict[str, float]
     auto: dict[str, Any]
+    latest_rm_mean: float | None = None  # mean raw score under the newest reward model
+    latest_rm_n: int = 0
+
+
+class VersionWarning(BaseModel):
+    version_id: int
+    version_name: str
+    parent_name: str | None
+    code: str  # perplexity | kl | copy | eos
+    message: str
+
+
+class LatestRewardModel(BaseModel):
+    id: int
+    name: str
+    round_id: int | None
+    scored_versions: int
 
 
 class RewardRow(BaseModel):
@@ -82,6 +112,8 @@ class ModelsPage(BaseModel):
     rewards: list[RewardRow]
     ppo: list[PpoPoint]
     round_starts: list[tuple[int, int]]  # (x where a round's PPO begins, round id)
+    latest_rm: LatestRewardModel | None = None
+    warnings: list[VersionWarning] = []
 
 
 def mixed_bws_scores(db: Session) -> dict[int, dict[str, int | float]]:
@@ -150,6 +182,68 @@ def _depths(versions: list[ModelVersion]) -> tuple[list[ModelVersion], dict[int,
     return ordered, depth
 
 
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def latest_reward_model(db: Session) -> tuple[ModelVersion | None, dict[int, dict[str, float | int]]]:
+    """The newest reward model (kind "reward", highest id) and its scores of every version's continuations:
+    {version id: {"mean": mean raw reward-model score, "n": continuations scored}}."""
+    rm = db.scalar(select(ModelVersion).where(ModelVersion.kind == "reward").order_by(ModelVersion.id.desc()).limit(1))
+    if rm is None:
+        return None, {}
+    scores: dict[int, dict[str, float | int]] = {}
+    for key, value in ((rm.metrics or {}).get("version_scores") or {}).items():
+        mean = _number((value or {}).get("mean")) if isinstance(value, dict) else None
+        if str(key).isdigit() and mean is not None:
+            scores[int(key)] = {"mean": mean, "n": int(_number(value.get("n")) or 0)}
+    return rm, scores
+
+
+def _auto(v: ModelVersion) -> dict[str, float]:
+    auto = (v.metrics or {}).get("auto") or {}
+    return {k: n for k in AUTO_METRICS if (n := _number(auto.get(k))) is not None}
+
+
+def version_warnings(db: Session) -> list[VersionWarning]:
+    """What went wrong, per policy or source version, newest first: its perplexity under the base rose more
+    than PERPLEXITY_RISE times over its parent's; its KL to the reference more than KL_RISE times its
+    parent's and above KL_FLOOR_NATS; its stories nearly copy the previous version's (copy_similarity above
+    COPY_SIMILARITY_MAX); a policy none of whose stories ended (eos_rate at EOS_RATE_MIN). Versions or
+    parents without the metric are not judged (the root base policy counts as KL 0: it is the reference)."""
+    versions = db.scalars(select(ModelVersion).where(ModelVersion.kind.in_(evaluation.VERSION_KINDS))
+                          .order_by(ModelVersion.id.desc())).all()
+    by_id = {v.id: v for v in versions}
+    out: list[VersionWarning] = []
+    for v in versions:
+        auto = _auto(v)
+        parent = by_id.get(v.parent_id) if v.parent_id else None
+        before = _auto(parent) if parent is not None else {}
+
+        def warn(code: str, message: str) -> None:
+            out.append(VersionWarning(version_id=v.id, version_name=v.name, parent_name=parent.name if parent else None,
+                                      code=code, message=message))
+
+        ppl, ppl_before = auto.get("perplexity"), before.get("perplexity")
+        if ppl is not None and ppl_before and ppl > PERPLEXITY_RISE * ppl_before:
+            warn("perplexity", f"perplexity under the base rose {ppl / ppl_before:.1f}x over {parent.name}'s "
+                               f"({ppl_before:.1f} → {ppl:.1f}; warning above {PERPLEXITY_RISE:g}x)")
+        kl, kl_before = auto.get("kl_to_reference"), before.get("kl_to_reference")
+        if kl_before is None and parent is not None and parent.kind == "policy" and parent.parent_id is None:
+            kl_before = 0.0  # the root base policy is the reference itself
+        if kl is not None and kl_before is not None and kl > KL_FLOOR_NATS and kl > KL_RISE * kl_before:
+            warn("kl", f"KL to the reference more than doubled over {parent.name}'s "
+                       f"({kl_before:.2f} → {kl:.2f} nats per story)")
+        copy = auto.get("copy_similarity")
+        if copy is not None and copy > COPY_SIMILARITY_MAX:
+            warn("copy", f"stories nearly copy the previous version's (median similarity {copy:.2f}, "
+                         f"warning above {COPY_SIMILARITY_MAX:g})")
+        eos = auto.get("eos_rate")
+        if v.kind == "policy" and eos is not None and eos <= EOS_RATE_MIN:
+            warn("eos", "no continuation ended with end-of-text (eos_rate 0): stories are cut off at the length limit")
+    return out
+
+
 def models_page(database: Database) -> ModelsPage:
     with database.read() as db:
         all_versions = db.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
@@ -161,11 +255,16 @@ def models_page(database: Database) -> ModelsPage:
         round_of_policy = {r.policy_version_id: r.id for r in rounds if r.policy_version_id}
         bws = mixed_bws_scores(db)
         evals = _latest_eval(db, [v.id for v in writers])
+        rm, rm_scores = latest_reward_model(db)
+        latest_rm = None if rm is None else LatestRewardModel(
+            id=rm.id, name=rm.name, round_id=next((r.id for r in rounds if r.reward_version_id == rm.id), None),
+            scored_versions=len(rm_scores))
+        warnings = version_warnings(db)
         versions = []
         for v in ordered:
             b = bws.get(v.id, {})
             e = evals.get(v.id)
-            auto = (v.metrics or {}).get("auto") or {}
+            scored = rm_scores.get(v.id, {})
             versions.append(VersionRow(
                 id=v.id, name=v.name, kind=v.kind, algorithm=v.algorithm, parent_id=v.parent_id,
                 parent_name=names.get(v.parent_id), depth=depth[v.id], round_id=round_of_policy.get(v.id),
@@ -174,7 +273,7 @@ def models_page(database: Database) -> ModelsPage:
                 bws_worst=b.get("worst", 0), eval_campaign_id=e[0] if e else None, eval_campaign_name=e[1] if e else None,
                 eval_n=int(e[2]["n"]) if e else 0,
                 eval_means={d: e[2][d] for d in evaluation.DIMENSIONS} if e else {},
-                auto={k: auto[k] for k in AUTO_METRICS if auto.get(k) is not None},
+                auto=_auto(v), latest_rm_mean=scored.get("mean"), latest_rm_n=int(scored.get("n", 0)),
             ))
 
         reward_logs: dict[int, dict] = {}
@@ -201,4 +300,5 @@ def models_page(database: Database) -> ModelsPage:
             ppo.append(PpoPoint(round_id=log.round_id, step=log.step, x=x,
                                 metrics={k: float(v) for k, v in (log.metrics or {}).items()
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}))
-    return ModelsPage(versions=versions, rewards=rewards, ppo=ppo, round_starts=starts)
+    return ModelsPage(versions=versions, rewards=rewards, ppo=ppo, round_starts=starts, latest_rm=latest_rm,
+                      warnings=warnings)
