@@ -91,8 +91,9 @@ def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
     if not info.created and accounts_file.exists():
         typer.echo(f"demo accounts (from {accounts_file}):")
         typer.echo("".join(f"  {line}\n" for line in accounts_file.read_text().splitlines()), nl=False)
-    typer.echo(f"\nopen http://{host}:{port}/ and log in; the trainer runs a round once "
-               f"{settings.trainer_min_new_judgements} new judgements are in (or from the admin page)\n")
+    typer.echo(f"\nopen http://{host}:{port}/ and log in. The trainer first makes the base model and queues its "
+               f"stories (round 0); each later round starts once {settings.trainer_min_newest_judgements} "
+               f"judgements are in on the newest round's tuples (or from the admin page)\n")
     child = None
     if trainer:
         # The trainer is its own process: the web app never imports torch.

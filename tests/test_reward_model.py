@@ -62,8 +62,9 @@ def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
             asyncio.run(tasks.submit_bws(database, judge, task.assignment_id, tasks.BwsSubmission(
                 best_id=ranked[-1], worst_id=ranked[0], idempotency_key=uuid.uuid4().hex)))
 
-    train, held_out, judgements = load_pairs(database, held_out_fraction=0.3, seed=0)
-    assert judgements == 2 * 8 * 16 and len(held_out) > 100  # 16 tuples per prompt (C(8,4) capped at 2N)
+    pairs = load_pairs(database, held_out_fraction=0.3, seed=0)
+    train, held_out, judgements = pairs.new, pairs.held_out, pairs.judgements
+    assert judgements == 2 * 8 * 16 and len(held_out) > 100 and len(pairs.old) == 0  # 16 tuples per prompt (C(8,4) capped at 2N)
     model, metrics = train_reward_model(base, tokenizer, train, held_out,
                                         RewardModelConfig(learning_rate=1e-3, epochs=4, batch_size=16), tmp_path / "work")
 

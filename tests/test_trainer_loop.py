@@ -50,7 +50,9 @@ def tiny_trainer_env(base: Path) -> dict[str, str]:
         "STORYLOOP_TRAINER_REWARD__BATCH_SIZE": "8",
         "STORYLOOP_TRAINER_GENERATION__CONTINUATIONS_PER_PROMPT": "4",
         "STORYLOOP_TRAINER_GENERATION__MAX_NEW_TOKENS": "12",
-        "STORYLOOP_TRAINER_GENERATION__OLDER_PER_PROMPT": "3",
+        "STORYLOOP_TRAINER_GENERATION__BASE_PER_PROMPT": "2",
+        "STORYLOOP_TRAINER_GENERATION__BEST_PER_PROMPT": "2",
+        "STORYLOOP_TRAINER_GENERATION__RANDOM_PER_PROMPT": "1",
     }
 
 
@@ -63,44 +65,87 @@ def tiny_cfg(tiny_base, monkeypatch):
     return TrainerSettings()
 
 
+def _simulate(app, n: int, preference: str = "longer", seed: int = 0):
+    with TestClient(app) as client:
+        result = run_simulation("", "admin", PASSWORD, SimulationConfig(annotators=3, judgements=n, preference=preference,
+                                                                         seed=seed), client=client)
+    assert result.judgements == n
+
+
+def _judged_batches(database, after_id: int) -> list[int]:
+    with database.read() as db:
+        return list(db.scalars(select(Task.batch_id).join(BwsJudgement, BwsJudgement.task_id == Task.id)
+                               .where(BwsJudgement.id > after_id)))
+
+
 def test_full_loop(app, database, settings, tiny_cfg):
+    """Round 0 (the base writes), then two rounds, each learning from judgements of the newest tuples."""
     from trainer.loop import train_once
 
     seed_bws_batch(database, prompts=3, per_prompt=6, required=2)
     make_user(database, "admin", "admin")
-    with TestClient(app) as client:
-        result = run_simulation("", "admin", PASSWORD, SimulationConfig(annotators=3, judgements=40, preference="longer"),
-                                client=client)
-    assert result.judgements == 40
+    _simulate(app, 20)
 
-    round_id = train_once(database, settings, tiny_cfg)
-
+    # Round 0: the base policy writes K stories per prompt, stored under its version, and they are queued.
+    round0 = train_once(database, settings, tiny_cfg)
     with database.read() as db:
-        r = db.get(TrainingRound, round_id)
-        assert r.status == "done" and r.judgements_used == 40
-        reward = db.get(ModelVersion, r.reward_version_id)
-        policy = db.get(ModelVersion, r.policy_version_id)
-        base = db.get(ModelVersion, policy.parent_id)
+        r0 = db.get(TrainingRound, round0)
+        base = db.get(ModelVersion, r0.policy_version_id)
+        assert r0.status == "done" and r0.reward_version_id is None
         assert (base.kind, base.algorithm, base.parent_id) == ("policy", "hub", None)
-        assert (reward.kind, policy.algorithm) == ("reward", "ppo")
-        assert 0.0 <= reward.metrics["held_out_accuracy"] <= 1.0
-        auto = policy.metrics["auto"]  # automatic metrics of the new version's continuations
-        assert 0 < auto["distinct_1"] <= 1 and auto["perplexity"] > 1 and auto["mean_reward"] is not None
-        for version in (base, reward, policy):
-            assert (settings.model_store / version.path / "config.json").exists()
-        ppo_logs = db.scalars(select(TrainingLog).where(TrainingLog.round_id == round_id, TrainingLog.phase == "ppo")).all()
-        assert len(ppo_logs) == tiny_cfg.ppo_steps and {"kl", "score"} <= set(ppo_logs[-1].metrics)
-        new = db.scalars(select(Continuation).where(Continuation.model_version_id == policy.id)).all()
-        assert new and all(c.generation_settings["max_new_tokens"] == 12 for c in new)
-        tasks = db.scalars(select(Task).where(Task.batch_id == r.batch_id)).all()
-        assert tasks
-        # Tuples mix the new version with earlier ones, always within one prompt.
-        mixed = 0
-        for task in tasks:
-            versions = {item.continuation.model_version_id for item in task.items}
+        base_stories = db.scalars(select(Continuation).where(Continuation.model_version_id == base.id)).all()
+        assert len(base_stories) == 3 * 4 and all("ended" in c.generation_settings for c in base_stories)
+        for task in db.scalars(select(Task).where(Task.batch_id == r0.batch_id)):
             assert len({item.continuation.prompt_id for item in task.items}) == 1
-            mixed += len(versions) > 1
-        assert mixed >= len(tasks) // 2
+        assert base.metrics["auto"]["kl_to_reference"] == 0.0 and base.metrics["auto"]["eos_rate"] is not None
+        last_judgement = db.scalar(select(func.max(BwsJudgement.id)))
+
+    # The next judgements all land on the newest round's tuples, not on the older imported batch.
+    _simulate(app, 20)
+    assert set(_judged_batches(database, last_judgement)) == {r0.batch_id}
+
+    round1 = train_once(database, settings, tiny_cfg)
+    with database.read() as db:
+        r1 = db.get(TrainingRound, round1)
+        assert r1.status == "done" and r1.judgements_used == 40
+        reward1 = db.get(ModelVersion, r1.reward_version_id)
+        policy1 = db.get(ModelVersion, r1.policy_version_id)
+        assert (reward1.kind, policy1.algorithm, policy1.parent_id) == ("reward", "ppo", base.id)
+        assert policy1.settings["reference_version_id"] == base.id
+        assert reward1.metrics["warm_start_from"] is None and 0.0 <= reward1.metrics["held_out_accuracy"] <= 1.0
+        auto = policy1.metrics["auto"]
+        assert 0 < auto["distinct_1"] <= 1 and auto["perplexity"] > 1 and auto["mean_reward"] is not None
+        assert auto["kl_to_reference"] is not None and 0 <= auto["copy_similarity"] <= 1
+        ppo_logs = db.scalars(select(TrainingLog).where(TrainingLog.round_id == round1, TrainingLog.phase == "ppo")).all()
+        assert len(ppo_logs) == tiny_cfg.ppo_steps and {"kl", "score"} <= set(ppo_logs[-1].metrics)
+        timings = {t.metrics["phase"] for t in db.scalars(select(TrainingLog).where(
+            TrainingLog.round_id == round1, TrainingLog.phase == "timing"))}
+        assert {"reward model", "ppo", "generate", "queue", "metrics"} <= timings
+        new = db.scalars(select(Continuation).where(Continuation.model_version_id == policy1.id)).all()
+        assert new and all(c.generation_settings["max_new_tokens"] == 12 for c in new)
+        # Every prompt's tuples hold the new version's stories AND the base's (compared directly).
+        for prompt_id in {c.prompt_id for c in new}:
+            versions = {item.continuation.model_version_id for task in db.scalars(
+                select(Task).where(Task.batch_id == r1.batch_id, Task.prompt_id == prompt_id)) for item in task.items}
+            assert {policy1.id, base.id} <= versions and len(versions) >= 3
+        # The newest reward model scored every version that wrote for these prompts, on one scale.
+        assert {str(base.id), str(policy1.id)} <= set(reward1.metrics["version_scores"])
+        last_judgement = db.scalar(select(func.max(BwsJudgement.id)))
+
+    _simulate(app, 20)
+    assert set(_judged_batches(database, last_judgement)) == {r1.batch_id}
+    round2 = train_once(database, settings, tiny_cfg)
+    with database.read() as db:
+        r2 = db.get(TrainingRound, round2)
+        reward2 = db.get(ModelVersion, r2.reward_version_id)
+        policy2 = db.get(ModelVersion, r2.policy_version_id)
+        # PPO continues from the newest policy, but the KL leash stays tied to the base.
+        assert policy2.parent_id == policy1.id and policy2.settings["reference_version_id"] == base.id
+        assert policy2.metrics["auto"]["reference_version_id"] == base.id
+        # The reward model warm-starts from the previous one, on the new pairs plus as many older ones.
+        assert reward2.metrics["warm_start_from"] == reward1.id and reward2.parent_id == reward1.id
+        assert reward2.metrics["train_pairs"] == 2 * reward2.metrics["new_pairs"]
+        assert reward2.metrics["train_pairs"] < reward1.metrics["train_pairs"] + reward2.metrics["new_pairs"]
 
     # The new tuples are waiting for annotators.
     with TestClient(app) as client:
@@ -138,6 +183,8 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
             db.add(BwsJudgement(assignment_id=a.id, task_id=task.id, user_id=user.id, best_id=order[0],
                                 worst_id=order[-1], shown_order=order, idempotency_key=f"key-{task.id}"))
 
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path / "data")
+    train_once(database, settings, tiny_cfg)  # round 0: the base and its stories
     env = {**os.environ, **tiny_trainer_env(tiny_base), "STORYLOOP_DATABASE_URL": sqlite_url,
            "STORYLOOP_DATA_DIR": str(tmp_path / "data"), "STORYLOOP_TRAINER_PPO_STEPS": "400"}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "train", "once"], env=env,
@@ -146,7 +193,7 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until PPO is under way, then kill without warning
             with database.read() as db:
-                r = db.scalar(select(TrainingRound))
+                r = db.scalar(select(TrainingRound).order_by(TrainingRound.id.desc()))
                 if r is not None and r.phase == "ppo" and r.step >= 2:
                     break
             time.sleep(0.2)
@@ -158,7 +205,7 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
 
     store = tmp_path / "data" / "models"
     with database.read() as db:
-        r = db.scalar(select(TrainingRound))
+        r = db.scalar(select(TrainingRound).order_by(TrainingRound.id.desc()))
         assert r.status == "running" and r.reward_version_id is not None and r.policy_version_id is None
         versions = db.scalars(select(ModelVersion).where(ModelVersion.path.is_not(None))).all()
     visible = {v.path for v in versions}
@@ -167,10 +214,9 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
     assert on_disk == visible  # every folder has its row and every row its complete folder
     assert all((store / p / "config.json").exists() for p in visible)
 
-    settings = Settings(database_url=sqlite_url, data_dir=tmp_path / "data")
     assert train_once(database, settings, tiny_cfg) == r.id  # resumes the interrupted round
     with database.read() as db:
-        r = db.scalar(select(TrainingRound))
+        r = db.get(TrainingRound, r.id)
         assert r.status == "done" and r.policy_version_id is not None and r.batch_id is not None
         assert db.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.kind == "reward")) == 1
 
@@ -187,7 +233,7 @@ def test_lease_of_a_dead_trainer_on_this_host_is_taken_over(database):
 
 
 def test_supervised_baseline_before_the_first_round(database, settings, tiny_cfg):
-    from trainer.rounds import RoundReporter, ensure_base_policy
+    from trainer.rounds import RoundReporter, make_base_policy, reference_policy
 
     seed_bws_batch(database, prompts=2, per_prompt=4)
     with database.write() as db:
@@ -196,7 +242,9 @@ def test_supervised_baseline_before_the_first_round(database, settings, tiny_cfg
         db.flush()
         round_id = r.id
     tiny_cfg.sft_base = True
-    policy = ensure_base_policy(database, settings, tiny_cfg, RoundReporter(database, round_id, echo=False))
+    policy_id = make_base_policy(database, settings, tiny_cfg, RoundReporter(database, round_id, echo=False))
+    policy = reference_policy(database)  # the KL reference of every round is the supervised baseline
+    assert policy.id == policy_id
     with database.read() as db:
         base = db.get(ModelVersion, policy.parent_id)
     assert (policy.algorithm, base.algorithm, base.parent_id) == ("sft", "hub", None)

@@ -15,14 +15,17 @@ from trainer.reward_model import RewardModelConfig
 
 @dataclass
 class GenerationConfig:
-    continuations_per_prompt: int = 4  # K new continuations per active prompt and round
-    max_new_tokens: int = 48
+    continuations_per_prompt: int = 4  # K new continuations per active prompt and round (round 0: the base's)
+    max_new_tokens: int = 64  # a story that reaches this without ending is trimmed to its last full sentence
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 0
     batch_size: int = 16
-    older_per_prompt: int = 4  # earlier versions' continuations mixed into the new tuples
     max_prompts: int = 0  # 0 = every active prompt
+    # What the new version's stories meet in a round's tuples, per prompt (see rounds.compose_tuples):
+    base_per_prompt: int = 2  # the base (reference) policy's, so every version is compared with it directly
+    best_per_prompt: int = 2  # the best-scoring earlier continuations by BWS score, imported sources included
+    random_per_prompt: int = 1  # one more earlier continuation drawn at random
 
 
 class TrainerSettings(BaseSettings):
@@ -41,7 +44,10 @@ class TrainerSettings(BaseSettings):
     # CPU threads for torch; 0 = all cores but one, which stays free for the web app beside the trainer.
     # (On a busy 2-core machine one thread ran a PPO step ~9x faster than two competing threads.)
     cpu_threads: int = 0
-    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(batch_size=16, mini_batch_size=8, max_new_tokens=48,
-                                                             learning_rate=1e-5, adaptive_kl=True))
+    # missing_eos_penalty: a story that never ends loses 1.0 of its reward-model score, so the policy
+    # learns to finish stories within max_new_tokens (the rollout and the stored stories share the cap).
+    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(batch_size=16, mini_batch_size=8, max_new_tokens=64,
+                                                             learning_rate=1e-5, adaptive_kl=True,
+                                                             missing_eos_penalty=1.0))
     reward: RewardModelConfig = Field(default_factory=RewardModelConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -1,8 +1,10 @@
 """From stored judgements to training data: implied preference pairs with a held-out split.
 
 Every BWS judgement (surplus ones too: nothing a person did is thrown away) becomes its 2k-3 implied
-pairs. The held-out split is by judgement, not by pair, so no pair of a held-out judgement leaks into
-training.
+pairs. The held-out split is by judgement, not by pair, and fixed per judgement across rounds, so no
+pair of a held-out judgement leaks into training, not even through a warm-started reward model.
+Training pairs are split into those of judgements new since the previous reward model and the rest,
+so a round can train on the new pairs plus a sample of the old (a cost that does not grow with history).
 """
 
 import random
@@ -33,8 +35,36 @@ class PreferencePairs:
         return {**columns, "margin": self.margin} if with_margin else columns
 
 
-def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0) -> tuple[PreferencePairs, PreferencePairs, int]:
-    """(train pairs, held-out pairs, number of judgements used)."""
+def is_held_out(judgement_id: int, fraction: float, seed: int = 0) -> bool:
+    """A judgement's split, the same in every round, so a reward model warm-started from the previous
+    round's never saw a held-out judgement in any round."""
+    return random.Random(f"held-out:{seed}:{judgement_id}").random() < fraction
+
+
+@dataclass
+class RoundPairs:
+    """The implied pairs of all stored judgements, split for one round of reward training."""
+
+    new: PreferencePairs  # training pairs of judgements after `since_judgement_id`
+    old: PreferencePairs  # training pairs of earlier judgements
+    held_out: PreferencePairs  # pairs of held-out judgements, old and new
+    judgements: int  # judgements in all
+    last_judgement_id: int  # the newest judgement included (0: none)
+
+    def train_sample(self, old_per_new: float | None, seed: int) -> PreferencePairs:
+        """New pairs plus a random sample of old ones (old_per_new per new pair; None: all old pairs)."""
+        n_old = len(self.old) if old_per_new is None else min(len(self.old), round(old_per_new * len(self.new)))
+        picked = sorted(random.Random(seed).sample(range(len(self.old)), n_old))
+        return PreferencePairs(
+            *(new + [old[i] for i in picked] for new, old in
+              ((self.new.prompt, self.old.prompt), (self.new.chosen, self.old.chosen),
+               (self.new.rejected, self.old.rejected), (self.new.margin, self.old.margin))))
+
+
+def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0,
+               since_judgement_id: int = 0) -> RoundPairs:
+    """Every judgement's implied pairs, split into held-out (stable per judgement) and training pairs,
+    the latter into those of judgements newer than `since_judgement_id` and the rest."""
     with database.read() as db:
         judgements = db.execute(
             select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id, Task.prompt_id)
@@ -46,14 +76,16 @@ def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0
         prompts = dict(db.execute(select(Prompt.id, Prompt.text)).all())
 
     scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in judgements)
-    rng = random.Random(seed)
-    held_out_ids = {j.id for j in judgements if rng.random() < held_out_fraction}
-    train, held_out = PreferencePairs([], [], [], []), PreferencePairs([], [], [], [])
+    pairs = RoundPairs(PreferencePairs([], [], [], []), PreferencePairs([], [], [], []), PreferencePairs([], [], [], []),
+                       judgements=len(judgements), last_judgement_id=judgements[-1].id if judgements else 0)
     for j in judgements:
-        split = held_out if j.id in held_out_ids else train
+        if is_held_out(j.id, held_out_fraction, seed):
+            split = pairs.held_out
+        else:
+            split = pairs.new if j.id > since_judgement_id else pairs.old
         for winner, loser in implied_pairs(tuple(j.shown_order), j.best_id, j.worst_id):
             split.prompt.append(prompts[j.prompt_id])
             split.chosen.append(completion_text(text[winner]))
             split.rejected.append(completion_text(text[loser]))
             split.margin.append(pair_margin(scores, winner, loser))
-    return train, held_out, len(judgements)
+    return pairs

@@ -22,7 +22,7 @@ from app.models import Continuation, GenerationRequest, ModelVersion, Prompt, ut
 from app.services.evaluation import open_pending_campaigns, pending_generation_requests
 from trainer import model_store
 from trainer.config import TrainerSettings
-from trainer.generate import generate_continuations
+from trainer.generate import generate_stories
 
 log = logging.getLogger("storyloop.trainer")
 
@@ -69,8 +69,8 @@ def fulfil_generation_requests(database: Database, settings: Settings, cfg: Trai
         try:
             _, model, tokenizer = model_store.load_version(database, settings.model_store, version_id, device)
             prompts = [texts[p] for _, p in todo]
-            outputs = generate_continuations(model, tokenizer, prompts, 1, gen.max_new_tokens, gen.temperature,
-                                             gen.top_p, gen.top_k, gen.batch_size)
+            outputs = generate_stories(model, tokenizer, prompts, 1, gen.max_new_tokens, gen.temperature,
+                                       gen.top_p, gen.top_k, gen.batch_size)
         except Exception as exc:  # a broken version must not stop the trainer
             log.error("generation for version %s failed: %s", version_id, exc)
             _finish(database, [r for r, _ in todo], "failed", f"{type(exc).__name__}: {exc}")
@@ -78,12 +78,12 @@ def fulfil_generation_requests(database: Database, settings: Settings, cfg: Trai
             continue
         used = {k: getattr(gen, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
         with database.write() as db:
-            for (request_id, prompt_id), [text] in zip(todo, outputs):
+            for (request_id, prompt_id), [story] in zip(todo, outputs):
                 request = db.get(GenerationRequest, request_id)
                 request.done_at = utcnow()
-                if text.strip():
-                    db.add(Continuation(prompt_id=prompt_id, model_version_id=version_id, text=text.strip(),
-                                        generation_settings={**used, "purpose": "evaluation"}))
+                if story.text:
+                    db.add(Continuation(prompt_id=prompt_id, model_version_id=version_id, text=story.text,
+                                        generation_settings={**used, "ended": story.ended, "purpose": "evaluation"}))
                     request.status = "done"
                     done += 1
                 else:

@@ -9,6 +9,9 @@ Shapes: B = sequences in the batch, P = padded prompt length, K = new tokens, V 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import torch
 
 
@@ -120,26 +123,27 @@ def decode_responses(tokenizer, response: torch.Tensor, eos_token_id: int) -> li
     return texts
 
 
-@torch.no_grad()
-def generate_continuations(
-    model,
-    tokenizer,
-    prompts: list[str],
-    num_return_sequences: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    batch_size: int = 16,
-    max_prompt_tokens: int | None = None,
-) -> list[list[str]]:
-    """Sample ``num_return_sequences`` continuations for every prompt.
+SENTENCE_END = re.compile(r"""[.!?]['"\u2019\u201d)]*(?=\s|$)""")
 
-    Returns one list per prompt, in prompt order, each holding that many continuation strings (EOS and
-    anything after it removed; a byte-level BPE continuation keeps its leading space, so
-    ``prompt + continuation`` is the full text). Samples in eval mode (no dropout); the model's
-    train/eval mode is restored afterwards.
-    """
+
+def trim_to_sentence(text: str) -> str:
+    """Cut a story that was stopped by the token cap back to its last full sentence.
+
+    A text with no sentence end at all is kept as it is: there is nothing better to show."""
+    ends = list(SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()] if ends else text
+
+
+@dataclass(frozen=True)
+class Story:
+    text: str  # stripped, trimmed to its last full sentence when it hit the token cap
+    ended: bool  # the model emitted end-of-text (False: stopped by max_new_tokens)
+
+
+@torch.no_grad()
+def _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p, top_k,
+                  batch_size, max_prompt_tokens) -> list[tuple[str, bool]]:
+    """(raw decoded text, whether it emitted EOS) for every prompt repeated ``num_return_sequences`` times."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -147,15 +151,40 @@ def generate_continuations(
         max_prompt_tokens = max(1, context_length(model) - max_new_tokens)
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token if unsure)")
+    eos = tokenizer.eos_token_id
     flat = [p for p in prompts for _ in range(num_return_sequences)]  # each prompt repeated K times
-    texts: list[str] = []
+    out: list[tuple[str, bool]] = []
     for i in range(0, len(flat), batch_size):
         ids, mask = left_pad_prompts(tokenizer, flat[i : i + batch_size], device, max_prompt_tokens)
         response = sample_tokens(
-            model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+            model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p,
-        )
-        texts.extend(decode_responses(tokenizer, response, tokenizer.eos_token_id))
+        )  # (b, K)
+        out.extend(zip(decode_responses(tokenizer, response, eos), response.eq(eos).any(-1).tolist()))
     model.train(was_training)
+    return out
+
+
+def generate_stories(model, tokenizer, prompts: list[str], num_return_sequences: int = 1, max_new_tokens: int = 64,
+                     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
+                     max_prompt_tokens: int | None = None) -> list[list[Story]]:
+    """Sample ``num_return_sequences`` stories per prompt, ready to store and show to people.
+
+    Returns one list per prompt, in prompt order. Texts are stripped; a story that ran into
+    ``max_new_tokens`` without emitting end-of-text is trimmed back to its last full sentence."""
+    sampled = _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p,
+                            top_k, batch_size, max_prompt_tokens)
+    stories = [Story(t.strip() if ended else trim_to_sentence(t.strip()), bool(ended)) for t, ended in sampled]
     n = num_return_sequences
-    return [texts[j * n : (j + 1) * n] for j in range(len(prompts))]
+    return [stories[j * n : (j + 1) * n] for j in range(len(prompts))]
+
+
+def generate_continuations(model, tokenizer, prompts: list[str], num_return_sequences: int = 1,
+                           max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                           batch_size: int = 16, max_prompt_tokens: int | None = None) -> list[list[str]]:
+    """Raw samples, one list per prompt: EOS and anything after it removed, nothing else (a byte-level
+    BPE continuation keeps its leading space, so ``prompt + continuation`` is the full text)."""
+    sampled = _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p,
+                            top_k, batch_size, max_prompt_tokens)
+    n = num_return_sequences
+    return [[t for t, _ in sampled[j * n : (j + 1) * n]] for j in range(len(prompts))]

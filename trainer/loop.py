@@ -1,7 +1,9 @@
 """The trainer process: holds the one-trainer lease, resumes an interrupted round, then polls.
 
-A round starts when an admin asks for one (a "requested" row) or when enough new judgements have
-arrived since the last finished round (settings.trainer_min_new_judgements and ..._min_new_fraction).
+A round starts when an admin asks for one (a "requested" row) or by itself: round 0 (the base writes
+its stories) as soon as there are active prompts; later rounds once settings.trainer_min_newest_judgements
+judgements have arrived on the newest round's tuples (trainer_trigger "newest", the default), or once
+trainer_min_new_judgements judgements of any batch have arrived since the last round ("any").
 """
 
 import logging
@@ -12,12 +14,12 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.db import Database
-from app.models import TrainingRound, utcnow
+from app.models import Prompt, TrainingRound, utcnow
 from trainer import model_store
 from trainer.config import TrainerSettings
 from trainer.eval_generation import fulfil_generation_requests
 from trainer.lease import Heartbeat, holder_name, release, try_acquire
-from trainer.rounds import judgements_since_last_round, run_round
+from trainer.rounds import judgements_since_last_round, newest_round_judgements, reference_policy, run_round
 
 log = logging.getLogger("storyloop.trainer")
 
@@ -26,19 +28,32 @@ class TrainerBusy(RuntimeError):
     pass
 
 
+def round_due(database: Database, settings: Settings) -> bool:
+    """Whether enough has happened for an automatic round (see Settings.trainer_trigger)."""
+    if reference_policy(database) is None or newest_round_judgements(database) is None:
+        return _has_active_prompts(database)  # round 0: the base writes its stories; no judgements needed
+    if settings.trainer_trigger == "newest":
+        return newest_round_judgements(database) >= settings.trainer_min_newest_judgements
+    now, used = judgements_since_last_round(database)
+    new = now - used
+    return now > 0 and new >= settings.trainer_min_new_judgements and new >= settings.trainer_min_new_fraction * max(used, 1)
+
+
+def _has_active_prompts(database: Database) -> bool:
+    with database.read() as db:
+        return db.scalar(select(Prompt.id).where(Prompt.is_active).limit(1)) is not None
+
+
 def next_round_id(database: Database, settings: Settings, auto: bool = True) -> int | None:
-    """An interrupted or requested round, else a new automatic one when enough judgements came in."""
+    """An interrupted or requested round, else a new automatic one when one is due."""
     with database.write() as db:
         pending = db.scalar(select(TrainingRound).where(TrainingRound.status.in_(("running", "requested")))
                             .order_by(TrainingRound.id).limit(1))
         if pending is not None:
             return pending.id
-        if not auto:
-            return None
-        now, used = judgements_since_last_round(database)
-        new = now - used
-        if now == 0 or new < settings.trainer_min_new_judgements or new < settings.trainer_min_new_fraction * max(used, 1):
-            return None
+    if not auto or not round_due(database, settings):
+        return None
+    with database.write() as db:
         r = TrainingRound(status="requested", trigger="auto")
         db.add(r)
         db.flush()

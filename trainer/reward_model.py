@@ -1,7 +1,7 @@
 """Reward model from BWS judgements, trained with TRL's RewardTrainer.
 
-The reward model starts from the current policy's weights (same tokenizer, so PPO can hand it text)
-with a fresh scalar head. Held-out pairwise accuracy is measured by scoring text exactly as the
+The first reward model starts from the current policy's weights (same tokenizer, so PPO can hand it
+text) with a fresh scalar head; later ones start from the previous reward model (warm start). Held-out pairwise accuracy is measured by scoring text exactly as the
 trainer formatted it (trainer.reward_format), EOS included.
 """
 
@@ -27,6 +27,11 @@ class RewardModelConfig:
     max_length: int = 256  # tokens of prompt + continuation + EOS
     held_out_fraction: float = 0.2  # of judgements, not pairs
     use_margin: bool = False  # pass the pairs' margin column to the loss: -log sigmoid(r_c - r_r - margin)
+    # Warm start: from the second reward model on, start from the previous round's reward model and
+    # train on the pairs of judgements new since then plus `old_pairs_per_new` earlier pairs per new
+    # pair (drawn at random), so a round's cost follows the new judgements, not all of history.
+    warm_start: bool = True
+    old_pairs_per_new: float = 1.0
     seed: int = 0
 
 
@@ -62,7 +67,8 @@ def train_reward_model(
     work_dir: Path,
     report: Callable[[int, int, dict], None] = lambda step, total, metrics: None,
 ):
-    """Returns (reward model, metrics). ``base_path`` is a saved causal LM (the current policy)."""
+    """Returns (reward model, metrics). ``base_path`` is a saved causal LM (the current policy: a fresh
+    scalar head) or a saved reward model (warm start: its head is kept)."""
     if len(train) == 0:
         raise ValueError("no preference pairs to train a reward model on: collect BWS judgements first")
     model = AutoModelForSequenceClassification.from_pretrained(str(base_path), num_labels=1)

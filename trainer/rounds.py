@@ -1,14 +1,23 @@
 """One training round, phase by phase, each phase's result recorded on the round before the next.
 
-    base policy  (first round only) pretrain offline or load a hub model -> policy version "base"
-    reward       BWS judgements -> implied pairs -> TRL RewardTrainer  -> reward version
-    ppo          our PPO against that reward model                     -> policy version, parent = previous
-    generate     K continuations per active prompt from the new policy, and
-    queue        BWS tuples mixing them with earlier versions' continuations of the same prompts
+Round 0 (the first, started as soon as there are prompts, no judgements needed):
+    base policy    pretrain offline or load a hub model -> policy version "base" (then SFT when enabled)
+    generate       K continuations per active prompt from the base, stored under the base version
+    queue          BWS tuples mixing them with the best and a random earlier (imported) continuation
+Every later round (started once enough judgements arrived on the newest round's tuples):
+    reward model   BWS judgements -> implied pairs -> TRL RewardTrainer, warm-started from the previous
+                   reward model on the new pairs plus a sample of older ones
+    ppo            our PPO from the newest policy, KL-leashed to the REFERENCE (the base, or the SFT
+                   baseline) in every round, so drift from the base cannot add up over rounds
+    generate       K continuations per active prompt from the new policy, and
+    queue          BWS tuples mixing them with the base's, the best-scoring earlier ones and a random
+                   earlier one, per prompt; the batch becomes the newest round's (served first)
+    metrics        the new version's automatic metrics, and every version rescored by the new reward model
 
 A killed trainer leaves the round "running" with the ids of the phases it finished; the next start
 resumes from the first unfinished phase. Versions become visible only once completely written
 (model_store.save_version), and generate + queue commit in one transaction, so nothing is doubled.
+Each finished phase's wall time is logged (training_log phase "timing").
 """
 
 import os
@@ -25,26 +34,39 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.db import Database
-from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, TrainingLog, TrainingRound, utcnow
+from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingLog, TrainingRound, utcnow
+from app.services.scoring import BwsAnnotation, counting_scores
 from app.services.story_text import completion_text
-from app.services.tasks import build_bws_batch
+from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from trainer import model_store
-from trainer.auto_metrics import compute_for_version
+from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
-from trainer.generate import generate_continuations
+from trainer.generate import generate_stories
 from trainer.ppo import PPOTrainer
 from trainer.reward_model import train_reward_model
 
 
 class RoundReporter:
-    """Writes phase / step / total to the round row (at most once a second) and metrics to the log."""
+    """Writes phase / step / total to the round row (at most once a second), metrics to the log, and
+    each phase's wall time (a "timing" log row) when the next phase starts or the round closes."""
 
     def __init__(self, database: Database, round_id: int, echo: bool = True):
         self.database, self.round_id, self.echo = database, round_id, echo
         self._last_write, self._bar = 0.0, None
+        self._phase: tuple[str, float] | None = None  # (name, monotonic start)
+
+    def _finish_phase(self) -> None:
+        if self._phase is not None:
+            name, started = self._phase
+            with self.database.write() as db:
+                db.add(TrainingLog(round_id=self.round_id, phase="timing", step=0,
+                                   metrics={"phase": name, "seconds": time.monotonic() - started}))
+            self._phase = None
 
     def phase(self, name: str, total: int = 0) -> None:
+        self._finish_phase()
+        self._phase = (name, time.monotonic())
         with self.database.write() as db:
             r = db.get(TrainingRound, self.round_id)
             r.phase, r.step, r.total_steps, r.phase_started_at = name, 0, total, utcnow()
@@ -75,9 +97,13 @@ class RoundReporter:
             r = db.get(TrainingRound, self.round_id)
             db.add(TrainingLog(round_id=self.round_id, phase=r.phase, step=r.step, metrics=metrics))
         if self.echo:
-            tqdm.write(f"round {self.round_id}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            tqdm.write(f"round {self.round_id}: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Ends the round's reporting; the open phase's time is logged only when it really finished."""
+        if finished:
+            self._finish_phase()
         if self._bar is not None:
             self._bar.close()
 
@@ -89,17 +115,27 @@ def _set(database: Database, round_id: int, **values) -> None:
             setattr(r, key, value)
 
 
+BASE_ALGORITHMS = ("pretrain", "hub", "sft")  # the policies a round's KL leash may be tied to
+
+
 def latest_policy(database: Database) -> ModelVersion | None:
+    """The newest trained policy: where the next round's PPO starts."""
     with database.read() as db:
         return db.scalar(select(ModelVersion).where(ModelVersion.kind == "policy", ModelVersion.path.is_not(None))
                          .order_by(ModelVersion.id.desc()).limit(1))
 
 
-def ensure_base_policy(database: Database, settings: Settings, cfg: TrainerSettings, reporter: RoundReporter) -> ModelVersion:
-    """The newest policy, or (first round) the base policy: bootstrapped offline or loaded by hub id/folder."""
-    policy = latest_policy(database)
-    if policy is not None:
-        return policy
+def reference_policy(database: Database) -> ModelVersion | None:
+    """The KL reference of every round: the base policy, or the supervised baseline made from it."""
+    with database.read() as db:
+        return db.scalar(select(ModelVersion).where(ModelVersion.kind == "policy", ModelVersion.path.is_not(None),
+                                                    ModelVersion.algorithm.in_(BASE_ALGORITHMS))
+                         .order_by(ModelVersion.id.desc()).limit(1))
+
+
+def make_base_policy(database: Database, settings: Settings, cfg: TrainerSettings, reporter: RoundReporter) -> int:
+    """Round 0: the base policy, bootstrapped offline or loaded by hub id/folder (then SFT when on).
+    Returns the reference version's id."""
     reporter.phase("base policy")
     base = model_store.BasePolicyConfig(base=cfg.base_policy, bootstrap_preset=cfg.bootstrap_preset,
                                         cache_dir=settings.data_dir / "corpus", device=model_store.resolve_device(None))
@@ -111,8 +147,8 @@ def ensure_base_policy(database: Database, settings: Settings, cfg: TrainerSetti
                                                                       "bootstrap_preset": cfg.bootstrap_preset},
                                        metrics=metrics, model=model, tokenizer=tokenizer)
     if cfg.sft_base:
-        sft_phase(database, settings, cfg, base_id, model, tokenizer, reporter)
-    return latest_policy(database)
+        return sft_phase(database, settings, cfg, base_id, model, tokenizer, reporter)
+    return base_id
 
 
 def sft_phase(database, settings, cfg, base_id: int, model, tokenizer, reporter) -> int:
@@ -141,41 +177,63 @@ def _active_prompts(database: Database, cfg: TrainerSettings) -> list[tuple[int,
         return [tuple(row) for row in db.execute(query)]
 
 
+def _previous_reward(database: Database, round_id: int) -> ModelVersion | None:
+    with database.read() as db:
+        return db.scalar(select(ModelVersion).where(ModelVersion.kind == "reward", ModelVersion.path.is_not(None),
+                                                    ModelVersion.name != f"reward-r{round_id}")
+                         .order_by(ModelVersion.id.desc()).limit(1))
+
+
 def train_reward_phase(database, settings, cfg, round_id, policy: ModelVersion, reporter) -> int:
-    train, held_out, used = load_pairs(database, cfg.reward.held_out_fraction, seed=cfg.seed + round_id)
+    """Warm start (cfg.reward.warm_start and a previous reward model exists): from the previous reward
+    model, on the pairs of judgements new since it plus old_pairs_per_new older pairs per new pair.
+    Cold: from the policy's weights, on every training pair. Held-out accuracy: always on the held-out
+    judgements of all time (a split fixed per judgement)."""
+    previous = _previous_reward(database, round_id) if cfg.reward.warm_start else None
+    since = int(previous.metrics.get("last_judgement_id", 0)) if previous is not None else 0
+    pairs = load_pairs(database, cfg.reward.held_out_fraction, seed=cfg.seed, since_judgement_id=since)
+    if previous is not None and len(pairs.new):
+        train, start = pairs.train_sample(cfg.reward.old_pairs_per_new, seed=cfg.seed + round_id), previous
+    else:
+        train, start = pairs.train_sample(None, seed=cfg.seed + round_id), policy
     if len(train) == 0:
         raise RuntimeError("no BWS judgements yet: annotate some tuples before training")
     reporter.phase("reward model")
-    policy_dir = model_store.version_dir(settings.model_store, policy.path)
-    tokenizer = model_store.load_tokenizer(policy_dir)
+    tokenizer = model_store.load_tokenizer(model_store.version_dir(settings.model_store, policy.path))
     with tempfile.TemporaryDirectory() as work:
-        model, metrics = train_reward_model(policy_dir, tokenizer, train, held_out, cfg.reward, Path(work), reporter.step)
-    reporter.log({k: float(v) for k, v in metrics.items() if v is not None})
+        model, metrics = train_reward_model(model_store.version_dir(settings.model_store, start.path), tokenizer,
+                                            train, pairs.held_out, cfg.reward, Path(work), reporter.step)
+    metrics = {**metrics, "new_pairs": len(pairs.new), "warm_start_from": start.id if start is previous else None,
+               "judgements": pairs.judgements, "last_judgement_id": pairs.last_judgement_id}
+    reporter.log({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     version_id = model_store.save_version(
-        database, settings.model_store, kind="reward", name=f"reward-r{round_id}", parent_id=policy.id,
-        algorithm="reward", settings=asdict(cfg.reward), metrics={**metrics, "judgements": used},
-        model=model, tokenizer=tokenizer,
+        database, settings.model_store, kind="reward", name=f"reward-r{round_id}", parent_id=start.id,
+        algorithm="reward", settings=asdict(cfg.reward), metrics=metrics, model=model, tokenizer=tokenizer,
     )
-    _set(database, round_id, reward_version_id=version_id, judgements_used=used)
+    _set(database, round_id, reward_version_id=version_id, judgements_used=pairs.judgements)
     return version_id
 
 
-def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reward_version_id: int, reporter) -> int:
+def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reference: ModelVersion,
+              reward_version_id: int, reporter) -> int:
+    """PPO from `policy` (the newest), with the KL penalty measured against `reference` (the base)."""
     device = model_store.resolve_device(None)
     _, model, tokenizer = model_store.load_version(database, settings.model_store, policy.id, device)
+    _, ref_model, _ = model_store.load_version(database, settings.model_store, reference.id, device)
     _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
     prompts = [text for _, text in _active_prompts(database, cfg)]
     if not prompts:
         raise RuntimeError("no active prompts to train on")
     reporter.phase("ppo", cfg.ppo_steps)
-    trainer = PPOTrainer(cfg.ppo, model.train(), tokenizer, reward_model,
+    trainer = PPOTrainer(cfg.ppo, model.train(), tokenizer, reward_model, ref_policy=ref_model,
                          on_step=lambda step, stats: reporter.step(step, cfg.ppo_steps, stats))
     rng, stats = random.Random(cfg.seed + round_id), {}
     for _ in range(cfg.ppo_steps):
         stats = trainer.step([rng.choice(prompts) for _ in range(cfg.ppo.batch_size)])
     version_id = model_store.save_version(
         database, settings.model_store, kind="policy", name=f"policy-r{round_id}", parent_id=policy.id,
-        algorithm="ppo", settings={"ppo": asdict(cfg.ppo), "steps": cfg.ppo_steps, "reward_version_id": reward_version_id},
+        algorithm="ppo", settings={"ppo": asdict(cfg.ppo), "steps": cfg.ppo_steps, "reward_version_id": reward_version_id,
+                                   "reference_version_id": reference.id},
         metrics={k: v for k, v in stats.items() if isinstance(v, (int, float))},
         model=trainer.policy, tokenizer=tokenizer,
     )
@@ -183,65 +241,104 @@ def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reward_ve
     return version_id
 
 
-def _older_continuations(db, prompt_id: int, exclude_version: int, n: int, rng: random.Random) -> list[int]:
-    """Up to n earlier continuations of a prompt, spread over as many versions as possible (round robin)."""
-    by_version: dict[int, list[int]] = defaultdict(list)
-    rows = db.execute(select(Continuation.model_version_id, Continuation.id)
-                      .where(Continuation.prompt_id == prompt_id, Continuation.model_version_id != exclude_version)
-                      .order_by(Continuation.id.desc()))
-    for version_id, cid in rows:
-        by_version[version_id].append(cid)
-    for ids in by_version.values():
-        rng.shuffle(ids)
-    versions = sorted(by_version, reverse=True)  # newest versions first
-    picked: list[int] = []
-    while len(picked) < n and any(by_version.values()):
-        for v in versions:
-            if by_version[v] and len(picked) < n:
-                picked.append(by_version[v].pop())
-    return picked
+def _bws_scores(db) -> dict[int, tuple[float, int]]:
+    """Counting score and appearances of every judged continuation."""
+    rows = db.execute(select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id)).all()
+    scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in rows)
+    seen: dict[int, int] = defaultdict(int)
+    for j in rows:
+        for c in j.shown_order:
+            seen[c] += 1
+    return {c: (score, seen[c]) for c, score in scores.items()}
 
 
-def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_id: int, reporter) -> int:
+def compose_tuples(candidates: list[tuple[int, int]], new_ids: list[int], base_version_id: int,
+                   scores: dict[int, tuple[float, int]], gen, rng: random.Random) -> list[int]:
+    """The items of one prompt's tuples in a round: the new version's continuations, plus up to
+    gen.base_per_prompt of the base's, gen.best_per_prompt of the best-scoring earlier ones (BWS
+    counting score, judged ones only, imported sources included) and gen.random_per_prompt random
+    earlier ones. `candidates`: (continuation id, version id) of the prompt's earlier continuations."""
+    new = set(new_ids)
+    earlier = [(c, v) for c, v in candidates if c not in new]
+    base = [c for c, v in earlier if v == base_version_id]
+    rng.shuffle(base)
+    picked = base[: gen.base_per_prompt]
+    judged = sorted((c for c, _ in earlier if c in scores and c not in picked),
+                    key=lambda c: (-scores[c][0], -scores[c][1], c))
+    picked += judged[: gen.best_per_prompt]
+    rest = [c for c, _ in earlier if c not in picked]
+    picked += rng.sample(rest, min(gen.random_per_prompt, len(rest)))
+    return list(new_ids) + picked
+
+
+def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_id: int, base_version_id: int,
+                             reporter) -> int:
+    """K stories per active prompt from `policy_version_id`, stored, then queued in tuples with the
+    base's, the best and a random earlier continuation of the same prompt (compose_tuples); the batch
+    becomes the newest round's, which annotators are served first."""
     gen = cfg.generation
     device = model_store.resolve_device(None)
-    _, model, tokenizer = model_store.load_version(database, settings.model_store, policy_version_id, device)
+    version, model, tokenizer = model_store.load_version(database, settings.model_store, policy_version_id, device)
     prompts = _active_prompts(database, cfg)
     reporter.phase("generate", len(prompts))
-    texts: list[list[str]] = []
+    stories = []
     for i in range(0, len(prompts), gen.batch_size):
         chunk = prompts[i : i + gen.batch_size]
-        texts += generate_continuations(model, tokenizer, [t for _, t in chunk], gen.continuations_per_prompt,
-                                        gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, gen.batch_size)
+        stories += generate_stories(model, tokenizer, [t for _, t in chunk], gen.continuations_per_prompt,
+                                    gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, gen.batch_size)
         reporter.step(min(i + gen.batch_size, len(prompts)), len(prompts))
     reporter.phase("queue")
     rng = random.Random(cfg.seed + round_id)
     settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
     with database.write() as db:
+        scores = _bws_scores(db)
+        candidates: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for cid, pid, vid in db.execute(select(Continuation.id, Continuation.prompt_id, Continuation.model_version_id)
+                                        .where(Continuation.prompt_id.in_([p for p, _ in prompts]))
+                                        .order_by(Continuation.id)):
+            candidates[pid].append((cid, vid))
         ids_by_prompt: dict[int, list[int]] = {}
-        for (prompt_id, _), continuations in zip(prompts, texts):
-            new = [Continuation(prompt_id=prompt_id, model_version_id=policy_version_id, text=t.strip(),
-                                generation_settings=settings_used) for t in continuations if t.strip()]
+        for (prompt_id, _), written in zip(prompts, stories):
+            new = [Continuation(prompt_id=prompt_id, model_version_id=policy_version_id, text=s.text,
+                                generation_settings={**settings_used, "ended": s.ended}) for s in written if s.text]
             db.add_all(new)
             db.flush()
-            older = _older_continuations(db, prompt_id, policy_version_id, gen.older_per_prompt, rng)
-            ids_by_prompt[prompt_id] = [c.id for c in new] + older
-        batch = build_bws_batch(db, f"round {round_id}: policy-r{round_id} vs earlier", ids_by_prompt,
+            ids_by_prompt[prompt_id] = compose_tuples(candidates[prompt_id], [c.id for c in new], base_version_id,
+                                                      scores, gen, rng)
+        batch = build_bws_batch(db, f"round {round_id}: {version.name} vs base, best and earlier", ids_by_prompt,
                                 seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
                                 k=settings.tuple_size, factor=settings.design_factor)
+        mark_newest_round_batch(db, batch.id)
         r = db.get(TrainingRound, round_id)
         r.batch_id = batch.id
         return batch.id
 
 
-def metrics_phase(database, settings, policy_id: int, reward_id: int | None, reporter) -> None:
-    """Automatic metrics of the new version's continuations (reward score, distinct-n, length, perplexity)."""
+def metrics_phase(database, settings, cfg, policy_id: int, reference_id: int, reward_id: int | None, reporter) -> None:
+    """The new version's automatic metrics (reward, distinct-n, lengths, end-of-text rate, perplexity and
+    KL under the reference, copy similarity to its parent), and every version rescored by the newest
+    reward model, so the models page compares versions on one scale."""
     reporter.phase("metrics")
+    device = model_store.resolve_device(None)
+    with database.read() as db:
+        parent_id = db.get(ModelVersion, policy_id).parent_id
     auto = compute_for_version(database, settings.model_store, policy_id, reward_version_id=reward_id,
-                               device=model_store.resolve_device(None))
+                               reference_version_id=reference_id, previous_version_id=parent_id, device=device)
     with database.write() as db:
         version = db.get(ModelVersion, policy_id)
         version.metrics = {**version.metrics, "auto": auto}  # a new dict, so the JSON column is saved
+    if reward_id is not None:
+        prompt_ids = [p for p, _ in _active_prompts(database, cfg)]
+        scores = score_versions(database, settings.model_store, reward_id, prompt_ids, device=device)
+        with database.write() as db:
+            reward = db.get(ModelVersion, reward_id)
+            reward.metrics = {**reward.metrics, "version_scores": scores}
+    reporter.log({k: v for k, v in auto.items() if isinstance(v, float)})
+
+
+def _has_stories(database: Database, version_id: int) -> bool:
+    with database.read() as db:
+        return db.scalar(select(Continuation.id).where(Continuation.model_version_id == version_id).limit(1)) is not None
 
 
 def set_cpu_threads(cfg: TrainerSettings) -> None:
@@ -255,21 +352,32 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
     torch.manual_seed(cfg.seed + round_id)
     reporter = RoundReporter(database, round_id, echo)
     _set(database, round_id, status="running", started_at=utcnow(), error=None)
+    finished = False
     try:
         with database.read() as db:
             r = db.get(TrainingRound, round_id)
             reward_id, policy_id, batch_id = r.reward_version_id, r.policy_version_id, r.batch_id
-        if policy_id is None:
-            parent = ensure_base_policy(database, settings, cfg, reporter)
+        reference = reference_policy(database)
+        if reward_id is None and (reference is None or policy_id == reference.id or not _has_stories(database, reference.id)):
+            # Round 0: the base writes its own stories, which enter the tuples (generate + queue are
+            # one transaction, so a base without stories has no tuples either).
+            if reference is None:
+                make_base_policy(database, settings, cfg, reporter)
+                reference = reference_policy(database)
+            policy_id = reference.id
+            _set(database, round_id, policy_version_id=policy_id)
+        elif policy_id is None:
             if reward_id is None:
-                reward_id = train_reward_phase(database, settings, cfg, round_id, parent, reporter)
-            policy_id = ppo_phase(database, settings, cfg, round_id, parent, reward_id, reporter)
+                reward_id = train_reward_phase(database, settings, cfg, round_id, latest_policy(database), reporter)
+            policy_id = ppo_phase(database, settings, cfg, round_id, latest_policy(database), reference, reward_id,
+                                  reporter)
         if batch_id is None:
-            generate_and_queue_phase(database, settings, cfg, round_id, policy_id, reporter)
-        metrics_phase(database, settings, policy_id, reward_id, reporter)
+            generate_and_queue_phase(database, settings, cfg, round_id, policy_id, reference.id, reporter)
+        metrics_phase(database, settings, cfg, policy_id, reference.id, reward_id, reporter)
         _set(database, round_id, status="done", phase="done", finished_at=utcnow())
+        finished = True
     finally:
-        reporter.close()
+        reporter.close(finished)
 
 
 def judgements_since_last_round(database: Database) -> tuple[int, int]:
@@ -278,3 +386,15 @@ def judgements_since_last_round(database: Database) -> tuple[int, int]:
         now = db.scalar(select(func.count()).select_from(BwsJudgement)) or 0
         used = db.scalar(select(func.max(TrainingRound.judgements_used)).where(TrainingRound.status == "done")) or 0
     return now, used
+
+
+def newest_round_judgements(database: Database) -> int | None:
+    """Judgements so far on the tuples of the newest finished round (None: no round has queued any)."""
+    with database.read() as db:
+        batch_id = db.scalar(select(TrainingRound.batch_id).where(TrainingRound.status == "done",
+                                                                  TrainingRound.batch_id.is_not(None))
+                             .order_by(TrainingRound.id.desc()).limit(1))
+        if batch_id is None:
+            return None
+        return db.scalar(select(func.count()).select_from(BwsJudgement).join(Task, Task.id == BwsJudgement.task_id)
+                         .where(Task.batch_id == batch_id)) or 0
