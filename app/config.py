@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,8 +27,13 @@ class Settings(BaseSettings):
     tuple_size: int = 4
     design_factor: float = 2.0
 
-    # Trainer
+    # Trainer: when a round starts by itself. "newest": once trainer_min_newest_judgements judgements
+    # have arrived on the newest round's tuples (each round learns from judgements of the previous
+    # round's own stories); "any": once trainer_min_new_judgements judgements of any batch arrived
+    # since the last round (and at least trainer_min_new_fraction of those it used).
     trainer_poll_seconds: float = 30.0
+    trainer_trigger: Literal["newest", "any"] = "newest"
+    trainer_min_newest_judgements: int = Field(60, ge=1)
     trainer_min_new_judgements: int = 30
     trainer_min_new_fraction: float = 0.0
 
