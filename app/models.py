@@ -153,6 +153,13 @@ class Batch(Base):
     annotations_per_task: Mapped[int] = mapped_column(Integer, default=3)
     design: Mapped[dict[str, Any]] = mapped_column(default=dict)  # balance statistics of the design
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Serving order (app/services/tasks.py): an admin's pin, and whether this is the newest trainer
+    # round's batch (at most one is). Both are copied into Task.serve_rank, which the lease query reads.
+    priority: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")  # BATCH_PRIORITIES
+    is_newest_round: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+BATCH_PRIORITIES = ("up", "normal", "down", "paused")
 
 
 class Task(Base):
@@ -170,13 +177,20 @@ class Task(Base):
     done_count: Mapped[int] = mapped_column(Integer, default=0)  # counted judgements
     active_leases: Mapped[int] = mapped_column(Integer, default=0)  # assignments still "active"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Denormalised from the batch (app/services/tasks.py keeps them): 0 pinned up, 1 newest round,
+    # 2 normal, 3 pinned down, 4 paused (never leased); serve_order spreads a batch's tuples across
+    # its prompts (the j-th tuple of the i-th of n prompts: j * n + i).
+    serve_rank: Mapped[int] = mapped_column(Integer, default=2, server_default=text("2"))
+    serve_order: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     items: Mapped[list["TaskItem"]] = relationship(order_by="TaskItem.position", lazy="selectin")
     prompt: Mapped[Prompt] = relationship()
 
-    # Only tasks with a free slot: the next-task query walks this index in id order.
+    # Only tasks with a free slot, in serving order: the next-task query walks this index
+    # (rank, least filled, spread across prompts, id) and stops at the first task the user has not seen.
     __table_args__ = (
-        Index("ix_task_free", "id", sqlite_where=text("done_count + active_leases < required"),
+        Index("ix_task_serve", "serve_rank", text("(done_count + active_leases)"), "serve_order", "id",
+              sqlite_where=text("done_count + active_leases < required"),
               postgresql_where=text("done_count + active_leases < required")),
     )
 

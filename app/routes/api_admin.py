@@ -1,7 +1,7 @@
 """Admin JSON API: imports, prompts, model versions, batches, users, invites and exports. Admins only."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import StreamingResponse
@@ -56,6 +56,18 @@ class BatchInfo(BaseModel):
     wanted: int  # tasks x R
     submissions: int  # every stored judgement, surplus included
     progress: float  # done / wanted
+    priority: str  # up | normal | down | paused (see README, "Serving order")
+    is_newest_round: bool  # the newest trainer round's batch: served right after pinned-up ones
+
+
+class BatchPriorityRequest(BaseModel):
+    priority: Literal["up", "normal", "down", "paused"]
+
+
+class BatchServing(BaseModel):
+    id: int
+    priority: str
+    is_newest_round: bool
 
 
 class UserOut(BaseModel):
@@ -177,8 +189,17 @@ def list_batches(database: DatabaseDep):
             out.append(BatchInfo(id=batch.id, name=batch.name, kind=batch.kind, seed=batch.seed,
                                  annotations_per_task=batch.annotations_per_task, created_at=batch.created_at,
                                  tasks=n, done=int(done), wanted=int(wanted), submissions=submissions.get(batch.id, 0),
-                                 progress=(int(done) / int(wanted)) if wanted else 0.0))
+                                 progress=(int(done) / int(wanted)) if wanted else 0.0,
+                                 priority=batch.priority, is_newest_round=batch.is_newest_round))
         return out
+
+
+@router.patch("/batches/{batch_id}", response_model=BatchServing)
+def set_batch_priority(batch_id: int, body: BatchPriorityRequest, database: DatabaseDep):
+    """Pin a batch: "up" (served first), "normal", "down" (served last) or "paused" (not served)."""
+    with database.write() as db:
+        batch = tasks.set_batch_priority(db, batch_id, body.priority)
+        return BatchServing(id=batch.id, priority=batch.priority, is_newest_round=batch.is_newest_round)
 
 
 # ---------------------------------------------------------------- users and invites

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
-from app.models import ROLES, utcnow
+from app.models import BATCH_PRIORITIES, ROLES, utcnow
 from app.services import exports, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
@@ -144,10 +144,12 @@ def batches_page(request: Request, user: PageAdmin, database: DatabaseDep, setti
                  q: Annotated[str, Query(max_length=200)] = "", offset: Annotated[int, Query(ge=0)] = 0):
     with database.read() as db:
         progress = stats.batch_progress(db)
+        serving = tasks.batch_serving(db)
         prompts = imports.list_prompts(db, offset=offset, limit=100, q=q or None)
         versions = imports.list_model_versions(db)
     return _render(request, user, "admin/batches.html", {
-        "batches": progress, "prompts": prompts, "versions": versions, "q": q,
+        "batches": progress, "serving": serving, "priorities": BATCH_PRIORITIES,
+        "prompts": prompts, "versions": versions, "q": q,
         "default_r": settings.annotations_per_tuple, "k": settings.tuple_size, "factor": settings.design_factor,
     })
 
@@ -203,6 +205,18 @@ def build_rating(
         _flash(request, f"Built rating batch #{batch_id} “{name}” with {len(ids)} continuations (R = {required}).")
     except ServiceError as exc:
         _flash(request, f"No batch built: {exc.message}", "bad")
+    return _back("/admin/batches")
+
+
+@router.post("/batches/{batch_id}/priority", dependencies=[Csrf])
+def set_batch_priority(request: Request, user: PageAdmin, database: DatabaseDep, batch_id: int,
+                       priority: Annotated[str, Form(max_length=16)]):
+    try:
+        with database.write() as db:
+            tasks.set_batch_priority(db, batch_id, priority)
+        _flash(request, f"Batch #{batch_id} is now served “{priority}”.")
+    except ServiceError as exc:
+        _flash(request, f"Priority not changed: {exc.message}", "bad")
     return _back("/admin/batches")
 
 

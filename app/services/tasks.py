@@ -6,6 +6,12 @@ Guarantees (tested in tests/test_concurrency.py):
 - a submission is stored exactly once per idempotency key, even when retried or sent twice at once;
 - every submission is stored; one that comes after its lease expired, or beyond R, is marked surplus.
 
+Serving order of BWS tuples (the next task a person gets): batches pinned "up", then the newest
+trainer round's batch, then the rest ("normal"), then batches pinned "down"; never "paused" ones.
+Within each rank the least filled task first (counted judgements + running leases), then spread
+across prompts (Task.serve_order), then the oldest. Rank and spread are kept on the task row
+(serve_rank, serve_order), so the lease query walks one index (ix_task_serve).
+
 Leasing, submitting and skipping are coroutines: their writes go through Database.run_write, which
 on SQLite groups the jobs of concurrent requests into one commit.
 """
@@ -36,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Database
 from app.models import (
+    BATCH_PRIORITIES,
     RATING_DIMENSIONS,
     Assignment,
     Batch,
@@ -137,19 +144,23 @@ def build_bws_batch(
     batch = Batch(name=name, kind="bws", seed=seed, annotations_per_task=required)
     db.add(batch)
     db.flush()
-    per_prompt = {}
+    per_prompt, tuples_of = {}, {}
     for prompt_id, ids in sorted(continuation_ids_by_prompt.items()):
         if len(set(ids)) < k:
             continue
         # Seeded per prompt, so adding prompts to a batch does not change the others' tuples.
-        tuples = design_tuples(sorted(set(ids)), k=k, factor=factor, seed=seed * 1_000_003 + prompt_id)
-        per_prompt[prompt_id] = design_stats(tuples)
-        for items in tuples:
-            task = Task(batch_id=batch.id, kind="bws", prompt_id=prompt_id, required=required)
-            task.items = [TaskItem(position=i, continuation_id=c) for i, c in enumerate(items)]
-            db.add(task)
+        tuples_of[prompt_id] = design_tuples(sorted(set(ids)), k=k, factor=factor, seed=seed * 1_000_003 + prompt_id)
+        per_prompt[prompt_id] = design_stats(tuples_of[prompt_id])
     if not per_prompt:
         raise Invalid(f"no prompt has at least {k} continuations to build tuples from")
+    # serve_order: the j-th tuple of the i-th of n prompts is served (j * n + i)-th, so that every
+    # prompt gets its first judgement of this batch before any prompt gets a second one.
+    n = len(tuples_of)
+    for i, (prompt_id, tuples) in enumerate(tuples_of.items()):
+        for j, items in enumerate(tuples):
+            task = Task(batch_id=batch.id, kind="bws", prompt_id=prompt_id, required=required, serve_order=j * n + i)
+            task.items = [TaskItem(position=p, continuation_id=c) for p, c in enumerate(items)]
+            db.add(task)
     batch.design = {"k": k, "factor": factor, "prompts": len(per_prompt), "per_prompt": per_prompt}
     db.flush()
     return batch
@@ -165,12 +176,75 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
     missing = set(continuation_ids) - set(prompt_of)
     if missing:
         raise NotFound(f"unknown continuation ids: {sorted(missing)[:10]}")
-    for cid in continuation_ids:
-        task = Task(batch_id=batch.id, kind="rating", prompt_id=prompt_of[cid], required=required)
+    for position, cid in enumerate(continuation_ids):
+        task = Task(batch_id=batch.id, kind="rating", prompt_id=prompt_of[cid], required=required, serve_order=position)
         task.items = [TaskItem(position=0, continuation_id=cid)]
         db.add(task)
     db.flush()
     return batch
+
+
+# ---------------------------------------------------------------- serving order of batches
+#
+# Task.serve_rank copies what the batch says (its pin, and whether it is the newest round's), so
+# the lease query orders by one indexed column; these functions keep the copy in step.
+
+SERVE_RANKS = {"up": 0, "newest": 1, "normal": 2, "down": 3, "paused": 4}
+PAUSED_RANK = SERVE_RANKS["paused"]  # the lease query takes only tasks ranked below this
+
+
+def serve_rank(priority: str, is_newest_round: bool) -> int:
+    """An admin's pin wins; an unpinned ("normal") batch of the newest round comes right after "up"."""
+    if priority == "normal" and is_newest_round:
+        return SERVE_RANKS["newest"]
+    return SERVE_RANKS[priority]
+
+
+def _refresh_serve_ranks(db: Session, batch_ids: Sequence[int]) -> None:
+    """Copies each batch's rank onto its tasks; rows already right are not written (nor locked)."""
+    for batch_id, priority, newest in db.execute(
+            select(Batch.id, Batch.priority, Batch.is_newest_round).where(Batch.id.in_(sorted(set(batch_ids))))):
+        rank = serve_rank(priority, newest)
+        db.execute(update(Task).where(Task.batch_id == batch_id, Task.serve_rank != rank).values(serve_rank=rank),
+                   execution_options={"synchronize_session": False})
+    db.expire_all()  # loaded tasks may carry the old rank
+
+
+def _batch(db: Session, batch_id: int) -> Batch:
+    batch = db.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    return batch
+
+
+def set_batch_priority(db: Session, batch_id: int, priority: str) -> Batch:
+    """Pins a batch "up" or "down", pauses it, or makes it "normal" again; its tasks follow at once."""
+    if priority not in BATCH_PRIORITIES:
+        raise Invalid(f"priority must be one of {', '.join(BATCH_PRIORITIES)}")
+    batch = _batch(db, batch_id)
+    batch.priority = priority
+    db.flush()
+    _refresh_serve_ranks(db, [batch_id])
+    return batch
+
+
+def batch_serving(db: Session) -> dict[int, tuple[str, bool]]:
+    """Each batch's (priority, is_newest_round), by batch id."""
+    return {batch_id: (priority, newest) for batch_id, priority, newest
+            in db.execute(select(Batch.id, Batch.priority, Batch.is_newest_round))}
+
+
+def mark_newest_round_batch(db: Session, batch_id: int) -> None:
+    """Marks the batch as the newest trainer round's (its tuples go out right after pinned-up ones),
+    un-marking the previous one. Meant to run in the write session that built the batch."""
+    batch = _batch(db, batch_id)
+    previous = list(db.scalars(select(Batch.id).where(Batch.is_newest_round.is_(True), Batch.id != batch_id)))
+    if previous:
+        db.execute(update(Batch).where(Batch.id.in_(previous)).values(is_newest_round=False),
+                   execution_options={"synchronize_session": False})
+    batch.is_newest_round = True
+    db.flush()
+    _refresh_serve_ranks(db, [*previous, batch_id])
 
 
 # ---------------------------------------------------------------- handing out tasks
@@ -185,7 +259,8 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
 
 EXPIRY_SWEEP_SECONDS = 5.0
 
-_has_slot = Task.done_count + Task.active_leases < Task.required
+_filled = Task.done_count + Task.active_leases  # as in ix_task_serve, whose order it is
+_has_slot = _filled < Task.required
 
 # The columns of a Lease (below): everything needed to show a leased task again.
 _LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, Assignment.item_order, Assignment.expires_at)
@@ -212,19 +287,21 @@ def _current_lease_statement(kinds: tuple[str, ...]):
 def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
     """UPDATE task SET active_leases + 1 WHERE id = (the first free task the user has not seen).
 
-    BWS tuples go out oldest first (walking the free-task index), so batches complete in order.
-    Rating and evaluation items go out in an order of their own for each person, so that blind
-    ratings share no order effects; those batches are small, a sort is cheap. On PostgreSQL,
+    BWS tuples go out in serving order (see the top of this module), walking ix_task_serve: by
+    rank, least filled first, spread across prompts, oldest first. Rating and evaluation items go
+    out in an order of their own for each person, so that blind ratings share no order effects;
+    those batches are small, a sort is cheap. Paused batches never go out. On PostgreSQL,
     concurrent requests skip a task that another request is leasing right now (SKIP LOCKED)."""
     if "bws" in kinds:
-        order_by = (Task.id,)
+        order_by = (Task.serve_rank, _filled, Task.serve_order, Task.id)
     else:
         order_by = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
     # "Not seen by this user" as a scalar subquery, not NOT EXISTS: PostgreSQL turned NOT EXISTS into
     # a merge anti-join that read every assignment of every older task, more with each judgement;
     # this way each candidate task costs one probe of the (task, user) unique index.
     seen = select(literal(1)).where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    free = (select(Task.id).where(_has_slot, _kind_is_one_of(kinds), seen.scalar_subquery().is_(None))
+    free = (select(Task.id).where(_has_slot, Task.serve_rank < PAUSED_RANK, _kind_is_one_of(kinds),
+                                  seen.scalar_subquery().is_(None))
             .order_by(*order_by).limit(1))
     if skip_locked:
         free = free.with_for_update(skip_locked=True)
@@ -316,7 +393,8 @@ def _sweep_due(database: Database) -> bool:
 
 
 async def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
-    """The user's current task if one is leased, else lease the oldest task with a free slot they have not seen."""
+    """The user's current task if one is leased, else lease the first task in serving order with a free
+    slot that they have not seen."""
     allowed = ROLE_TASK_KINDS.get(user.role, ())
     kinds = tuple(k for k in (kinds or allowed) if k in allowed)
     if not kinds:
@@ -501,7 +579,8 @@ def progress(database: Database, user: User) -> Progress:
         done_total = db.scalar(select(func.count()).select_from(Assignment).where(finished))
         done_today = db.scalar(select(func.count()).select_from(Assignment).where(finished, Assignment.finished_at >= start_of_day))
         seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-        left = db.scalar(select(func.count()).select_from(Task).where(Task.kind.in_(kinds), Task.done_count < Task.required, ~seen))
+        left = db.scalar(select(func.count()).select_from(Task).where(
+            Task.kind.in_(kinds), Task.done_count < Task.required, Task.serve_rank < PAUSED_RANK, ~seen))
     return Progress(done_today=done_today or 0, done_total=done_total or 0, tasks_left=left or 0)
 
 
