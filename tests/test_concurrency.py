@@ -22,11 +22,11 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.models import ApiToken, Assignment, BwsJudgement, Task, User, utcnow
 from app.security import hash_password, new_token, token_digest
-from tests.factories import seed_bws_batch
+from tests.factories import seed_bws_batch, seed_stories
 from tests.live_server import LiveServer, start_server_process
 
 ANNOTATORS = 30
@@ -161,7 +161,37 @@ def test_many_annotators_store_exactly_what_was_acknowledged(database, live_serv
     started = time.monotonic()
     _run_annotators(live_server, annotators, outcome, skip_rate)
     elapsed = time.monotonic() - started
+    _check_stored_exactly_what_was_acknowledged(database, outcome)
+    if skip_rate == 0:
+        with database.read() as db:
+            assert db.scalar(select(func.count()).select_from(BwsJudgement)) == db.scalar(
+                select(func.count()).select_from(Task)) * REQUIRED
+    assert elapsed < 30, f"took {elapsed:.1f}s"
 
+
+def test_many_annotators_with_batches_in_every_rank(database, live_server):
+    """The same guarantees with the serving order in play: a batch pinned up, the newest round's,
+    a normal one, one pinned down (all served), and a paused one (never served)."""
+    from app.services import tasks as service
+
+    by_prompt = seed_stories(database, prompts=4, per_prompt=5)
+    with database.write() as db:
+        built = [service.build_bws_batch(db, f"batch {i}", by_prompt, seed=i, required=REQUIRED).id for i in range(5)]
+        up, newest, _normal, down, paused = built
+        service.set_batch_priority(db, up, "up")
+        service.mark_newest_round_batch(db, newest)
+        service.set_batch_priority(db, down, "down")
+        service.set_batch_priority(db, paused, "paused")
+    annotators = _make_annotators(database, ANNOTATORS)
+    outcome = Outcome()
+    _run_annotators(live_server, annotators, outcome, skip_rate=0.1)
+    _check_stored_exactly_what_was_acknowledged(database, outcome, paused_batches={paused})
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
+                         .where(Task.batch_id == paused)) == 0, "a paused batch was served"
+
+
+def _check_stored_exactly_what_was_acknowledged(database, outcome: Outcome, paused_batches=frozenset()) -> None:
     assert outcome.problems == [], outcome.problems[:10]
     assert outcome.acknowledged, "nothing was judged"
 
@@ -199,11 +229,9 @@ def test_many_annotators_store_exactly_what_was_acknowledged(database, live_serv
         assert counted[task_id] <= task.required
         # Leases are valid throughout, so nothing is surplus: counted == min(R, submitted).
         assert counted[task_id] == min(task.required, per_task[task_id])
-        if task_id not in skipped_tasks:  # ANNOTATORS >= R and nobody skipped it: it is complete
+        if task_id not in skipped_tasks and task.batch_id not in paused_batches:
+            # ANNOTATORS >= R and nobody skipped it: it is complete
             assert counted[task_id] == task.required, f"task {task_id} ended with {counted[task_id]}"
-    if skip_rate == 0:
-        assert len(judgements) == len(tasks) * REQUIRED
-    assert elapsed < 30, f"took {elapsed:.1f}s"
 
 
 def test_expired_leases_return_to_the_pool(database, live_server):

@@ -15,6 +15,10 @@ from app.db import Database
 from app.migrate import SchemaBehindError, alembic_config, head_revision, upgrade_to_head
 from app.models import Base
 
+# SQLAlchemy cannot reflect expression indexes on SQLite (ix_task_serve); PostgreSQL compares it.
+pytestmark = [pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index"),
+              pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")]
+
 
 def _current_revision(url: str) -> str | None:
     engine = create_engine(url)
@@ -102,3 +106,38 @@ def test_app_refuses_a_schema_behind_head(database_url, tmp_path):
     upgrade_to_head(database_url)
     app = _create_app(database_url, tmp_path)  # at head it starts
     assert app.state.database is not None
+
+
+def test_upgrade_from_0002_gives_existing_tasks_a_serving_order(database_url):
+    """0003 (serving order): existing batches become normal, none the newest round's; existing tasks
+    get rank normal and a serve_order that spreads each batch across its prompts; the lease query's
+    index is there."""
+    from sqlalchemy import text
+
+    config = alembic_config(database_url)
+    command.upgrade(config, "0002")
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO prompt (id, text, is_active, created_at) VALUES "
+                              "(1, 'a', true, CURRENT_TIMESTAMP), (2, 'b', true, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO batch (id, name, kind, seed, annotations_per_task, design, created_at) VALUES "
+                              "(1, 'old', 'bws', 0, 3, '{}', CURRENT_TIMESTAMP), (2, 'older', 'bws', 0, 3, '{}', CURRENT_TIMESTAMP)"))
+            # Batch 1: prompt 1 has tasks 1-3, prompt 2 tasks 4-5 (made prompt by prompt, as build_bws_batch did).
+            for task_id, batch_id, prompt_id in [(1, 1, 1), (2, 1, 1), (3, 1, 1), (4, 1, 2), (5, 1, 2), (6, 2, 2)]:
+                conn.execute(text("INSERT INTO task (id, batch_id, kind, prompt_id, required, done_count, active_leases, "
+                                  "created_at) VALUES (:id, :batch, 'bws', :prompt, 3, 0, 0, CURRENT_TIMESTAMP)"),
+                             {"id": task_id, "batch": batch_id, "prompt": prompt_id})
+        upgrade_to_head(database_url)
+        with engine.connect() as conn:
+            batches = conn.execute(text("SELECT id, priority, is_newest_round FROM batch ORDER BY id")).all()
+            tasks = conn.execute(text("SELECT id, serve_rank, serve_order FROM task ORDER BY id")).all()
+            indexes = {i["name"] for i in inspect(conn).get_indexes("task")}
+            if engine.dialect.name == "sqlite":  # SQLAlchemy does not reflect expression indexes on SQLite
+                indexes |= set(conn.scalars(text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'task'")))
+    finally:
+        engine.dispose()
+    assert [tuple(b) for b in batches] == [(1, "normal", False), (2, "normal", False)]
+    # j * n_prompts + prompt index: prompt 1's tuples 0, 2, 4; prompt 2's 1, 3; batch 2's only one 0.
+    assert [tuple(t) for t in tasks] == [(1, 2, 0), (2, 2, 2), (3, 2, 4), (4, 2, 1), (5, 2, 3), (6, 2, 0)]
+    assert "ix_task_serve" in indexes and "ix_task_free" not in indexes
