@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
 from app.models import BATCH_PRIORITIES, ROLES, utcnow
-from app.services import exports, imports, stats, tasks, training, users
+from app.services import charts, exports, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 
@@ -310,18 +310,36 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
 # ---------------------------------------------------------------- trainer
 
 
+def _training_charts(page: training.TrainerPage) -> dict[str, Any]:
+    """First paint of the trainer page's charts (static/js/trainer_status.js redraws them as data arrives):
+    one small chart per metric series of the shown round (single values listed instead), KL per round."""
+    small, values = [], []
+    for s in page.round_metrics.series if page.round_metrics else []:
+        if len(s.points) < 2:
+            values.append(s)
+            continue
+        small.append(charts.line_chart([charts.Series(s.metric, [(float(x), y) for x, y in s.points])],
+                                       title=f"{s.phase}: {s.metric}", x_label="step", y_label=s.metric,
+                                       width=440, height=190))
+    kl = charts.line_chart(
+        [charts.Series("KL to the base reference", [(float(k.round_id), k.kl_to_reference) for k in page.kl_per_round])],
+        title="KL of each round's policy to the base reference", x_label="training round",
+        y_label="KL (nats per story)", height=220, empty="no round has a KL to the reference yet")
+    return {"small_charts": small, "single_values": values, "kl_chart": kl}
+
+
 @router.get("/training")
 def training_page(request: Request, user: PageAdmin, database: DatabaseDep):
-    status = training.trainer_status(database)
-    latest = next((r for r in status.history if r.status != "requested"), None)
-    logs = training.round_logs(database, latest.id) if latest else []
-    return _render(request, user, "admin/training.html", {"status": status, "latest": latest, "logs": logs[-200:]})
+    page = training.trainer_page(database)
+    return _render(request, user, "admin/training.html", {
+        "status": page, "version_warnings": page.warnings, "phases": training.PHASES, **_training_charts(page)})
 
 
 @router.get("/training/status.json")
-def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.TrainerStatus:
-    """The same status as the API's, for the page's polling with the session cookie."""
-    return training.trainer_status(database, history=5)
+def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.TrainerPage:
+    """The trainer page's data for its polling with the session cookie: the API's status plus the shown
+    round's metric series, KL to the reference per round and the version warnings."""
+    return training.trainer_page(database)
 
 
 @router.post("/training/rounds", dependencies=[Csrf])

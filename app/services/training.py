@@ -2,19 +2,43 @@
 
 The web process never imports torch: it only reads and writes the training tables that the trainer
 process (trainer/loop.py) polls and updates.
+
+ETA of a whole round (round_eta): the remaining time of the current phase from its progress (elapsed
+time per step times the steps left), plus, for every phase of the round's plan still to come, how long
+that phase took last time: per phase, in the newest finished round of the same kind that ran it (the
+trainer logs one training_log row per finished phase, phase "timing", {"phase": name, "seconds": s}).
+Round 0 runs base policy [, sft], generate, queue, metrics; every later round reward model, ppo,
+generate, queue, metrics, so a later round learns from later rounds (and, for the phases round 0 also
+runs, from round 0 when there is nothing newer). A phase with no progress yet counts its last duration
+less the time already spent in it. When a phase still to come was never timed there is no estimate.
 """
 
+import math
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from app.db import Database
-from app.models import TrainerLease, TrainingLog, TrainingRound, utcnow
+from app.models import ModelVersion, TrainerLease, TrainingLog, TrainingRound, utcnow
+from app.services import model_versions
 from app.services.errors import Conflict
+from app.services.model_versions import VersionWarning
 
 TRAINER_LEASE = "trainer"
 LEASE_STALE_SECONDS = 90  # a trainer that has not renewed its lease for this long is presumed dead
+PHASES = ("base policy", "sft", "base generate", "reward model", "ppo", "generate", "queue", "metrics")  # in round order
+FIRST_ROUND_PHASES = frozenset({"base policy", "sft", "base generate"})  # only while there is no base policy yet
+FIRST_ROUND_PLAN = ("base policy", "sft", "base generate", "generate", "queue", "metrics")  # round 0: the base writes
+LATER_ROUND_PLAN = ("reward model", "ppo", "generate", "queue", "metrics")
+OPTIONAL_PHASES = frozenset({"sft", "base generate"})  # left out of the ETA when never timed
+TIMING_PHASE = "timing"  # training_log rows with {"phase": name, "seconds": duration} of a finished phase
+TRIGGERS = {"auto": "automatic (enough new judgements)", "admin": "an admin (Start a round now)",
+            "cli": "command line (storyloop train once)"}
+PREVIOUS_ROUNDS = 10  # finished rounds searched for phase durations
+CHART_POINTS = 150  # points kept per metric series sent to the page (evenly thinned, last one kept)
+CHART_METRICS = 8  # metric series shown per phase
 
 
 class RoundView(BaseModel):
@@ -24,7 +48,9 @@ class RoundView(BaseModel):
     phase: str
     step: int
     total_steps: int
-    eta_seconds: float | None
+    eta_seconds: float | None  # left in the current phase, from its progress
+    round_eta_seconds: float | None = None  # left in the whole round (see the module docstring)
+    trigger_label: str = ""
     judgements_used: int
     reward_version_id: int | None
     policy_version_id: int | None
@@ -33,6 +59,8 @@ class RoundView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    duration_seconds: float | None = None
+    phase_seconds: dict[str, float] = {}  # finished phases of this round and how long each took
 
 
 class TrainerStatus(BaseModel):
@@ -41,6 +69,34 @@ class TrainerStatus(BaseModel):
     heartbeat_at: datetime | None
     current: RoundView | None
     history: list[RoundView]
+    previous_phase_seconds: dict[str, float] = {}  # the previous finished round's phase durations (for the ETA)
+
+
+class MetricSeries(BaseModel):
+    phase: str
+    metric: str
+    points: list[tuple[int, float]]  # (step, value), thinned to CHART_POINTS
+
+
+class RoundMetrics(BaseModel):
+    round_id: int
+    rows: int  # log rows so far: the page redraws its charts when this changes
+    series: list[MetricSeries]
+
+
+class KlPoint(BaseModel):
+    round_id: int
+    policy_version_id: int
+    policy_name: str
+    kl_to_reference: float | None  # nats per story, of the round's policy to the fixed base reference
+
+
+class TrainerPage(TrainerStatus):
+    """Everything the trainer page shows and polls: status, the shown round's metrics, KL per round, warnings."""
+
+    round_metrics: RoundMetrics | None
+    kl_per_round: list[KlPoint]
+    warnings: list[VersionWarning]
 
 
 def _eta(r: TrainingRound, now: datetime) -> float | None:
@@ -50,12 +106,85 @@ def _eta(r: TrainingRound, now: datetime) -> float | None:
     return elapsed / r.step * (r.total_steps - r.step)
 
 
-def _view(r: TrainingRound, now: datetime) -> RoundView:
+def round_plan(timed: set[str], phase: str, first: bool) -> tuple[str, ...]:
+    """The phases a round runs, in order: FIRST_ROUND_PLAN for the first round (no round finished before
+    it, or it is in or past a base-policy phase), else LATER_ROUND_PLAN."""
+    if first or phase in FIRST_ROUND_PHASES or timed & FIRST_ROUND_PHASES:
+        return FIRST_ROUND_PLAN
+    return LATER_ROUND_PLAN
+
+
+def previous_durations(finished: list[dict[str, float]], plan: tuple[str, ...]) -> dict[str, float]:
+    """Per phase of `plan`, how long it took in the newest finished round of the same kind that ran it (else in
+    the newest finished round that ran it at all: round 1 learns generate/queue/metrics from round 0).
+    `finished`: the phase timings of finished rounds, newest first."""
+    first = plan == FIRST_ROUND_PLAN
+    out: dict[str, float] = {}
+    for same_kind_only in (True, False):
+        for timings in finished:
+            if same_kind_only and bool(set(timings) & FIRST_ROUND_PHASES) != first:
+                continue
+            for name, seconds in timings.items():
+                if name in plan:
+                    out.setdefault(name, seconds)
+    return {name: out[name] for name in plan if name in out}
+
+
+def round_eta(phase: str, phase_eta: float | None, phase_elapsed: float | None, done: dict[str, float],
+              previous: dict[str, float], plan: tuple[str, ...] = ()) -> float | None:
+    """Seconds left in a running round: the current phase's progress-based estimate (`phase_eta`; without
+    one, its previous duration less `phase_elapsed`), plus the previous duration of every phase of `plan`
+    still to come. None when a phase still to come (or the current one, without progress) was never timed:
+    a guess without it would not be within a factor of two."""
+    plan = plan or LATER_ROUND_PLAN
+    if phase in plan:
+        remaining = list(plan[plan.index(phase) + 1:])
+        if phase_eta is not None:
+            current = phase_eta
+        elif phase in previous:
+            current = max(previous[phase] - (phase_elapsed or 0.0), 0.0)
+        else:
+            return None
+    else:  # not started a phase yet, or one this page does not know: the plan's phases not done yet
+        remaining = [name for name in plan if name not in done]
+        current = phase_eta or 0.0
+    remaining = [name for name in remaining if name in previous or name not in OPTIONAL_PHASES]
+    if any(name not in previous for name in remaining):
+        return None
+    return current + sum(previous[name] for name in remaining)
+
+
+def trigger_label(trigger: str) -> str:
+    """'auto' -> 'automatic (enough new judgements)'; 'auto: 34 new judgements' keeps what counted."""
+    key, _, detail = (trigger or "").partition(":")
+    label = TRIGGERS.get(key.strip(), key.strip() or "unknown")
+    return f"{label}: {detail.strip()}" if detail.strip() else label
+
+
+def _timings(rows) -> dict[int, dict[str, float]]:
+    """{round id: {phase: seconds}} from timing rows (round_id, metrics); a repeated phase keeps the last."""
+    out: dict[int, dict[str, float]] = defaultdict(dict)
+    for round_id, metrics in rows:
+        name, seconds = (metrics or {}).get("phase"), (metrics or {}).get("seconds")
+        if isinstance(name, str) and isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
+            out[round_id][name] = float(seconds)
+    return out
+
+
+def _view(r: TrainingRound, now: datetime, done: dict[str, float] | None = None,
+          previous: dict[str, float] | None = None, plan: tuple[str, ...] = ()) -> RoundView:
+    eta = _eta(r, now)
+    elapsed = (now - r.phase_started_at).total_seconds() if r.phase_started_at else None
+    total = None
+    if r.started_at and r.finished_at:
+        total = (r.finished_at - r.started_at).total_seconds()
+    whole = round_eta(r.phase, eta, elapsed, done or {}, previous or {}, plan) if r.status == "running" else None
     return RoundView(
         id=r.id, status=r.status, trigger=r.trigger, phase=r.phase, step=r.step, total_steps=r.total_steps,
-        eta_seconds=_eta(r, now), judgements_used=r.judgements_used, reward_version_id=r.reward_version_id,
+        eta_seconds=eta, round_eta_seconds=whole, trigger_label=trigger_label(r.trigger),
+        judgements_used=r.judgements_used, reward_version_id=r.reward_version_id,
         policy_version_id=r.policy_version_id, batch_id=r.batch_id, error=r.error, created_at=r.created_at,
-        started_at=r.started_at, finished_at=r.finished_at,
+        started_at=r.started_at, finished_at=r.finished_at, duration_seconds=total, phase_seconds=done or {},
     )
 
 
@@ -71,21 +200,104 @@ def request_round(database: Database, trigger: str = "admin") -> RoundView:
         return _view(r, utcnow())
 
 
-def trainer_status(database: Database, history: int = 20) -> TrainerStatus:
-    now = utcnow()
-    with database.read() as db:
-        lease = db.get(TrainerLease, TRAINER_LEASE)
-        rounds = db.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(history)).all()
+def _status(db, now: datetime, history: int) -> TrainerStatus:
+    lease = db.get(TrainerLease, TRAINER_LEASE)
+    rounds = db.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(history)).all()
     alive = lease is not None and lease.heartbeat_at > now - timedelta(seconds=LEASE_STALE_SECONDS)
     current = next((r for r in rounds if r.status in ("requested", "running")), None)
+    # the round the page details: the running one, else the newest that started
+    shown = current if current is not None and current.status == "running" else \
+        next((r for r in rounds if r.status != "requested"), None)
+    before = db.scalars(select(TrainingRound.id).where(TrainingRound.status == "done",
+                                                       TrainingRound.id < (shown.id if shown else 2**62))
+                        .order_by(TrainingRound.id.desc()).limit(PREVIOUS_ROUNDS)).all()
+    wanted = {r.id for r in rounds} | set(before)
+    timings = _timings(db.execute(select(TrainingLog.round_id, TrainingLog.metrics).where(
+        TrainingLog.phase == TIMING_PHASE, TrainingLog.round_id.in_(wanted)).order_by(TrainingLog.id)))
+    previous, plan = {}, LATER_ROUND_PLAN
+    if shown is not None:
+        plan = round_plan(set(timings.get(shown.id, {})), shown.phase, first=not before)
+        previous = previous_durations([timings[i] for i in before if i in timings], plan)
+    views = {r.id: _view(r, now, timings.get(r.id), previous, plan) if r is shown else _view(r, now, timings.get(r.id))
+             for r in rounds}
     return TrainerStatus(
         trainer_alive=alive, trainer_holder=lease.holder if lease else None,
         heartbeat_at=lease.heartbeat_at if lease else None,
-        current=_view(current, now) if current else None, history=[_view(r, now) for r in rounds],
+        current=views[current.id] if current else None, history=[views[r.id] for r in rounds],
+        previous_phase_seconds=previous,
     )
 
 
+def trainer_status(database: Database, history: int = 20) -> TrainerStatus:
+    with database.read() as db:
+        return _status(db, utcnow(), history)
+
+
+def _thin(points: list[tuple[int, float]], keep: int = CHART_POINTS) -> list[tuple[int, float]]:
+    if len(points) <= keep:
+        return points
+    stride = len(points) / (keep - 1)
+    return [points[int(i * stride)] for i in range(keep - 1)] + [points[-1]]
+
+
+def _round_metrics(db, round_id: int) -> RoundMetrics:
+    """A round's logged metrics as numeric series per (phase, metric), timing rows left out."""
+    rows = db.execute(select(TrainingLog.phase, TrainingLog.step, TrainingLog.metrics)
+                      .where(TrainingLog.round_id == round_id, TrainingLog.phase != TIMING_PHASE)
+                      .order_by(TrainingLog.id)).all()
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    per_phase: dict[str, int] = defaultdict(int)
+    for phase, step, metrics in rows:
+        for key, value in (metrics or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            if (phase, key) not in series:
+                if per_phase[phase] >= CHART_METRICS:
+                    continue
+                per_phase[phase] += 1
+                series[(phase, key)] = []
+            series[(phase, key)].append((int(step), float(value)))
+    order = {p: i for i, p in enumerate(PHASES)}
+    ordered = sorted(series.items(), key=lambda kv: order.get(kv[0][0], len(PHASES)))
+    return RoundMetrics(round_id=round_id, rows=len(rows),
+                        series=[MetricSeries(phase=p, metric=m, points=_thin(pts)) for (p, m), pts in ordered])
+
+
+def kl_per_round(db) -> list[KlPoint]:
+    """Per finished round (oldest first), its policy's KL to the fixed base reference (metrics["auto"])."""
+    rows = db.execute(select(TrainingRound.id, ModelVersion.id, ModelVersion.name, ModelVersion.metrics)
+                      .join(ModelVersion, ModelVersion.id == TrainingRound.policy_version_id)
+                      .order_by(TrainingRound.id)).all()
+    out = []
+    for round_id, version_id, name, metrics in rows:
+        kl = ((metrics or {}).get("auto") or {}).get("kl_to_reference")
+        ok = isinstance(kl, (int, float)) and not isinstance(kl, bool) and math.isfinite(kl)
+        out.append(KlPoint(round_id=round_id, policy_version_id=version_id, policy_name=name,
+                           kl_to_reference=float(kl) if ok else None))
+    return out
+
+
+def trainer_page(database: Database, history: int = 20) -> TrainerPage:
+    """The trainer page and its polling: status, the metrics of the current round (else the latest that
+    started), KL to the reference per round, and the version warnings."""
+    with database.read() as db:
+        status = _status(db, utcnow(), history)
+        shown = status.current if status.current and status.current.status == "running" else \
+            next((r for r in status.history if r.status != "requested"), None)
+        metrics = _round_metrics(db, shown.id) if shown else None
+        kl = kl_per_round(db)
+        warnings = model_versions.version_warnings(db)
+    return TrainerPage(**status.model_dump(), round_metrics=metrics, kl_per_round=kl, warnings=warnings)
+
+
 def round_logs(database: Database, round_id: int) -> list[dict]:
+    """A round's log rows in order; a timing row's own "phase" (the phase it timed) is kept as "timed_phase"."""
     with database.read() as db:
         rows = db.scalars(select(TrainingLog).where(TrainingLog.round_id == round_id).order_by(TrainingLog.id)).all()
-    return [{"phase": r.phase, "step": r.step, **r.metrics} for r in rows]
+    out = []
+    for r in rows:
+        metrics = dict(r.metrics or {})
+        if r.phase == TIMING_PHASE and "phase" in metrics:
+            metrics["timed_phase"] = metrics.pop("phase")
+        out.append({**metrics, "phase": r.phase, "step": r.step})
+    return out
