@@ -18,9 +18,12 @@ from tests.tiny_models import story_corpus  # noqa: E402
 from trainer import bootstrap  # noqa: E402
 from trainer.bootstrap import (  # noqa: E402
     AUSTEN_BOOKS,
+    CORPUS_CACHE_VERSION,
+    PRESETS,
     BootstrapConfig,
     CorpusUnavailable,
     bootstrap_policy,
+    clean_paragraph,
     encode_stream,
     lines_to_paragraphs,
     load_corpus,
@@ -80,6 +83,9 @@ def test_tiny_pretraining_learns_on_synthetic_corpus(tmp_path):
     assert metrics["steps"] == cfg.steps and not metrics["cached"]
     assert metrics["eval_loss"] < 0.5 * metrics["eval_loss_initial"], metrics
     assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-4)
+    # per character: the token loss spread over the characters those tokens hold
+    assert metrics["eval_chars_per_token"] > 1
+    assert metrics["eval_loss_per_char"] == pytest.approx(metrics["eval_loss"] / metrics["eval_chars_per_token"])
     assert seen and seen[-1][0] == cfg.steps and seen[-1][1] == cfg.steps and "loss" in seen[-1][2]
     assert model.config.pad_token_id == tok.pad_token_id and model.config.eos_token_id == tok.eos_token_id
 
@@ -112,6 +118,50 @@ def test_lines_to_paragraphs_drops_front_matter_and_headings():
                                           "Mr. Weston."]
 
 
+def test_lines_to_paragraphs_drops_end_marks_notes_and_back_matter():
+    lines = ["CHAPTER I", "", "It began.", "", "* * * * *", "", "[At this point the first edition ends.]", "",
+             "*Vide a letter from Mr. Richardson.", "", "It ended.", "", "THE END", "", "Finis", "",
+             "A NOTE ON THE TEXT", "", "The text was written in 1797."]
+    assert lines_to_paragraphs(lines) == ["It began.", "It ended."]
+
+
+def test_clean_paragraph_dashes_and_shouted_words():
+    # Gutenberg's -- becomes a spaced dash (the next word keeps its leading space); after , or ; it goes
+    assert clean_paragraph("you would not go--and at another word,--might stay;--but no") == \
+        "you would not go \u2014 and at another word, might stay; but no"
+    # words in capitals (emphasis) are lowered, capitalised at a sentence start or when a name
+    assert clean_paragraph('"Well, LET something be done. THAT is all, said ROBERT, as I think."',
+                           frozenset({"robert"})) == '"Well, let something be done. That is all, said Robert, as I think."'
+    assert clean_paragraph("Volume II of   _Emma_ and  VI") == "Volume II of Emma and VI"  # roman numerals stay
+
+
+def test_demo_preset_has_fixed_steps_and_fits_the_demo_prompts():
+    demo = PRESETS["demo"]
+    assert demo.max_seconds is None and isinstance(demo.steps, int) and demo.steps >= 500
+    assert demo.cpu_threads == 1  # one thread: the step time is the same on an idle or a busy 2-core machine
+    assert PRESETS["tiny"].max_seconds is None and PRESETS["tiny"].steps <= 200 and PRESETS["tiny"].n_embd <= 64
+    from app.demo_data import demo_prompts
+    from trainer.config import GenerationConfig
+
+    # every demo prompt plus its continuation fits the context, with room to spare: the demo's BPE makes
+    # ~3.6 characters per token of English (measured on Austen's held-out text), so 2 bytes per token
+    # is a safe bound
+    longest = max(len(p.text.encode()) for p in demo_prompts())
+    assert longest // 2 + GenerationConfig().max_new_tokens <= demo.block_size
+
+
+def test_cache_key_covers_what_changes_the_weights():
+    demo = BootstrapConfig.preset("demo")
+    key = demo.cache_key()
+    assert key == BootstrapConfig.preset("demo", device="cuda", cpu_threads=2, log_every=1).cache_key()
+    assert key != BootstrapConfig.preset("demo", steps=demo.steps + 1).cache_key()
+    assert key != BootstrapConfig.preset("demo", vocab_size=4096).cache_key()
+    assert key != BootstrapConfig.preset("demo", max_seconds=60).cache_key()  # a capped run is another model
+    # the Austen corpus's cleaning version is part of the key, so new cleaning rules retrain
+    assert key != BootstrapConfig.preset("demo", corpus="/some/file.txt").cache_key()
+    assert CORPUS_CACHE_VERSION >= 2
+
+
 def test_austen_corpus_loader(austen_cache):
     books = _austen_or_skip(austen_cache)
     assert set(books) == set(AUSTEN_BOOKS)
@@ -119,6 +169,9 @@ def test_austen_corpus_loader(austen_cache):
     assert 650_000 < words < 750_000
     assert books["prideprejudice"][0].startswith("It is a truth universally acknowledged")
     assert not any(p.startswith("CHAPTER") for p in books["emma"])
+    text = "\n".join(p for paras in books.values() for p in paras)
+    assert "--" not in text and "_" not in text and "[" not in text and "THE END" not in text
+    assert books["northangerabbey"][-1].endswith(".") and "NOTE ON THE TEXT" not in text
     assert (austen_cache / "austen.json").is_file()  # cached for the next call
     train, held = split_corpus(books, 0.05)
     assert len(train) == len(held) == 6 and sum(map(len, held)) < 0.1 * sum(map(len, train))
