@@ -209,7 +209,8 @@ def simulate(
     noise: float = 0.1,
     seed: int = 0,
 ):
-    """Synthetic annotators judging through the HTTP API, following a preference (longer | shorter | word:X | random)."""
+    """Synthetic annotators judging through the HTTP API, following a preference
+    (longer | shorter | random | word:X | mix:dialogue=1,ends=0.5,repetition=-1 ...)."""
     from app.simulate import SimulationConfig, run_simulation
 
     config = SimulationConfig(annotators=annotators, judgements=judgements, preference=preference, noise=noise, seed=seed)

@@ -2,6 +2,8 @@
 
 Each simulated annotator scores every continuation with the chosen preference plus Gaussian noise and
 marks the highest best and the lowest worst; rating tasks get scores from the same preference.
+Preferences: longer, shorter, random, word:<w>, or a weighted mix of text features
+(``mix:dialogue=1,ends=0.5,repetition=-1``).
 """
 
 import random
@@ -18,7 +20,7 @@ from pydantic import BaseModel
 class SimulationConfig(BaseModel):
     annotators: int = 5
     judgements: int = 100  # stop after this many acknowledged judgements in all
-    preference: str = "longer"  # longer | shorter | random | word:<w> (prefer texts containing w)
+    preference: str = "longer"  # longer | shorter | random | word:<w> | mix:<feature>=<weight>,... (preference_score)
     noise: float = 0.1  # std of the Gaussian noise added to each item's preference score
     seed: int = 0
     username_prefix: str = "sim"
@@ -31,7 +33,34 @@ class SimulationResult(BaseModel):
     nothing_left: bool
 
 
+SENTENCE_END = re.compile(r"""[.!?]['"\u2019\u201d)]*$""")
+
+
+def _feature(name: str) -> Callable[[str], float]:
+    """One text feature in [0, 1] (or about), for the `mix:` preferences."""
+    if name == "length":  # longer is better, 50 words = 1
+        return lambda text: len(text.split()) / 50
+    if name == "ends":  # the story ends on a finished sentence
+        return lambda text: 1.0 if SENTENCE_END.search(text.strip()) else 0.0
+    if name == "dialogue":  # someone speaks
+        return lambda text: 1.0 if re.search(r"[\"\u201c\u201d]", text) else 0.0
+    if name == "sentences":  # complete sentences, 3 or more = 1
+        return lambda text: min(len(re.findall(r"[.!?](?:\s|$)", text)), 3) / 3
+    if name == "repetition":  # share of repeated word bigrams (give it a negative weight)
+        def repetition(text: str) -> float:
+            words = text.lower().split()
+            grams = list(zip(words, words[1:]))
+            return 1 - len(set(grams)) / len(grams) if grams else 0.0
+        return repetition
+    if name.startswith("word:"):
+        word = re.compile(rf"\b{re.escape(name[5:])}\b", re.IGNORECASE)
+        return lambda text: 1.0 if word.search(text) else 0.0
+    raise ValueError(f"unknown feature {name!r}: use length, ends, dialogue, sentences, repetition or word:<w>")
+
+
 def preference_score(preference: str) -> Callable[[str], float]:
+    """longer | shorter | random | word:<w> | mix:<feature>=<weight>,... (a weighted sum of features,
+    e.g. ``mix:dialogue=1,ends=0.5,repetition=-1``; features in `_feature`)."""
     if preference == "longer":
         return lambda text: len(text.split()) / 50
     if preference == "shorter":
@@ -39,9 +68,17 @@ def preference_score(preference: str) -> Callable[[str], float]:
     if preference == "random":
         return lambda text: 0.0
     if preference.startswith("word:"):
-        word = re.compile(rf"\b{re.escape(preference[5:])}\b", re.IGNORECASE)
-        return lambda text: 1.0 if word.search(text) else 0.0
-    raise ValueError(f"unknown preference {preference!r}: use longer, shorter, random or word:<w>")
+        return _feature(preference)
+    if preference.startswith("mix:"):
+        terms = []
+        for term in preference[4:].split(","):
+            name, _, weight = term.rpartition("=")
+            try:
+                terms.append((_feature(name.strip()), float(weight)))
+            except ValueError as exc:
+                raise ValueError(f"bad mix term {term!r}: {exc}") from None
+        return lambda text: sum(w * f(text) for f, w in terms)
+    raise ValueError(f"unknown preference {preference!r}: use longer, shorter, random, word:<w> or mix:<f>=<w>,...")
 
 
 def _login(client: httpx.Client, username: str, password: str) -> dict[str, str]:

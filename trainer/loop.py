@@ -10,11 +10,11 @@ import logging
 import time
 import traceback
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db import Database
-from app.models import Prompt, TrainingRound, utcnow
+from app.models import BwsJudgement, Prompt, TrainingRound, utcnow
 from trainer import model_store
 from trainer.config import TrainerSettings
 from trainer.eval_generation import fulfil_generation_requests
@@ -29,7 +29,13 @@ class TrainerBusy(RuntimeError):
 
 
 def round_due(database: Database, settings: Settings) -> bool:
-    """Whether enough has happened for an automatic round (see Settings.trainer_trigger)."""
+    """Whether enough has happened for an automatic round (see Settings.trainer_trigger). After a failed
+    round, not before new judgements arrive: a round that failed on the same data would fail again."""
+    with database.read() as db:
+        last = db.scalar(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(1))
+        newest_judgement = db.scalar(select(func.max(BwsJudgement.created_at)))
+    if last is not None and last.status == "failed" and (newest_judgement is None or newest_judgement <= last.finished_at):
+        return False
     if reference_policy(database) is None or newest_round_judgements(database) is None:
         return _has_active_prompts(database)  # round 0: the base writes its stories; no judgements needed
     if settings.trainer_trigger == "newest":
