@@ -124,13 +124,14 @@ def decode_responses(tokenizer, response: torch.Tensor, eos_token_id: int) -> li
 
 
 SENTENCE_END = re.compile(r"""[.!?]['"\u2019\u201d)]*(?=\s|$)""")
+ABBREVIATIONS = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|St|Col|Capt|Sir)\.$")  # "Mr. Darcy" is one sentence
 
 
 def trim_to_sentence(text: str) -> str:
     """Cut a story that was stopped by the token cap back to its last full sentence.
 
     A text with no sentence end at all is kept as it is: there is nothing better to show."""
-    ends = list(SENTENCE_END.finditer(text))
+    ends = [m for m in SENTENCE_END.finditer(text) if not ABBREVIATIONS.search(text[: m.end()])]
     return text[: ends[-1].end()] if ends else text
 
 
