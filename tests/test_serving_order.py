@@ -72,11 +72,11 @@ def test_the_newest_round_batch_is_served_first(database):
     by_prompt = seed_stories(database, prompts=3, per_prompt=5)
     older = _build(database, by_prompt, "older", seed=1)
     round_1 = _build(database, by_prompt, "round 1", seed=2)
-    round_2 = _build(database, by_prompt, "round 2", seed=3)
     with database.write() as db:
         service.mark_newest_round_batch(db, round_1)
-    with database.write() as db:
-        service.mark_newest_round_batch(db, round_2)  # the next round: round 1 is normal again
+    with database.write() as db:  # the next round, as the trainer queues it: built and marked in one session
+        round_2 = service.build_bws_batch(db, "round 2", by_prompt, seed=3, required=3).id
+        service.mark_newest_round_batch(db, round_2)  # round 1 is normal again
     with database.read() as db:
         assert service.batch_serving(db) == {older: ("normal", False), round_1: ("normal", False),
                                              round_2: ("normal", True)}

@@ -201,13 +201,14 @@ def serve_rank(priority: str, is_newest_round: bool) -> int:
 
 
 def _refresh_serve_ranks(db: Session, batch_ids: Sequence[int]) -> None:
-    """Copies each batch's rank onto its tasks; rows already right are not written (nor locked)."""
+    """Copies each batch's rank onto its tasks. Rows already right are not written, nor complete
+    tasks (never served again): on PostgreSQL each written row stays locked until the commit, and
+    annotators counting a judgement on it would wait."""
     for batch_id, priority, newest in db.execute(
             select(Batch.id, Batch.priority, Batch.is_newest_round).where(Batch.id.in_(sorted(set(batch_ids))))):
         rank = serve_rank(priority, newest)
-        db.execute(update(Task).where(Task.batch_id == batch_id, Task.serve_rank != rank).values(serve_rank=rank),
-                   execution_options={"synchronize_session": False})
-    db.expire_all()  # loaded tasks may carry the old rank
+        db.execute(update(Task).where(Task.batch_id == batch_id, Task.serve_rank != rank,
+                                      Task.done_count < Task.required).values(serve_rank=rank))
 
 
 def _batch(db: Session, batch_id: int) -> Batch:
@@ -236,12 +237,12 @@ def batch_serving(db: Session) -> dict[int, tuple[str, bool]]:
 
 def mark_newest_round_batch(db: Session, batch_id: int) -> None:
     """Marks the batch as the newest trainer round's (its tuples go out right after pinned-up ones),
-    un-marking the previous one. Meant to run in the write session that built the batch."""
+    un-marking the previous one. Meant to run in the write session that built the batch, at its
+    end: it rewrites the rank of the previous round's unfinished tasks."""
     batch = _batch(db, batch_id)
     previous = list(db.scalars(select(Batch.id).where(Batch.is_newest_round.is_(True), Batch.id != batch_id)))
     if previous:
-        db.execute(update(Batch).where(Batch.id.in_(previous)).values(is_newest_round=False),
-                   execution_options={"synchronize_session": False})
+        db.execute(update(Batch).where(Batch.id.in_(previous)).values(is_newest_round=False))
     batch.is_newest_round = True
     db.flush()
     _refresh_serve_ranks(db, [*previous, batch_id])
