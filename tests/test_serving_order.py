@@ -129,9 +129,9 @@ def test_every_prompt_is_judged_before_any_gets_a_third_judgement(database, toge
     its first judgement before any has a second, and so before any has a third. `together`: all five
     hold a lease at once before any of them submits (as people do)."""
     by_prompt = seed_stories(database, prompts=6, per_prompt=6)
-    old = _build(database, by_prompt, "older, half done", seed=5)
+    _build(database, by_prompt, "older, partly judged", seed=5)
     people = _people(database, 5)
-    for user in people[:2]:  # the older batch is partly judged: it must not pull the new one off its spread
+    for user in people[:2]:  # two of them judged some of the older batch first
         for _ in range(4):
             _judge(database, user, asyncio.run(service.next_task(database, user, 600)))
     new = _build(database, by_prompt, "new round", seed=6)
@@ -188,7 +188,6 @@ def test_every_prompt_is_judged_before_any_gets_a_third_judgement(database, toge
         for task_id, done in db.execute(select(Task.id, Task.done_count).where(Task.batch_id == new)):
             per_task[task_id] = done
     assert set(per_task.values()) == {3}
-    assert old != new
 
 
 # ---------------------------------------------------------------- pins through the API
