@@ -96,14 +96,22 @@ class Campaign:
     def rounds_done(self) -> int:
         return sum(r["status"] == "done" for r in self.status()["history"])
 
-    def wait_round_done(self, done_before: int, timeout: float) -> None:
+    def wait_round_done(self, done_before: int, timeout: float) -> list[float]:
+        """Waits for the round; returns, for every poll that showed a whole-round ETA, the ratio of that
+        ETA to the time the round really still took (1.0 = exact)."""
+        etas: list[tuple[float, float]] = []  # (when, predicted seconds left)
+
         def finished():
             status = self.status()
             failed = [r for r in status["history"] if r["status"] == "failed"]
             if failed:
                 raise RuntimeError(f"round {failed[0]['id']} failed: {failed[0]['error']}")
-            return True if self.rounds_done() > done_before else None
+            if status["current"] and status["current"].get("round_eta_seconds"):
+                etas.append((time.monotonic(), status["current"]["round_eta_seconds"]))
+            return True if sum(r["status"] == "done" for r in status["history"]) > done_before else None
         wait_for(finished, timeout, "the round to finish", every=2.0)
+        end = time.monotonic()
+        return [eta / max(end - when, 1.0) for when, eta in etas if end - when > 10]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -208,7 +216,7 @@ def main() -> None:
 
     campaign = Campaign(data_dir, free_port(), env)
     score = preference_score(args.preference)
-    triggers, started = [], time.monotonic()
+    triggers, eta_ratios, started = [], {}, time.monotonic()
     try:
         print("round 0: the base policy writes its stories ...", flush=True)
         campaign.wait_round_done(0, args.round_timeout)
@@ -226,7 +234,7 @@ def main() -> None:
                 campaign.client.post("/api/v1/admin/training/rounds", headers=campaign.admin).raise_for_status()
                 triggers.append("admin (the automatic trigger did not fire within 60 s)")
             print(f"round {i}: training ({triggers[-1]}) ...", flush=True)
-            campaign.wait_round_done(done, args.round_timeout)
+            eta_ratios[i] = campaign.wait_round_done(done, args.round_timeout)
     finally:
         campaign.stop()
     total = time.monotonic() - started
@@ -247,7 +255,7 @@ def main() -> None:
             timings = {t.metrics["phase"]: t.metrics["seconds"] for t in db.scalars(
                 select(TrainingLog).where(TrainingLog.round_id == r.id, TrainingLog.phase == "timing"))}
             per_round.append({
-                "round": r.id, "judgements": len(judged),
+                "round": len(per_round) + 1, "round_id": r.id, "judgements": len(judged),
                 "share_showing_newest": sum(newest in v for *_, v in judged) / max(1, len(judged)),
                 "share_on_newest_batch": sum(b == prev.batch_id for _, _, b, _ in judged) / max(1, len(judged)),
                 "prompts_judged": len({p for _, p, _, _ in judged}), "active_prompts": active,
@@ -280,10 +288,16 @@ def main() -> None:
               f"{fmt(v['mean_length'], '.1f'):>7}{fmt(v['eos_rate'], '.2f'):>6}{fmt(v['kl_to_reference'], '.2f'):>8}"
               f"{fmt(v['perplexity_under_base'], '.0f'):>8}{fmt(v['copy_similarity'], '.2f'):>6}")
     print("\n== rounds ==")
-    print(f"round 0 (base): {(round0.finished_at - round0.started_at).total_seconds():.0f} s; phases "
+    print(f"round 0 (base, id {round0.id}): {(round0.finished_at - round0.started_at).total_seconds():.0f} s; phases "
           + ", ".join(f"{k} {v:.0f} s" for k, v in r0_timings.items()))
+    for (i, ratios), r in zip(eta_ratios.items(), per_round):
+        if ratios:
+            inside = sum(0.5 <= x <= 2 for x in ratios) / len(ratios)
+            r["eta_within_factor_2"] = inside
+            print(f"round {r['round']}: whole-round ETA / time really left: median {sorted(ratios)[len(ratios) // 2]:.2f}, "
+                  f"{inside:.0%} of {len(ratios)} readings within a factor of two")
     for r, trigger in zip(per_round, triggers):
-        print(f"round {r['round']}: {r['judgements']} judgements before it, {r['share_showing_newest']:.0%} showed the "
+        print(f"round {r['round']} (id {r['round_id']}): {r['judgements']} judgements before it, {r['share_showing_newest']:.0%} showed the "
               f"newest version ({r['share_on_newest_batch']:.0%} on its batch), {r['prompts_judged']}/{r['active_prompts']} "
               f"prompts judged, spread before a 3rd judgement: {r['spread_before_third']}; reward held-out accuracy "
               f"{fmt(r['reward_held_out_accuracy'], '.2f')} ({r['reward_train_pairs']} train pairs); trigger {trigger}; "

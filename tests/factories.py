@@ -1,7 +1,9 @@
 """Small builders of test data, straight through the data layer."""
 
+from sqlalchemy import select
+
 from app.db import Database
-from app.models import Continuation, ModelVersion, Prompt
+from app.models import Assignment, BwsJudgement, Continuation, ModelVersion, Prompt, Task, User, utcnow
 from app.services.tasks import build_bws_batch, build_rating_batch, continuations_by_prompt
 
 
@@ -33,3 +35,22 @@ def seed_rating_batch(database: Database, required: int = 2) -> int:
     with database.write() as db:
         ids = [c for cs in by_prompt.values() for c in cs]
         return build_rating_batch(db, "rating batch", ids, required=required).id
+
+
+def judge_directly(database: Database, username: str, batch_id: int | None = None, limit: int | None = None) -> int:
+    """A new annotator's judgements of a batch's tasks (all batches' when None), straight into the tables,
+    without leasing: best = first shown, worst = last. Returns how many."""
+    with database.write() as db:
+        user = User(username=username, password_hash="x", role="annotator")
+        db.add(user)
+        db.flush()
+        query = select(Task).where(Task.kind == "bws").order_by(Task.id).limit(limit)
+        tasks = db.scalars(query if batch_id is None else query.where(Task.batch_id == batch_id)).all()
+        for task in tasks:
+            order = [i.continuation_id for i in task.items]
+            a = Assignment(task_id=task.id, user_id=user.id, item_order=order, status="submitted", expires_at=utcnow())
+            db.add(a)
+            db.flush()
+            db.add(BwsJudgement(assignment_id=a.id, task_id=task.id, user_id=user.id, best_id=order[0],
+                                worst_id=order[-1], shown_order=order, idempotency_key=f"{username}-{task.id}"))
+        return len(tasks)

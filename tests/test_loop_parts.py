@@ -7,10 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from sqlalchemy import select
 
-from app.models import Assignment, BwsJudgement, ModelVersion, Task, TrainingRound, User, utcnow
-from tests.factories import seed_bws_batch
+from app.models import ModelVersion, TrainingRound, utcnow
+from tests.factories import judge_directly, seed_bws_batch
 from tests.tiny_models import train_tiny_tokenizer
 from trainer.config import GenerationConfig
 from trainer.data import is_held_out
@@ -91,21 +90,6 @@ def test_the_held_out_split_is_the_same_in_every_round():
     assert first != [is_held_out(j, 0.2, seed=1) for j in range(1, 2001)]
 
 
-def _judge_all(database, batch_id: int, user_name: str, limit: int | None = None) -> None:
-    """Judgements straight into the tables (best = first shown, worst = last)."""
-    with database.write() as db:
-        user = User(username=user_name, password_hash="x", role="annotator")
-        db.add(user)
-        db.flush()
-        for task in db.scalars(select(Task).where(Task.batch_id == batch_id).order_by(Task.id).limit(limit)).all():
-            order = [i.continuation_id for i in task.items]
-            a = Assignment(task_id=task.id, user_id=user.id, item_order=order, status="submitted", expires_at=utcnow())
-            db.add(a)
-            db.flush()
-            db.add(BwsJudgement(assignment_id=a.id, task_id=task.id, user_id=user.id, best_id=order[0],
-                                worst_id=order[-1], shown_order=order, idempotency_key=f"{user_name}-{task.id}"))
-
-
 def test_rounds_start_by_themselves_when_the_newest_tuples_are_judged(database, settings):
     from trainer.loop import round_due
 
@@ -119,20 +103,20 @@ def test_rounds_start_by_themselves_when_the_newest_tuples_are_judged(database, 
         db.flush()
         db.add(TrainingRound(status="done", policy_version_id=base.id, batch_id=batch_id, finished_at=utcnow()))
     assert not round_due(database, settings)  # nothing judged on the newest tuples yet
-    _judge_all(database, batch_id, "judge1", limit=4)
+    judge_directly(database, "judge1", batch_id, limit=4)
     assert not round_due(database, settings)  # 4 < 5
-    _judge_all(database, batch_id, "judge2", limit=1)
+    judge_directly(database, "judge2", batch_id, limit=1)
     assert round_due(database, settings)  # 5 judgements on the newest round's tuples
 
     # "any": the old rule, N new judgements of any batch since the last round.
     settings.trainer_trigger, settings.trainer_min_new_judgements = "any", 6
     assert not round_due(database, settings)
-    _judge_all(database, batch_id, "judge3", limit=1)
+    judge_directly(database, "judge3", batch_id, limit=1)
     assert round_due(database, settings)
 
     # A failed round is not retried by itself until new judgements come in.
     with database.write() as db:
         db.add(TrainingRound(status="failed", finished_at=utcnow(), error="boom"))
     assert not round_due(database, settings)
-    _judge_all(database, batch_id, "judge4", limit=1)
+    judge_directly(database, "judge4", batch_id, limit=1)
     assert round_due(database, settings)

@@ -21,7 +21,7 @@ from app.migrate import upgrade_to_head
 from app.models import BwsJudgement, Continuation, ModelVersion, Task, TrainingLog, TrainingRound
 from app.simulate import SimulationConfig, run_simulation
 from tests.conftest import PASSWORD, make_user
-from tests.factories import seed_bws_batch
+from tests.factories import judge_directly, seed_bws_batch
 from tests.tiny_models import pretrain_lm, story_corpus, tiny_lm, train_tiny_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -169,20 +169,7 @@ def test_killed_trainer_leaves_no_half_version_and_next_start_completes(tmp_path
     upgrade_to_head(sqlite_url)
     database = Database.from_url(sqlite_url)
     seed_bws_batch(database, prompts=2, per_prompt=5, required=1)
-    with database.write() as db:  # a few judgements to train on: best = first shown, worst = last
-        from app.models import Assignment, User, utcnow
-
-        user = User(username="judge", password_hash="x", role="annotator")
-        db.add(user)
-        db.flush()
-        for task in db.scalars(select(Task)).all():
-            order = [i.continuation_id for i in task.items]
-            a = Assignment(task_id=task.id, user_id=user.id, item_order=order, status="submitted", expires_at=utcnow())
-            db.add(a)
-            db.flush()
-            db.add(BwsJudgement(assignment_id=a.id, task_id=task.id, user_id=user.id, best_id=order[0],
-                                worst_id=order[-1], shown_order=order, idempotency_key=f"key-{task.id}"))
-
+    judge_directly(database, "judge")  # a few judgements to train on
     settings = Settings(database_url=sqlite_url, data_dir=tmp_path / "data")
     train_once(database, settings, tiny_cfg)  # round 0: the base and its stories
     env = {**os.environ, **tiny_trainer_env(tiny_base), "STORYLOOP_DATABASE_URL": sqlite_url,
