@@ -144,8 +144,8 @@ def test_demo_preset_has_fixed_steps_and_fits_the_demo_prompts():
     from trainer.config import GenerationConfig
 
     # every demo prompt plus its continuation fits the context, with room to spare: the demo's BPE makes
-    # ~3.6 characters per token of English (measured on Austen's held-out text), so 2 bytes per token
-    # is a safe bound
+    # ~4.5 characters per token of English (measured on Austen's held-out text; the longest demo prompt
+    # is 58 tokens), so 2 bytes per token is a safe bound
     longest = max(len(p.text.encode()) for p in demo_prompts())
     assert longest // 2 + GenerationConfig().max_new_tokens <= demo.block_size
 

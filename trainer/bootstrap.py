@@ -5,17 +5,41 @@ is configured with ``base_policy = "bootstrap"`` it makes its own base model:
 
 (a) corpus: Jane Austen's six novels (about 717K words of narrative prose, public domain), read from the
     Debian package ``r-cran-janeaustenr`` (R data files, parsed with the PyPI package ``rdata``; no R
-    needed) and cached as JSON under ``cache_dir``. Any other plain-text corpus works too: set
-    ``BootstrapConfig.corpus`` to a ``.txt`` file or a folder of them (paragraphs separated by blank lines).
+    needed), cleaned (title pages, chapter and volume headings, end marks, scene breaks, footnotes,
+    editors' [notes] and back matter dropped; ``_italics_`` marks removed; Gutenberg's ``--`` written
+    as a spaced dash; words in CAPITALS for emphasis lowered) and cached as JSON under ``cache_dir``.
+    Any other plain-text corpus works too: set ``BootstrapConfig.corpus`` to a ``.txt`` file or a
+    folder of them (paragraphs separated by blank lines).
 (b) tokenizer: byte-level BPE trained with ``tokenizers`` on the training split (GPT-2 style, so a decoded
     continuation keeps its leading space), special tokens ``<|endoftext|>`` (EOS = BOS) and ``<pad>``.
-(c) model: ``GPT2LMHeadModel`` from a ``GPT2Config``, trained with a plain torch loop (AdamW, linear warmup
-    then cosine decay, random fixed-length blocks of the token stream, gradient clipping); loss and
-    perplexity are measured on a held-out split (the last ``eval_fraction`` of every book).
+(c) model: ``GPT2LMHeadModel`` from a ``GPT2Config`` (input and output embeddings tied), trained with a
+    plain torch loop (AdamW, linear warmup then cosine decay, random fixed-length blocks of the token
+    stream, gradient clipping) for a fixed number of steps; loss is measured on a held-out split (the
+    last ``eval_fraction`` of every book) per token (perplexity) and per character (``eval_loss_per_char``,
+    ``eval_bits_per_char``: the figures that compare across tokenizers).
 
-Presets: ``tiny`` (tests; seconds), ``demo`` (at most 3 minutes of training on a CPU; weak but English-looking
-text), ``base`` (GPT-2 small shape, 12 x 768, for a GPU). The pretrained model is cached under ``cache_dir``
-keyed by its configuration, so a restarted trainer does not pretrain again.
+Presets:
+
+* ``tiny`` (tests): 2 x 64, 1000-token vocabulary, 150 steps; seconds.
+* ``demo`` (the default; 2 CPU cores): 4 x 128 (1.9M parameters, 1.0M of them the tied 8192 x 128
+  embedding), an 8192-token vocabulary (4.5 characters per token), context 256 (a demo prompt, at most
+  58 tokens, plus its continuation fits with room), 8 x 256 tokens a step, lr 3e-3 (warmup 50, cosine
+  to 3e-4), 500 steps: 1.0M tokens, about 1.2 passes over the training split. A fixed number of steps and
+  no time cap, so the model does not depend on the machine's load. One torch thread, 0.57 CPU-seconds
+  a step: about 5 minutes on an idle core (286 s measured), plus ~10 s for corpus and tokenizer.
+  Held-out loss 1.11 nats (1.60 bits) per character, perplexity 146 per token; the earlier preset
+  (4 x 128, 4096 tokens, stopped by a 3-minute cap at step 148 of 600 on a busy machine) had 1.41 nats
+  (2.03 bits) per character. Why this shape, measured at equal CPU time (~290 s on one thread): a
+  vocabulary of 2048 / 4096 / 8192 / 16384 tokens gave 1.69 / 1.62 / 1.60 / 1.60 bits per character
+  (and fewer made-up words the larger it is); 6 layers instead of 4 was worse (1.73 at 2048 tokens);
+  lr 6e-3 no better than 3e-3; 950 steps of 4 blocks the same as 500 of 8. 16384 tokens would write
+  slightly more real words but has 2.8M parameters and is 1.6x slower a step, in PPO too.
+  ``benchmarks/base_quality.py`` measures all of this and samples the demo prompts.
+* ``base`` (GPU): GPT-2 small shape, 12 x 768, 32K vocabulary as in BabyStories, 20K steps.
+
+The pretrained model is cached under ``cache_dir`` keyed by every setting that changes its weights
+(:meth:`BootstrapConfig.cache_key`, which includes the corpus cleaning's version), so a restarted trainer
+does not pretrain again and a change of preset or cleaning does.
 
 Install the corpus (no root needed; the loader also tries this itself when ``apt-get`` is on PATH)::
 
@@ -136,7 +160,7 @@ PRESETS: dict[str, BootstrapConfig] = {
                             batch_size=16, lr=3e-3, warmup_steps=10, eval_max_blocks=64, weight_decay=0.0),
     # a demo on 2 CPU cores (trains on one thread): a fixed number of steps, no time cap, so the model
     # does not depend on the machine's load; see the module docstring for the measured time
-    "demo": BootstrapConfig(vocab_size=2048, n_layer=4, n_head=4, n_embd=128, block_size=256, steps=1000,
+    "demo": BootstrapConfig(vocab_size=8192, n_layer=4, n_head=4, n_embd=128, block_size=256, steps=500,
                             batch_size=8, lr=3e-3, warmup_steps=50),
     # GPU: GPT-2 small shape (124M with a 32K vocabulary, as in BabyStories)
     "base": BootstrapConfig(vocab_size=32000, n_layer=12, n_head=12, n_embd=768, block_size=512, steps=20000,
