@@ -130,8 +130,9 @@ def test_clean_paragraph_dashes_and_shouted_words():
     assert clean_paragraph("you would not go--and at another word,--might stay;--but no") == \
         "you would not go \u2014 and at another word, might stay; but no"
     # words in capitals (emphasis) are lowered, capitalised at a sentence start or when a name
-    assert clean_paragraph('"Well, LET something be done. THAT is all, said ROBERT, as I think."',
-                           frozenset({"robert"})) == '"Well, let something be done. That is all, said Robert, as I think."'
+    shouted = '"Well, LET something be done. THAT is all, said ROBERT, as I think."'
+    assert clean_paragraph(shouted, frozenset({"robert"})) == \
+        '"Well, let something be done. That is all, said Robert, as I think."'
     assert clean_paragraph("Volume II of   _Emma_ and  VI") == "Volume II of Emma and VI"  # roman numerals stay
 
 
