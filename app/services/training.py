@@ -208,9 +208,10 @@ def _status(db, now: datetime, history: int) -> TrainerStatus:
     # the round the page details: the running one, else the newest that started
     shown = current if current is not None and current.status == "running" else \
         next((r for r in rounds if r.status != "requested"), None)
-    before = db.scalars(select(TrainingRound.id).where(TrainingRound.status == "done",
-                                                       TrainingRound.id < (shown.id if shown else 2**62))
-                        .order_by(TrainingRound.id.desc()).limit(PREVIOUS_ROUNDS)).all()
+    earlier = select(TrainingRound.id).where(TrainingRound.status == "done")
+    if shown is not None:
+        earlier = earlier.where(TrainingRound.id < shown.id)
+    before = db.scalars(earlier.order_by(TrainingRound.id.desc()).limit(PREVIOUS_ROUNDS)).all()
     wanted = {r.id for r in rounds} | set(before)
     timings = _timings(db.execute(select(TrainingLog.round_id, TrainingLog.metrics).where(
         TrainingLog.phase == TIMING_PHASE, TrainingLog.round_id.in_(wanted)).order_by(TrainingLog.id)))
