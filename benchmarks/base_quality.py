@@ -115,7 +115,7 @@ def _value(text: str):
 def main(argv: list[str] | None = None) -> dict:
     from app.demo_data import demo_prompts
     from trainer.config import GenerationConfig
-    from trainer.generate import generate_continuations
+    from trainer.generate import generate_stories
 
     gen = GenerationConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=gen.max_new_tokens)
     parser.add_argument("--temperature", type=float, nargs="+", default=[gen.temperature])
     parser.add_argument("--top-p", type=float, default=gen.top_p)
+    parser.add_argument("--min-new-tokens", type=int, default=gen.min_new_tokens)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -172,12 +173,15 @@ def main(argv: list[str] | None = None) -> dict:
     for temperature in args.temperature:
         torch.manual_seed(args.seed)
         t0 = time.monotonic()
-        outs = generate_continuations(model, tok, prompts, num_return_sequences=args.samples_per_prompt,
-                                      max_new_tokens=args.max_new_tokens, temperature=temperature,
-                                      top_p=args.top_p)
+        stories = generate_stories(model, tok, prompts, num_return_sequences=args.samples_per_prompt,
+                                   max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
+                                   min_new_tokens=args.min_new_tokens)
+        outs = [[s.text for s in per_prompt] for per_prompt in stories]
         flat = [c for per_prompt in outs for c in per_prompt]
+        ended = [s.ended for per_prompt in stories for s in per_prompt]
         result["sampling"][f"T={temperature} top_p={args.top_p}"] = {
-            **sentence_measure(flat, vocab, bigrams), "seconds": round(time.monotonic() - t0, 1),
+            **sentence_measure(flat, vocab, bigrams), "eos_rate": sum(ended) / len(ended),
+            "seconds": round(time.monotonic() - t0, 1),
             "samples": [f"{prompts[i]}|||{outs[i][0]}" for i in range(3)]}
 
     print(json.dumps(result, indent=2, ensure_ascii=False))

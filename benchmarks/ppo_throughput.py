@@ -22,7 +22,7 @@ from trainer.ppo import PPOConfig, PPOTrainer
 
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
-    "demo": dict(n_layer=4, n_embd=128, n_head=4, vocab=4096),
+    "demo": dict(n_layer=4, n_embd=128, n_head=4, vocab=8192),
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257),
 }
 

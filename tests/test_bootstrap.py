@@ -151,6 +151,18 @@ def test_demo_preset_has_fixed_steps_and_fits_the_demo_prompts():
     assert longest // 2 + GenerationConfig().max_new_tokens <= demo.block_size
 
 
+def test_passages_cut_paragraphs_into_a_few_sentences_each_so_the_model_learns_to_end():
+    paragraph = 'Mr. Darcy smiled. "Do you?" said she. It was late; they went home. And so it ended! Why? Yes.'
+    assert bootstrap.split_sentences(paragraph) == [
+        "Mr. Darcy smiled.", '"Do you?" said she.', "It was late; they went home.", "And so it ended!", "Why?", "Yes."]
+    document = paragraph + "\n\nA short one. Two."
+    cut = bootstrap.passages([document], 3, 5, seed=0)
+    assert "\n\n".join(cut).replace("\n\n", " ") == document.replace("\n\n", " ")  # nothing lost or reordered
+    assert all(3 <= len(bootstrap.split_sentences(p.replace("\n\n", " "))) <= 5 for p in cut[:-1])
+    assert any("\n\n" in p for p in cut)  # a passage may run over a paragraph break, which it keeps
+    assert PRESETS["demo"].passage_sentences >= PRESETS["demo"].passage_min_sentences > 1  # stories end
+
+
 def test_cache_key_covers_what_changes_the_weights():
     demo = BootstrapConfig.preset("demo")
     key = demo.cache_key()
@@ -158,6 +170,7 @@ def test_cache_key_covers_what_changes_the_weights():
     assert key != BootstrapConfig.preset("demo", steps=demo.steps + 1).cache_key()
     assert key != BootstrapConfig.preset("demo", vocab_size=4096).cache_key()
     assert key != BootstrapConfig.preset("demo", max_seconds=60).cache_key()  # a capped run is another model
+    assert key != BootstrapConfig.preset("demo", passage_sentences=0).cache_key()
     # the Austen corpus's cleaning version is part of the key, so new cleaning rules retrain
     assert key != BootstrapConfig.preset("demo", corpus="/some/file.txt").cache_key()
     assert CORPUS_CACHE_VERSION >= 2

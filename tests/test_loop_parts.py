@@ -13,7 +13,7 @@ from tests.factories import judge_directly, seed_bws_batch
 from tests.tiny_models import train_tiny_tokenizer
 from trainer.config import GenerationConfig
 from trainer.data import is_held_out
-from trainer.generate import generate_stories, trim_to_sentence
+from trainer.generate import generate_stories, sample_tokens, trim_to_sentence
 from trainer.rounds import compose_tuples
 
 
@@ -120,3 +120,14 @@ def test_rounds_start_by_themselves_when_the_newest_tuples_are_judged(database, 
     assert not round_due(database, settings)
     judge_directly(database, "judge4", batch_id, limit=1)
     assert round_due(database, settings)
+
+
+def test_min_new_tokens_means_no_empty_story(tokenizer):
+    eos = tokenizer.eos_token_id
+    eager = ScriptedLM([eos], len(tokenizer))  # would end at once
+    ids, mask = tokenizer(["Once"], return_tensors="pt").values()
+    response = sample_tokens(eager, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                             min_new_tokens=3)
+    assert eos not in response[0, :3].tolist() and response[0, 3].item() == eos
+    [[story]] = generate_stories(eager, tokenizer, ["Once"], max_new_tokens=10, min_new_tokens=3)
+    assert story.ended and story.text

@@ -59,6 +59,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import struct
@@ -108,6 +109,12 @@ class BootstrapConfig:
     # corpus: "austen", or a .txt file / folder of .txt files
     corpus: str = AUSTEN
     max_chars: int | None = None  # use only this many characters of the corpus (spread over its books)
+    # 0: every document is one text, with one end-of-text at its end. N: each document is cut into
+    # passages of passage_min_sentences..N sentences (seeded; a passage may run over a paragraph break),
+    # each followed by end-of-text, so the model learns to end a short piece of story, as a
+    # continuation of a prompt of a few sentences should, instead of writing on without end.
+    passage_sentences: int = 0
+    passage_min_sentences: int = 1
     eval_fraction: float = 0.05  # the last 5% of every book is held out
     # tokenizer
     vocab_size: int = 8000
@@ -147,8 +154,11 @@ class BootstrapConfig:
         d = dataclasses.asdict(self)
         for k in ("device", "cpu_threads", "log_every", "eval_max_blocks"):
             d.pop(k)
-        if d["max_seconds"] is None:  # keeps the keys of uncapped configurations as they were
-            d.pop("max_seconds")
+        if not d["passage_sentences"]:
+            d.pop("passage_min_sentences")
+        for k in ("max_seconds", "passage_sentences"):  # unset: keys of earlier configurations stay as they were
+            if not d[k]:
+                d.pop(k)
         if self.corpus == AUSTEN:  # the cleaned text changes with the cleaning rules
             d["corpus_version"] = CORPUS_CACHE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -161,7 +171,7 @@ PRESETS: dict[str, BootstrapConfig] = {
     # a demo on 2 CPU cores (trains on one thread): a fixed number of steps, no time cap, so the model
     # does not depend on the machine's load; see the module docstring for the measured time
     "demo": BootstrapConfig(vocab_size=8192, n_layer=4, n_head=4, n_embd=128, block_size=256, steps=500,
-                            batch_size=8, lr=3e-3, warmup_steps=50),
+                            batch_size=8, lr=3e-3, warmup_steps=50, passage_min_sentences=3, passage_sentences=5),
     # GPU: GPT-2 small shape (124M with a 32K vocabulary, as in BabyStories)
     "base": BootstrapConfig(vocab_size=32000, n_layer=12, n_head=12, n_embd=768, block_size=512, steps=20000,
                             batch_size=32, lr=6e-4, warmup_steps=1000, dropout=0.1, eval_max_blocks=512,
@@ -419,6 +429,42 @@ def _paragraph_iter(texts: list[str]):
         yield from t.split("\n\n")
 
 
+SENTENCE_BREAK = re.compile(r"""[.!?]['"\u2019\u201d)]*\s+(?=['"\u2018\u201c(]?[A-Z])""")
+TITLE = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|St|Col|Capt|Sir)\.$")  # "Mr. Darcy" does not end a sentence
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """A paragraph's sentences: breaks after . ! ? (and closing quotes) before a capital, not after a title."""
+    sentences, start = [], 0
+    for m in SENTENCE_BREAK.finditer(paragraph):
+        if TITLE.search(paragraph[: m.start() + 1]):
+            continue
+        sentences.append(paragraph[start : m.end()].strip())
+        start = m.end()
+    tail = paragraph[start:].strip()
+    return sentences + [tail] if tail else sentences
+
+
+def passages(texts: list[str], min_sentences: int, max_sentences: int, seed: int = 0) -> list[str]:
+    """Documents (paragraphs separated by blank lines) -> passages of min..max sentences (seeded), in
+    order, keeping paragraph breaks inside a passage; each becomes a text of its own (and so ends with
+    end-of-text). A document's last passage may be shorter."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for text in texts:
+        # (sentence, starts a paragraph) in reading order
+        sentences = [(sentence, i == 0) for paragraph in text.split("\n\n")
+                     for i, sentence in enumerate(split_sentences(paragraph))]
+        while sentences:
+            n = rng.randint(min_sentences, max_sentences)
+            passage = ""
+            for sentence, new_paragraph in sentences[:n]:
+                passage += ("\n\n" if new_paragraph else " ") + sentence if passage else sentence
+            out.append(passage)
+            sentences = sentences[n:]
+    return out
+
+
 def encode_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """One long 1-D tensor of token ids: every text followed by EOS."""
     eos = tokenizer.eos_token_id
@@ -583,6 +629,10 @@ def bootstrap_policy(config: BootstrapConfig, cache_dir: Path, progress: Progres
     train_texts, held_texts = split_corpus(docs, config.eval_fraction, config.max_chars)
     if not held_texts:
         raise ValueError("the corpus is too small to hold out an evaluation split")
+    if config.passage_sentences:
+        span = (config.passage_min_sentences, config.passage_sentences)
+        train_texts = passages(train_texts, *span, seed=config.seed)
+        held_texts = passages(held_texts, *span, seed=config.seed + 1)
     tokenizer = train_tokenizer(train_texts, config.vocab_size)
     train_ids, held_ids = encode_stream(tokenizer, train_texts), encode_stream(tokenizer, held_texts)
     prep_seconds = time.monotonic() - t0

@@ -70,13 +70,13 @@ def fulfil_generation_requests(database: Database, settings: Settings, cfg: Trai
             _, model, tokenizer = model_store.load_version(database, settings.model_store, version_id, device)
             prompts = [texts[p] for _, p in todo]
             outputs = generate_stories(model, tokenizer, prompts, 1, gen.max_new_tokens, gen.temperature,
-                                       gen.top_p, gen.top_k, gen.batch_size)
+                                       gen.top_p, gen.top_k, gen.batch_size, min_new_tokens=gen.min_new_tokens)
         except Exception as exc:  # a broken version must not stop the trainer
             log.error("generation for version %s failed: %s", version_id, exc)
             _finish(database, [r for r, _ in todo], "failed", f"{type(exc).__name__}: {exc}")
             failed += len(todo)
             continue
-        used = {k: getattr(gen, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
+        used = {k: getattr(gen, k) for k in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k")}
         with database.write() as db:
             for (request_id, prompt_id), [story] in zip(todo, outputs):
                 request = db.get(GenerationRequest, request_id)

@@ -73,8 +73,10 @@ def sample_tokens(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_new_tokens: int = 0,
 ) -> torch.Tensor:
-    """Sample up to ``max_new_tokens`` tokens per row with a KV cache.
+    """Sample up to ``max_new_tokens`` tokens per row with a KV cache; no EOS among the first
+    ``min_new_tokens`` (like top-k/top-p this only shapes sampling: no empty stories).
 
     Returns the new tokens (B, K), K <= max_new_tokens (the loop stops once every row has produced EOS).
     After a row's first EOS its remaining tokens are ``pad_token_id``.
@@ -84,11 +86,13 @@ def sample_tokens(
     mask = attention_mask.long()  # (B, P + t) grows by one column per step
     step_ids, step_pos = input_ids, position_ids_from_mask(mask)  # first step feeds the whole prompt
     past, new_tokens = None, []
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
                     use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float() / temperature  # (B, V)
+        if t < min_new_tokens:
+            logits[:, eos_token_id] = float("-inf")
         probs = filter_logits(logits, top_k, top_p).softmax(-1)  # (B, V)
         nxt = torch.multinomial(probs, 1).squeeze(-1)  # (B,)
         nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
@@ -143,7 +147,7 @@ class Story:
 
 @torch.no_grad()
 def _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p, top_k,
-                  batch_size, max_prompt_tokens) -> list[tuple[str, bool]]:
+                  batch_size, max_prompt_tokens, min_new_tokens=0) -> list[tuple[str, bool]]:
     """(raw decoded text, whether it emitted EOS) for every prompt repeated ``num_return_sequences`` times."""
     was_training = model.training
     model.eval()
@@ -160,6 +164,7 @@ def _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_token
         response = sample_tokens(
             model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_new_tokens=min_new_tokens,
         )  # (b, K)
         out.extend(zip(decode_responses(tokenizer, response, eos), response.eq(eos).any(-1).tolist()))
     model.train(was_training)
@@ -168,13 +173,13 @@ def _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_token
 
 def generate_stories(model, tokenizer, prompts: list[str], num_return_sequences: int = 1, max_new_tokens: int = 64,
                      temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
-                     max_prompt_tokens: int | None = None) -> list[list[Story]]:
+                     max_prompt_tokens: int | None = None, min_new_tokens: int = 0) -> list[list[Story]]:
     """Sample ``num_return_sequences`` stories per prompt, ready to store and show to people.
 
     Returns one list per prompt, in prompt order. Texts are stripped; a story that ran into
     ``max_new_tokens`` without emitting end-of-text is trimmed back to its last full sentence."""
     sampled = _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p,
-                            top_k, batch_size, max_prompt_tokens)
+                            top_k, batch_size, max_prompt_tokens, min_new_tokens)
     stories = [Story(t.strip() if ended else trim_to_sentence(t.strip()), bool(ended)) for t, ended in sampled]
     n = num_return_sequences
     return [stories[j * n : (j + 1) * n] for j in range(len(prompts))]

@@ -56,6 +56,7 @@ class PPOConfig:
     temperature: float = 1.0  # sampling temperature; log-probs use logits / temperature too
     top_k: int = 0  # 0 = off. top-k / top-p only shape SAMPLING; log-probs use the unfiltered distribution,
     top_p: float = 1.0  # 1.0 = off. so keep them off for on-policy PPO unless you know you want them
+    min_new_tokens: int = 0  # no EOS among the first N sampled tokens (shapes sampling only, like top-k/p)
     max_prompt_tokens: int | None = None  # keep the last N prompt tokens (None = whole prompt)
     forward_batch_size: int = 32  # rows per no-grad forward pass in the rollout (memory knob only)
     reward_batch_size: int = 32  # texts per reward-model forward pass
@@ -253,7 +254,8 @@ class PPOTrainer:
         with acc.autocast():
             response = sample_tokens(net.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)  # (B, K)
+                                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                     min_new_tokens=cfg.min_new_tokens)  # (B, K)
             mask, lengths = truncate_at_eos(response, tok.eos_token_id)  # (B, K) bool, (B,)
             seq = torch.cat([prompt_ids, response], 1)  # (B, T)
             attn = torch.cat([prompt_mask, mask.long()], 1)  # (B, T): nothing after the first EOS

@@ -285,11 +285,12 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
     for i in range(0, len(prompts), gen.batch_size):
         chunk = prompts[i : i + gen.batch_size]
         stories += generate_stories(model, tokenizer, [t for _, t in chunk], gen.continuations_per_prompt,
-                                    gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, gen.batch_size)
+                                    gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, gen.batch_size,
+                                    min_new_tokens=gen.min_new_tokens)
         reporter.step(min(i + gen.batch_size, len(prompts)), len(prompts))
     reporter.phase("queue")
     rng = random.Random(cfg.seed + round_id)
-    settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
+    settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k")}
     with database.write() as db:
         scores = _bws_scores(db)
         candidates: dict[int, list[tuple[int, int]]] = defaultdict(list)
