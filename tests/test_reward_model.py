@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.db import Database
 from app.migrate import upgrade_to_head
-from app.models import Continuation, ModelVersion, Prompt, User
+from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, User
 from app.services import tasks
 from app.services.story_text import completion_text
 from tests.tiny_models import PROMPTS, pretrain_lm, story_continuation, story_corpus, tiny_lm, train_tiny_tokenizer
@@ -86,3 +86,21 @@ def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
     _, with_margin = train_reward_model(base, tokenizer, train, held_out, RewardModelConfig(
         learning_rate=1e-3, epochs=4, batch_size=16, use_margin=True), tmp_path / "work-margin")
     assert with_margin["held_out_accuracy"] >= 0.65, with_margin
+
+    # Warm start, as a later round does it: a reward model trained on the first half of the judgements,
+    # continued from its own weights on the second half's pairs plus as many older pairs, keeps (or
+    # improves) its held-out accuracy while training on half of all the pairs.
+    with database.read() as db:
+        ids = sorted(db.scalars(select(BwsJudgement.id)))
+    halves = load_pairs(database, held_out_fraction=0.3, seed=0, since_judgement_id=ids[len(ids) // 2])
+    assert halves.held_out.prompt == pairs.held_out.prompt  # the same held-out judgements in every round
+    config = RewardModelConfig(learning_rate=1e-3, epochs=4, batch_size=16)
+    first, first_metrics = train_reward_model(base, tokenizer, halves.old, halves.held_out, config, tmp_path / "w1")
+    first.save_pretrained(tmp_path / "reward-1")
+    tokenizer.save_pretrained(tmp_path / "reward-1")
+    sample = halves.train_sample(1.0, seed=0)
+    assert len(sample) == len(halves.new) + min(len(halves.old), len(halves.new))  # one older pair per new one
+    _, warm = train_reward_model(tmp_path / "reward-1", tokenizer, sample, halves.held_out,
+                                 RewardModelConfig(learning_rate=1e-3, epochs=2, batch_size=16), tmp_path / "w2")
+    print("first half:", first_metrics["held_out_accuracy"], "warm-started:", warm["held_out_accuracy"])
+    assert warm["held_out_accuracy"] >= 0.65 and warm["held_out_accuracy"] >= first_metrics["held_out_accuracy"] - 0.03
