@@ -10,4 +10,6 @@ COPY templates templates
 COPY static static
 RUN pip install --no-cache-dir "torch==2.13.0" && pip install --no-cache-dir -e ".[trainer]"
 EXPOSE 8000
+# No key is baked in: pass STORYLOOP_SECRET_KEY at run time (docker run -e, or docker-compose.yml);
+# `storyloop serve` refuses to start without a proper one.
 CMD ["storyloop", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

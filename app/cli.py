@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.config import get_settings
+from app.config import InsecureSecretKey, checked_secret_key, get_settings
 from app.db import Database
 from app.migrate import upgrade_to_head
 
@@ -67,6 +67,11 @@ def db_upgrade():
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
     """Upgrade the schema, then serve the web app."""
+    try:
+        checked_secret_key(get_settings())  # before migrating: a refused start changes nothing
+    except InsecureSecretKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     _database(migrate=True)
     _uvicorn(host, port, workers)
 
@@ -76,7 +81,13 @@ def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
     """Seed demo prompts, continuations, tuples and accounts; start the trainer and the web app."""
     from app.demo import seed_demo
 
+    # Demo mode for this process and, through the environment, for uvicorn's and the trainer's: the
+    # app signs sessions with a random key made once and kept in the data folder (unless
+    # STORYLOOP_SECRET_KEY is a proper key already).
+    os.environ["STORYLOOP_DEV_MODE"] = "true"
+    get_settings.cache_clear()
     settings = get_settings()
+    checked_secret_key(settings)  # makes the demo key file now, before the app's workers start
     database = _database(migrate=True)
     info = seed_demo(database, settings)
     # Demo passwords are kept in the data folder (readable by its owner only), so a second

@@ -1,5 +1,7 @@
 """All settings in one place, read from environment variables (prefix STORYLOOP_) or a .env file."""
 
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,8 +17,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # SQLAlchemy URL; empty means a SQLite file in data_dir. PostgreSQL: postgresql+psycopg://user:pw@host/db
     database_url: str = ""
-    # Signs session cookies. Set it in production; the default is only for a local demo.
-    secret_key: str = "dev-only-change-me"
+    # Signs session cookies: whoever knows it can sign an admin session. Required (at least 32
+    # characters) unless dev_mode is on; see checked_secret_key.
+    secret_key: str = ""
+    # Demo/development mode, set by `storyloop demo` for its own processes (through the environment,
+    # so uvicorn's worker processes see it too): a missing or weak key is replaced by a random key
+    # kept in the data folder. Never set it in production.
+    dev_mode: bool = False
     # Cookies only over HTTPS (set true behind TLS).
     secure_cookies: bool = False
 
@@ -46,6 +53,61 @@ class Settings(BaseSettings):
     @property
     def model_store(self) -> Path:
         return self.data_dir / "models"
+
+
+SECRET_KEY_MIN_LENGTH = 32
+# Keys that ever shipped as defaults in the source: anyone can read them, so they must never sign.
+_PUBLIC_KEYS = frozenset({"dev-only-change-me"})
+SECRET_KEY_HINT = ("set STORYLOOP_SECRET_KEY to a random string of at least "
+                   f"{SECRET_KEY_MIN_LENGTH} characters, e.g. the output of "
+                   '`python -c "import secrets; print(secrets.token_urlsafe(48))"`')
+DEMO_KEY_FILE = "secret-key"
+
+
+class InsecureSecretKey(RuntimeError):
+    """The app refuses to start: its session key is missing, public or too short."""
+
+
+def secret_key_problem(key: str) -> str | None:
+    if not key:
+        return "STORYLOOP_SECRET_KEY is not set"
+    if key in _PUBLIC_KEYS:
+        return "STORYLOOP_SECRET_KEY is the built-in development default"
+    if len(key) < SECRET_KEY_MIN_LENGTH:
+        return f"STORYLOOP_SECRET_KEY is shorter than {SECRET_KEY_MIN_LENGTH} characters"
+    return None
+
+
+def checked_secret_key(settings: Settings) -> str:
+    """The key to sign sessions with. Outside dev mode a missing, default or short key raises
+    InsecureSecretKey with what to set; in dev mode it is replaced by the data folder's demo key."""
+    problem = secret_key_problem(settings.secret_key)
+    if problem is None:
+        return settings.secret_key
+    if settings.dev_mode:
+        return demo_secret_key(settings.data_dir)
+    raise InsecureSecretKey(f"refusing to start: {problem}; {SECRET_KEY_HINT}")
+
+
+def demo_secret_key(data_dir: Path) -> str:
+    """A random key made once and kept in data_dir (owner-only), so demo sessions survive a restart."""
+    path = data_dir / DEMO_KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        if secret_key_problem(key) is None:
+            return key
+        path.unlink()  # empty or damaged (a crash while writing): make a new one
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        # Created with mode 0600 (never readable by others, not even for a moment); O_EXCL: when two
+        # processes start at once, one writes and the other reads its key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
 
 
 @lru_cache

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from app.config import Settings, get_settings
+from app.config import Settings, checked_secret_key, get_settings
 from app.db import Database
 from app.deps import LoginRequired
 from app.migrate import check_schema_current
@@ -72,6 +72,7 @@ def _wants_json(request: Request) -> bool:
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+    secret_key = checked_secret_key(settings)  # refuses a missing, default or short key (outside dev mode)
     database = database or Database.from_url(settings.resolved_database_url)
     check_schema_current(database.engine)
 
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings, app.state.database = settings, database
     app.add_middleware(
-        SessionMiddleware, secret_key=settings.secret_key, same_site="lax",
+        SessionMiddleware, secret_key=secret_key, same_site="lax",
         https_only=settings.secure_cookies, session_cookie="storyloop_session", max_age=14 * 24 * 3600,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -149,7 +149,7 @@ def free_port() -> int:
 
 def start_server(url: str, workers: int, port: int, workdir: Path, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "STORYLOOP_DATABASE_URL": url, "STORYLOOP_DATA_DIR": str(workdir / "data"),
-           "STORYLOOP_SECRET_KEY": "benchmark", "STORYLOOP_LEASE_SECONDS": "600", "PYTHONPATH": str(ROOT)}
+           "STORYLOOP_SECRET_KEY": "benchmark-" + "x" * 32, "STORYLOOP_LEASE_SECONDS": "600", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
                "--backlog", "4096", *extra]

@@ -74,7 +74,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}", data_dir=Path(tmp),
-                            secret_key="screenshots", lease_seconds=3600)
+                            secret_key="screenshots-" + "x" * 32, lease_seconds=3600)
         upgrade_to_head(settings.resolved_database_url)
         database = Database.from_url(settings.resolved_database_url)
         seed(database)

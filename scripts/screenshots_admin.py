@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}", data_dir=Path(tmp), secret_key="shots")
+        settings = Settings(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}", data_dir=Path(tmp), secret_key="screenshots-" + "x" * 32)
         upgrade_to_head(settings.resolved_database_url)
         database = Database.from_url(settings.resolved_database_url)
         seed_demo(database, settings, admin_password=ADMIN_PASSWORD)

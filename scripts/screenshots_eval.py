@@ -143,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(database_url=f"sqlite:///{tmp}/shots.db", data_dir=Path(tmp) / "data", secret_key="shots")
+        settings = Settings(database_url=f"sqlite:///{tmp}/shots.db", data_dir=Path(tmp) / "data", secret_key="screenshots-" + "x" * 32)
         upgrade_to_head(settings.resolved_database_url)
         database = Database.from_url(settings.resolved_database_url)
         campaign_id = seed(database)

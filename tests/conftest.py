@@ -23,6 +23,8 @@ from app.services import users
 
 POSTGRES_URL = os.environ.get("STORYLOOP_TEST_POSTGRES_URL", "")
 PASSWORD = "correct horse battery"
+# Long enough for the app factory, which refuses a key under 32 characters.
+TEST_SECRET_KEY = "test-secret-key-long-enough-for-the-app-factory"
 
 
 def _fresh_postgres_database() -> tuple[str, callable]:
@@ -61,7 +63,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key="test-secret",
+    return Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key=TEST_SECRET_KEY,
                     annotations_per_tuple=3, lease_seconds=600)
 
 

@@ -50,7 +50,7 @@ def start_server_process(settings, workers: int = 2) -> tuple[subprocess.Popen, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "STORYLOOP_DATABASE_URL": settings.resolved_database_url,
-           "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_SECRET_KEY": "test-secret"}
+           "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_SECRET_KEY": settings.secret_key}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--log-level", "warning"],

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db import Database
 from app.migrate import upgrade_to_head
 from app.models import Assignment, BwsJudgement, Rating
-from tests.conftest import PASSWORD, make_user
+from tests.conftest import PASSWORD, TEST_SECRET_KEY, make_user
 from tests.factories import seed_bws_batch, seed_rating_batch
 from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
@@ -40,7 +40,7 @@ def playwright_browser():
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[LiveServer, Database]]:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'browser.db'}", data_dir=tmp_path / "data",
-                        secret_key="browser-test-secret", lease_seconds=600)
+                        secret_key=TEST_SECRET_KEY, lease_seconds=600)
     upgrade_to_head(settings.resolved_database_url)
     database = Database.from_url(settings.resolved_database_url)
     from app.main import create_app

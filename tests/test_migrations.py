@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import Database
 from app.migrate import SchemaBehindError, alembic_config, head_revision, upgrade_to_head
 from app.models import Base
+from tests.conftest import TEST_SECRET_KEY
 
 # SQLAlchemy cannot reflect expression indexes on SQLite (ix_task_serve); PostgreSQL compares it.
 pytestmark = [pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index"),
@@ -86,7 +87,7 @@ def _create_app(database_url: str, tmp_path):
 
     database = Database.from_url(database_url)
     try:
-        return create_app(Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key="test"), database)
+        return create_app(Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key=TEST_SECRET_KEY), database)
     finally:
         database.engine.dispose()
 
