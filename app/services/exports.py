@@ -24,7 +24,10 @@ Exports (columns in order):
 
 Surplus judgements (late, or beyond R) are exported and counted in scores like any other; filter on
 `is_surplus` to leave them out. CSV: lists are JSON-encoded strings, booleans `true`/`false`, nulls
-empty. Times are ISO 8601 UTC strings in JSONL/CSV and timestamp[us, UTC] in Parquet.
+empty, and a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading
+`'` (OWASP's defence against CSV injection: a spreadsheet would run it as a formula); numbers are left
+alone, and JSONL and Parquet keep every text exactly as stored. Times are ISO 8601 UTC strings in
+JSONL/CSV and timestamp[us, UTC] in Parquet.
 """
 
 from __future__ import annotations
@@ -288,7 +291,14 @@ def _jsonl(chunks: Iterator[list[Row]], schema: pa.Schema) -> Iterator[bytes]:
                           for row in rows).encode()
 
 
+# What spreadsheets read as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str):
+        # Texts come from imports, models and annotators: opened in a spreadsheet they must stay text.
+        return "'" + value if value.startswith(_FORMULA_STARTS) else value
     if value is None:
         return ""
     if isinstance(value, bool):
