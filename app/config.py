@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     tuple_size: int = 4
     design_factor: float = 2.0
 
+    # Login throttling (API token endpoint and login form): after this many failed logins for one
+    # account name, or from one client address, within a window that starts at the first failure,
+    # further attempts get 429 (with Retry-After) until the window ends. A success resets the account.
+    login_failures_per_account: int = Field(5, ge=1)
+    login_failures_per_address: int = Field(20, ge=1)
+    login_window_seconds: int = Field(900, ge=1)
+
     # Trainer: when a round starts by itself. "newest": once trainer_min_newest_judgements judgements
     # have arrived on the newest round's tuples (each round learns from judgements of the previous
     # round's own stories); "any": once trainer_min_new_judgements judgements of any batch arrived

@@ -1,6 +1,8 @@
 """Typed dependencies: the database, the settings, and the current user for pages and for the API."""
 
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
@@ -9,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.db import Database
-from app.models import User
+from app.models import User, utcnow
 from app.security import csrf_ok
 from app.services import users
 
@@ -28,6 +30,21 @@ async def get_app_settings(request: Request) -> Settings:
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def get_clock(request: Request) -> Callable[[], datetime]:
+    # Tests set app.state.clock to move time (login throttle windows) without sleeping.
+    return getattr(request.app.state, "clock", utcnow)
+
+
+async def client_address(request: Request) -> str:
+    # The peer address; behind a reverse proxy, run uvicorn with --proxy-headers and
+    # --forwarded-allow-ips so that this is the client's and not the proxy's.
+    return request.client.host if request.client else ""
+
+
+ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
+ClientAddress = Annotated[str, Depends(client_address)]
 
 # ---------------------------------------------------------------- API: bearer tokens
 

@@ -92,6 +92,19 @@ class Invite(Base):
     used_at: Mapped[datetime | None]
 
 
+class LoginThrottle(Base):
+    """Failed logins in the current window, one row per account name and per client address
+    (services/logins.py). Kept in the database so every worker process sees the same counts."""
+
+    __tablename__ = "login_throttle"
+
+    # SHA-256 of "account:<name>" or "address:<ip>": fixed width, and a password typed into the
+    # username field is not stored in clear.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_ends_at: Mapped[datetime] = mapped_column(index=True)  # index: expired rows are swept
+
+
 # ---------------------------------------------------------------- stories
 
 

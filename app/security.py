@@ -1,5 +1,6 @@
 """Passwords, bearer tokens and CSRF tokens. Sessions are Starlette's signed cookies (see main.py)."""
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -19,6 +20,19 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerifyMismatchError, InvalidHashError):
         return False
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Made by the same hasher as real hashes, so checking against it costs what a real check costs.
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def verify_dummy(password: str) -> bool:
+    """For an unknown or inactive user: spend the time of a real check, so that the answer's timing
+    does not tell which usernames exist. Always False."""
+    verify_password(_dummy_hash(), password)
+    return False
 
 
 def new_token() -> str:

@@ -5,8 +5,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
-from app.deps import ApiUser, DatabaseDep, SettingsDep
-from app.services import tasks, users
+from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, SettingsDep
+from app.services import logins, tasks, users
 from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
 
 router = APIRouter(prefix="/api/v1", tags=["annotate"])
@@ -34,13 +34,19 @@ class Me(BaseModel):
     role: str
 
 
-@router.post("/auth/token", response_model=TokenResponse)
-def create_token(body: TokenRequest, database: DatabaseDep):
+@router.post("/auth/token", response_model=TokenResponse,
+             responses={429: {"description": "too many failed logins for the account or from the address; "
+                                             "see the Retry-After header"}})
+def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDep, clock: ClockDep,
+                 address: ClientAddress):
     """Exchange username and password for a bearer token (send it as `Authorization: Bearer ...`)."""
+    try:
+        user = logins.login(database, settings, body.username, body.password, address, clock())
+    except logins.Throttled as exc:
+        raise HTTPException(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+    except logins.WrongCredentials as exc:
+        raise HTTPException(401, exc.message) from None
     with database.write() as db:
-        user = users.authenticate(db, body.username, body.password)
-        if user is None:
-            raise HTTPException(401, "wrong username or password, or the account is deactivated")
         return TokenResponse(access_token=users.create_api_token(db, user, body.name), role=user.role)
 
 

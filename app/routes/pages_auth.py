@@ -6,9 +6,9 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
-from app.deps import Csrf, DatabaseDep, PageUserOptional
+from app.deps import ClientAddress, ClockDep, Csrf, DatabaseDep, PageUserOptional, SettingsDep
 from app.models import User
-from app.services import users
+from app.services import logins, users
 from app.services.errors import ServiceError
 from app.templating import templates
 
@@ -53,11 +53,12 @@ def home(user: PageUserOptional):
 # ---------------------------------------------------------------- login / logout
 
 
-def _login_page(request: Request, next_url: str | None, error: str = "", username: str = "", status_code: int = 200):
+def _login_page(request: Request, next_url: str | None, error: str = "", username: str = "", status_code: int = 200,
+                headers: dict[str, str] | None = None):
     return templates.TemplateResponse(
         request, "auth/login.html",
         {"user": None, "next": next_url or "", "error": error, "username": username},
-        status_code=status_code,
+        status_code=status_code, headers=headers,
     )
 
 
@@ -72,14 +73,20 @@ def login_form(request: Request, user: PageUserOptional, next: str | None = None
 def login(
     request: Request,
     database: DatabaseDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    address: ClientAddress,
     username: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "",
 ):
     username = username.strip()
-    with database.read() as db:
-        user = users.authenticate(db, username, password) if username and password else None
-    if user is None:
+    try:
+        user = logins.login(database, settings, username, password, address, clock())
+    except logins.Throttled as exc:
+        return _login_page(request, safe_next(next), exc.message, username, status_code=429,
+                           headers={"Retry-After": str(exc.retry_after)})
+    except logins.WrongCredentials:
         return _login_page(request, safe_next(next), "Wrong username or password (or the account is deactivated).",
                            username, status_code=401)
     _sign_in(request, user)
