@@ -15,6 +15,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from app.config import Settings, checked_secret_key, get_settings
 from app.db import Database
 from app.deps import LoginRequired
+from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services.errors import ServiceError
 from app.templating import ROOT, templates
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         title="storyloop",
         version="0.1.0",
         description="Human judgements of machine-written stories: Best-Worst Scaling, ratings, exports, and the RLHF loop.",
-        docs_url="/api/docs",
+        docs_url=None,  # our own /api/docs (routes/api_docs.py): Swagger UI from static/, no CDN
+        redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )
     app.state.settings, app.state.database = settings, database
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         https_only=settings.secure_cookies, session_cookie="storyloop_session", max_age=14 * 24 * 3600,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so also on 413s and error pages
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
     @app.exception_handler(ServiceError)
@@ -128,9 +131,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     from app.routes import api, api_admin, api_overview, api_training, pages_admin, pages_annotate, pages_auth
     from app.routes import api_eval, pages_eval  # evaluation campaigns, model versions, live status
     from app.routes import pages_stories  # what each version wrote, side by side
+    from app.routes import api_docs  # /api/docs from our own static files
 
     for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, pages_stories,
-                   api_eval, pages_eval):
+                   api_eval, pages_eval, api_docs):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
