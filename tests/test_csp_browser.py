@@ -2,7 +2,6 @@
 page, admin pages, an error page and /api/docs cause no CSP violation, and /api/docs renders Swagger
 UI without one request to another host."""
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,7 +13,8 @@ from app.db import Database
 from app.migrate import upgrade_to_head
 from tests.conftest import PASSWORD, TEST_SECRET_KEY, make_user
 from tests.factories import seed_bws_batch
-from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer
+from tests.live_server import LiveServer
+from tests.test_browser import playwright_browser  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -25,20 +25,6 @@ document.addEventListener("securitypolicyviolation", function (e) {
   window.__csp.push(e.violatedDirective + " " + e.blockedURI + " " + e.sourceFile + ":" + e.lineNumber);
 });
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser tests, but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); browser tests skipped")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -91,7 +77,8 @@ class Watched:
         self.check("the page after logging in")
 
 
-def test_pages_and_api_docs_keep_the_policy(browser, live):
+def test_pages_and_api_docs_keep_the_policy(playwright_browser, live):
+    browser = playwright_browser
     server, database = live
     seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
     make_user(database, "ann")
