@@ -133,3 +133,29 @@ def test_rating_items_come_in_a_different_order_for_each_person(client, database
         orders.append(seen)
     assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 20  # everyone gets every item once
     assert orders[0] != orders[1] and orders[0] != sorted(orders[0])
+
+
+def test_a_key_used_for_another_task_is_refused_and_the_second_task_stays_open(client, database):
+    seed_bws_batch(database, prompts=2, per_prompt=4, required=1)  # two tuples
+    make_user(database, "ann")
+    headers = token_headers(client, "ann")
+    key = _key()
+
+    first = client.post("/api/v1/tasks/next", headers=headers).json()
+    ids = [i["continuation_id"] for i in first["items"]]
+    done = client.post(f"/api/v1/tasks/{first['assignment_id']}/bws", headers=headers,
+                       json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": key})
+    assert done.status_code == 200
+
+    second = client.post("/api/v1/tasks/next", headers=headers).json()
+    assert second["task_id"] != first["task_id"]
+    ids = [i["continuation_id"] for i in second["items"]]
+    reused = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws", headers=headers,
+                         json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": key})
+    assert reused.status_code == 409 and "another task" in reused.json()["detail"]
+    with database.read() as db:  # nothing stored for the second task, and it is still this person's to do
+        assert db.scalar(select(func.count()).select_from(BwsJudgement)) == 1
+        assert db.get(Assignment, second["assignment_id"]).status == "active"
+    fresh = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws", headers=headers,
+                        json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()})
+    assert fresh.status_code == 200 and fresh.json()["counted"]

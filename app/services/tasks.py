@@ -466,7 +466,8 @@ COUNT_JUDGEMENT = (
     .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
 )
 INSERT_JUDGEMENT = {model: insert(model).returning(model.id) for model in (BwsJudgement, Rating)}
-STORED_BY_KEY = {model: select(model.id, model.user_id, model.is_surplus).where(model.idempotency_key == bindparam("key"))
+STORED_BY_KEY = {model: select(model.id, model.user_id, model.assignment_id, model.is_surplus)
+                 .where(model.idempotency_key == bindparam("key"))
                  for model in (BwsJudgement, Rating)}
 
 
@@ -510,17 +511,19 @@ def _count_judgement(conn: Connection, assignment_id: int, row, now: datetime) -
     return counted
 
 
-def _replay(database: Database, model, user: User, key: str) -> SubmitResult | None:
+def _replay(database: Database, model, user: User, key: str, assignment_id: int) -> SubmitResult | None:
     with database.engine.connect() as conn:
         row = conn.execute(STORED_BY_KEY[model], {"key": key}).one_or_none()
     if row is None:
         return None
     if row.user_id != user.id:
         raise Conflict("this idempotency key belongs to another submission")
+    if row.assignment_id != assignment_id:  # the key of another task: answering with that one would lose this one
+        raise Conflict("this idempotency key was already used for another task; make a new key per submission")
     return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
 
 
-async def _submit(database: Database, user: User, model, key: str, values) -> SubmitResult:
+async def _submit(database: Database, user: User, model, assignment_id: int, key: str, values) -> SubmitResult:
     """Stores a judgement exactly once per idempotency key, also when the same one races itself.
 
     `values(conn)` checks the assignment, counts it and returns the judgement's columns. A repeated
@@ -535,7 +538,7 @@ async def _submit(database: Database, user: User, model, key: str, values) -> Su
         return await database.run_write(store)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
-        if (replayed := _replay(database, model, user, key)) is not None:
+        if (replayed := _replay(database, model, user, key, assignment_id)) is not None:
             return replayed
         raise
 
@@ -553,7 +556,7 @@ async def submit_bws(database: Database, user: User, assignment_id: int, data: B
                     "worst_id": data.worst_id, "shown_order": row.item_order, "duration_ms": data.duration_ms,
                     "is_surplus": not counted, "idempotency_key": data.idempotency_key, "created_at": now}
 
-    return await _submit(database, user, BwsJudgement, data.idempotency_key, values)
+    return await _submit(database, user, BwsJudgement, assignment_id, data.idempotency_key, values)
 
 
 async def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
@@ -566,7 +569,7 @@ async def submit_rating(database: Database, user: User, assignment_id: int, data
                     idempotency_key=data.idempotency_key, created_at=now,
                     **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS})
 
-    return await _submit(database, user, Rating, data.idempotency_key, values)
+    return await _submit(database, user, Rating, assignment_id, data.idempotency_key, values)
 
 
 # ---------------------------------------------------------------- progress
