@@ -84,6 +84,11 @@ def test_rating_and_skip(client, database):
     bad = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
                       json={"grammar": 6, "creativity": 3, "consistency": 3, "plot": 3, "idempotency_key": _key()})
     assert bad.status_code == 422
+    for not_a_score in (True, "3", 3.0):  # JSON true is no rating of 1, nor text or a float a score
+        wrong = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
+                            json={"grammar": not_a_score, "creativity": 3, "consistency": 3, "plot": 3,
+                                  "idempotency_key": _key()})
+        assert wrong.status_code == 422 and "grammar" in wrong.text, not_a_score
     ok = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
                      json={"grammar": 5, "creativity": 3, "consistency": 4, "plot": 2, "comment": "nice",
                            "idempotency_key": _key()})

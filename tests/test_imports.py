@@ -122,6 +122,7 @@ BAD_UPLOADS = [  # (file, name, line, field, words the message must contain)
     (b"prompt,continuation,source\nok,c,s\nhello,c,s,surplus\n", "bad.csv", 3, None, "4 fields"),
     (b"prompt,continuation,source\nok,c,s\nhello,c,\n", "bad.csv", 3, "source", "required"),
     (b"prompt\nfine\n\xff\xfe broken\n", "bad.csv", 3, None, "UTF-8"),
+    (b'prompt,continuation,source\nok,c,s\n"unterminated,c,s\n', "bad.csv", 3, None, "malformed CSV"),
     (b"", "empty.jsonl", None, None, "empty"),
     (b" \n\n", "empty.csv", None, None, "empty"),
     (b"prompt,continuation,source\n", "header-only.csv", None, None, "no records"),

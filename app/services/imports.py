@@ -200,7 +200,8 @@ def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
 
 
 def _parse_csv(text: str, errors: _Errors, delimiter: str = ",") -> list[ImportRow]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: an unterminated quote is an error, not a field that swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as exc:

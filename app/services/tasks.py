@@ -89,10 +89,11 @@ class BwsSubmission(BaseModel):
 
 
 class RatingSubmission(BaseModel):
-    grammar: int = Field(ge=1, le=5)
-    creativity: int = Field(ge=1, le=5)
-    consistency: int = Field(ge=1, le=5)
-    plot: int = Field(ge=1, le=5)
+    # strict: JSON true is not a score of 1, nor "3" a score of 3 (the form route parses its own fields)
+    grammar: int = Field(ge=1, le=5, strict=True)
+    creativity: int = Field(ge=1, le=5, strict=True)
+    consistency: int = Field(ge=1, le=5, strict=True)
+    plot: int = Field(ge=1, le=5, strict=True)
     comment: str = Field("", max_length=5000)
     idempotency_key: str = Field(min_length=8, max_length=100)
     duration_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
