@@ -188,6 +188,15 @@ def test_oversized_upload_is_refused_with_413(database, settings, middleware):
         assert response.status_code == 413
         assert "2048" in response.json()["detail"]
         assert _counts(database) == (0, 0, 0)
+        if middleware:  # a streamed (chunked) body declares no length: counted as it arrives
+            boundary = "x" * 16
+            body = (f"--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n\r\n"
+                    .encode() + big + f"\r\n--{boundary}--\r\n".encode())
+            chunked = client.post("/api/v1/admin/imports", headers={
+                **headers, "content-type": f"multipart/form-data; boundary={boundary}"},
+                content=(body[i:i + 512] for i in range(0, len(body), 512)))
+            assert chunked.status_code == 413 and "2048" in chunked.json()["detail"]
+            assert _counts(database) == (0, 0, 0)
         assert _upload(client, headers, _jsonl(GOOD), "small.jsonl").status_code == 201
 
 
