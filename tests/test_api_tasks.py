@@ -128,7 +128,7 @@ def test_rating_items_come_in_a_different_order_for_each_person(client, database
     with database.write() as db:
         build_rating_batch(db, "ratings", [c for cs in by_prompt.values() for c in cs], required=2)
     orders = []
-    for name in ("eva1", "eva2"):
+    for name in ("eva1", "eva2"):  # consecutive user ids
         make_user(database, name, role="evaluator")
         headers = token_headers(client, name)
         seen = []
@@ -138,6 +138,8 @@ def test_rating_items_come_in_a_different_order_for_each_person(client, database
         orders.append(seen)
     assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 20  # everyone gets every item once
     assert orders[0] != orders[1] and orders[0] != sorted(orders[0])
+    # Not one cycle entered at another point: the second order is no rotation of the first.
+    assert all(orders[1] != orders[0][k:] + orders[0][:k] for k in range(20))
 
 
 def test_a_key_used_for_another_task_is_refused_and_the_second_task_stays_open(client, database):

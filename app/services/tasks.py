@@ -25,10 +25,12 @@ from functools import cache
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Integer,
     and_,
     bindparam,
+    cast,
     exists,
     func,
     insert,
@@ -297,7 +299,12 @@ def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
     if "bws" in kinds:
         order_by = (Task.serve_rank, _filled, Task.serve_order, Task.id)
     else:
-        order_by = ((Task.id * 7919 + bindparam("user_id", type_=Integer) * 104729) % 10007, Task.id)
+        # (id * m_u + c_u) mod p with a multiplier of the user's own: a different permutation for each
+        # person, not one cycle entered at a different point (as a common multiplier would give).
+        # BigInteger: the products overflow PostgreSQL's 32-bit integer.
+        user = cast(bindparam("user_id", type_=Integer), BigInteger)
+        multiplier = (user * 7919) % 10006 + 1  # 1..p-1: never 0 mod p, so always a permutation
+        order_by = ((cast(Task.id, BigInteger) * multiplier + user * 104729) % 10007, Task.id)
     # "Not seen by this user" as a scalar subquery, not NOT EXISTS: PostgreSQL turned NOT EXISTS into
     # a merge anti-join that read every assignment of every older task, more with each judgement;
     # this way each candidate task costs one probe of the (task, user) unique index.
