@@ -117,6 +117,20 @@ def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
             child.wait(timeout=30)
 
 
+@cli.command()
+def backup(path: Path):
+    """Copy the SQLite database to PATH while the app runs (online backup); PostgreSQL: use pg_dump."""
+    from app.services.backup import backup_sqlite
+    from app.services.errors import ServiceError
+
+    try:
+        size = backup_sqlite(_database(migrate=False), path)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"backed up to {path} ({size / 1e6:.1f} MB)")
+
+
 @cli.command("import")
 def import_file(path: Path):
     """Import prompts and continuations from a JSONL or CSV file (all or nothing)."""
