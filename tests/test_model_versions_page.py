@@ -228,6 +228,8 @@ def test_latest_reward_model_column_and_warnings(database):
     ({"kl_to_reference": 2.5}, {"kl_to_reference": 1.0}, "kl"),  # more than doubled and above 1 nat
     ({"kl_to_reference": 0.9}, {"kl_to_reference": 0.2}, None),  # more than doubled, but under 1 nat
     ({"kl_to_reference": 1.9}, {"kl_to_reference": 1.0}, None),  # above 1 nat, not doubled
+    ({"kl_to_reference": 1.6}, {"kl_to_reference": 0.0}, None),  # a first round off the reference: no jump
+    ({"kl_to_reference": 12.5}, {"kl_to_reference": 0.0}, "kl"),  # but far from it all the same
     ({"copy_similarity": 0.81}, {}, "copy"),
     ({"copy_similarity": 0.8}, {}, None),
     ({"eos_rate": 0.0}, {}, "eos"),

@@ -47,6 +47,7 @@ AUTO_METRICS = ("mean_reward", "distinct_1", "distinct_2", "mean_length", "perpl
 PERPLEXITY_RISE = 1.5  # perplexity under the base more than 1.5x its parent's
 KL_RISE = 2.0  # kl_to_reference more than doubled over its parent's ...
 KL_FLOOR_NATS = 1.0  # ... and above 1 nat per story
+KL_MAX_NATS = 12.0  # or simply this far from the reference (twice the trainer's target KL per story)
 COPY_SIMILARITY_MAX = 0.8  # median character similarity to the previous version's continuations
 EOS_RATE_MIN = 0.0  # a policy none of whose continuations ended with end-of-text
 PPO_METRICS = ("score", "kl", "policy_loss", "value_loss", "kl_coef", "entropy")
@@ -209,8 +210,8 @@ def version_warnings(db: Session) -> list[VersionWarning]:
     """What went wrong, per policy or source version, newest first: its perplexity under the base rose more
     than PERPLEXITY_RISE times over its parent's; its KL to the reference more than KL_RISE times its
     parent's and above KL_FLOOR_NATS; its stories nearly copy the previous version's (copy_similarity above
-    COPY_SIMILARITY_MAX); a policy none of whose stories ended (eos_rate at EOS_RATE_MIN). Versions or
-    parents without the metric are not judged (the root base policy counts as KL 0: it is the reference)."""
+    COPY_SIMILARITY_MAX); a policy none of whose stories ended (eos_rate at EOS_RATE_MIN); any version
+    further than KL_MAX_NATS from the reference. Versions or parents without the metric are not judged."""
     versions = db.scalars(select(ModelVersion).where(ModelVersion.kind.in_(evaluation.VERSION_KINDS))
                           .order_by(ModelVersion.id.desc())).all()
     by_id = {v.id: v for v in versions}
@@ -229,11 +230,13 @@ def version_warnings(db: Session) -> list[VersionWarning]:
             warn("perplexity", f"perplexity under the base rose {ppl / ppl_before:.1f}x over {parent.name}'s "
                                f"({ppl_before:.1f} → {ppl:.1f}; warning above {PERPLEXITY_RISE:g}x)")
         kl, kl_before = auto.get("kl_to_reference"), before.get("kl_to_reference")
-        if kl_before is None and parent is not None and parent.kind == "policy" and parent.parent_id is None:
-            kl_before = 0.0  # the root base policy is the reference itself
-        if kl is not None and kl_before is not None and kl > KL_FLOOR_NATS and kl > KL_RISE * kl_before:
+        # A jump compares two trained versions: every first round moves off its parent, the reference
+        # itself (KL 0), so that step is judged only by the absolute ceiling.
+        if kl is not None and kl_before and kl > KL_FLOOR_NATS and kl > KL_RISE * kl_before:
             warn("kl", f"KL to the reference more than doubled over {parent.name}'s "
                        f"({kl_before:.2f} → {kl:.2f} nats per story)")
+        elif kl is not None and kl > KL_MAX_NATS:
+            warn("kl", f"KL to the reference is {kl:.1f} nats per story (warning above {KL_MAX_NATS:g})")
         copy = auto.get("copy_similarity")
         if copy is not None and copy > COPY_SIMILARITY_MAX:
             warn("copy", f"stories nearly copy the previous version's (median similarity {copy:.2f}, "
