@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app.models import ModelVersion, TrainingRound, utcnow
+from app.services.scoring import ItemTally
 from tests.factories import judge_directly, seed_bws_batch
 from tests.tiny_models import train_tiny_tokenizer
 from trainer.config import GenerationConfig
@@ -64,9 +65,10 @@ def test_a_story_cut_by_the_token_cap_is_trimmed_to_its_last_full_sentence(token
 def test_round_tuples_mix_new_stories_with_the_base_the_best_and_a_random_earlier_one():
     base, source, older = 1, 2, 3
     candidates = [(10, base), (11, base), (12, base), (20, source), (21, source), (22, source), (30, older), (31, older)]
-    scores = {20: (0.9, 6), 21: (-0.5, 6), 30: (0.4, 3), 10: (1.0, 3)}  # continuation: (counting score, appearances)
+    tallies = {20: ItemTally(appearances=6, best=5, worst=0), 21: ItemTally(6, 0, 3),  # scores 0.83, -0.5
+               30: ItemTally(5, 2, 0), 10: ItemTally(3, 3, 0)}  # 0.4, 1.0
     gen = GenerationConfig(base_per_prompt=2, best_per_prompt=2, random_per_prompt=1)
-    items = compose_tuples(candidates + [(40, 9), (41, 9)], [40, 41], base, scores, gen, random.Random(0))
+    items = compose_tuples(candidates + [(40, 9), (41, 9)], [40, 41], base, tallies, gen, random.Random(0))
     assert items[:2] == [40, 41]  # the new version's stories first, all of them
     picked = items[2:]
     assert len(picked) == len(set(picked)) == 5

@@ -36,10 +36,11 @@ def round_due(database: Database, settings: Settings) -> bool:
         newest_judgement = db.scalar(select(func.max(BwsJudgement.created_at)))
     if last is not None and last.status == "failed" and (newest_judgement is None or newest_judgement <= last.finished_at):
         return False
-    if reference_policy(database) is None or newest_round_judgements(database) is None:
+    on_newest = newest_round_judgements(database)
+    if reference_policy(database) is None or on_newest is None:
         return _has_active_prompts(database)  # round 0: the base writes its stories; no judgements needed
     if settings.trainer_trigger == "newest":
-        return newest_round_judgements(database) >= settings.trainer_min_newest_judgements
+        return on_newest >= settings.trainer_min_newest_judgements
     now, used = judgements_since_last_round(database)
     new = now - used
     return now > 0 and new >= settings.trainer_min_new_judgements and new >= settings.trainer_min_new_fraction * max(used, 1)

@@ -87,16 +87,14 @@ def train_reward_model(
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
-    max_length = args.max_length
-    fits = sum(len(tokenizer(p + c)["input_ids"]) < max_length and len(tokenizer(p + r)["input_ids"]) < max_length
-               for p, c, r in zip(train.prompt, train.chosen, train.rejected))
-    if fits == 0:  # TRL leaves out longer pairs; with none left it would fail obscurely
-        raise ValueError(f"every training pair is longer than the reward model's max_length ({max_length} tokens): "
-                         "use a base model with a longer context or shorter prompts")
     trainer = RewardTrainer(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_dict(train.as_columns(with_margin=config.use_margin)), callbacks=[_Progress(report)],
     )
+    fits = len(trainer.train_dataset)  # TRL has left out the pairs longer than max_length
+    if fits == 0:  # with none left it would fail obscurely
+        raise ValueError(f"every training pair is longer than the reward model's max_length ({args.max_length} "
+                         "tokens): use a base model with a longer context or shorter prompts")
     result = trainer.train()
     model = trainer.model.float().eval()
     metrics = {

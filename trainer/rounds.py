@@ -35,7 +35,7 @@ from tqdm import tqdm
 from app.config import Settings
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingLog, TrainingRound, utcnow
-from app.services.scoring import BwsAnnotation, counting_scores
+from app.services.scoring import BwsAnnotation, ItemTally, counting_tallies
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from trainer import model_store
@@ -241,19 +241,14 @@ def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reference
     return version_id
 
 
-def _bws_scores(db) -> dict[int, tuple[float, int]]:
-    """Counting score and appearances of every judged continuation."""
+def _bws_tallies(db) -> dict[int, ItemTally]:
+    """Counting score, appearances, best and worst of every judged continuation."""
     rows = db.execute(select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id)).all()
-    scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in rows)
-    seen: dict[int, int] = defaultdict(int)
-    for j in rows:
-        for c in j.shown_order:
-            seen[c] += 1
-    return {c: (score, seen[c]) for c, score in scores.items()}
+    return counting_tallies(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in rows)
 
 
 def compose_tuples(candidates: list[tuple[int, int]], new_ids: list[int], base_version_id: int,
-                   scores: dict[int, tuple[float, int]], gen, rng: random.Random) -> list[int]:
+                   tallies: dict[int, ItemTally], gen, rng: random.Random) -> list[int]:
     """The items of one prompt's tuples in a round: the new version's continuations, plus up to
     gen.base_per_prompt of the base's, gen.best_per_prompt of the best-scoring earlier ones (BWS
     counting score, judged ones only, imported sources included) and gen.random_per_prompt random
@@ -263,8 +258,8 @@ def compose_tuples(candidates: list[tuple[int, int]], new_ids: list[int], base_v
     base = [c for c, v in earlier if v == base_version_id]
     rng.shuffle(base)
     picked = base[: gen.base_per_prompt]
-    judged = sorted((c for c, _ in earlier if c in scores and c not in picked),
-                    key=lambda c: (-scores[c][0], -scores[c][1], c))
+    judged = sorted((c for c, _ in earlier if c in tallies and c not in picked),
+                    key=lambda c: (-tallies[c].score, -tallies[c].appearances, c))
     picked += judged[: gen.best_per_prompt]
     rest = [c for c, _ in earlier if c not in picked]
     picked += rng.sample(rest, min(gen.random_per_prompt, len(rest)))
@@ -292,7 +287,7 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
     rng = random.Random(cfg.seed + round_id)
     settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k")}
     with database.write() as db:
-        scores = _bws_scores(db)
+        tallies = _bws_tallies(db)
         candidates: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for cid, pid, vid in db.execute(select(Continuation.id, Continuation.prompt_id, Continuation.model_version_id)
                                         .where(Continuation.prompt_id.in_([p for p, _ in prompts]))
@@ -305,7 +300,7 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
             db.add_all(new)
             db.flush()
             ids_by_prompt[prompt_id] = compose_tuples(candidates[prompt_id], [c.id for c in new], base_version_id,
-                                                      scores, gen, rng)
+                                                      tallies, gen, rng)
         batch = build_bws_batch(db, f"round {round_id}: {version.name} vs base, best and earlier", ids_by_prompt,
                                 seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
                                 k=settings.tuple_size, factor=settings.design_factor)
@@ -368,10 +363,10 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
             policy_id = reference.id
             _set(database, round_id, policy_version_id=policy_id)
         elif policy_id is None:
+            start = latest_policy(database)  # PPO continues from the newest policy
             if reward_id is None:
-                reward_id = train_reward_phase(database, settings, cfg, round_id, latest_policy(database), reporter)
-            policy_id = ppo_phase(database, settings, cfg, round_id, latest_policy(database), reference, reward_id,
-                                  reporter)
+                reward_id = train_reward_phase(database, settings, cfg, round_id, start, reporter)
+            policy_id = ppo_phase(database, settings, cfg, round_id, start, reference, reward_id, reporter)
         if batch_id is None:
             generate_and_queue_phase(database, settings, cfg, round_id, policy_id, reference.id, reporter)
         metrics_phase(database, settings, cfg, policy_id, reference.id, reward_id, reporter)

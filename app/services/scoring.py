@@ -62,11 +62,23 @@ def implied_pairs(items: Sequence[int], best: int, worst: int) -> list[tuple[int
     return pairs
 
 
-def counting_scores(annotations: Iterable[BwsAnnotation]) -> dict[int, float]:
-    """Counting score (#best - #worst) / #appearances per item, in [-1, 1].
+@dataclass(frozen=True)
+class ItemTally:
+    """How often an item was shown (per annotation), chosen best and chosen worst."""
 
-    Appearances are counted per annotation: a tuple annotated three times counts three times.
-    """
+    appearances: int
+    best: int
+    worst: int
+
+    @property
+    def score(self) -> float:
+        """Counting score (#best - #worst) / #appearances, in [-1, 1]."""
+        return (self.best - self.worst) / self.appearances
+
+
+def counting_tallies(annotations: Iterable[BwsAnnotation]) -> dict[int, ItemTally]:
+    """Per item, in item order: appearances, times best, times worst (a tuple annotated three times counts
+    three times)."""
     best: dict[int, int] = defaultdict(int)
     worst: dict[int, int] = defaultdict(int)
     seen: dict[int, int] = defaultdict(int)
@@ -75,7 +87,15 @@ def counting_scores(annotations: Iterable[BwsAnnotation]) -> dict[int, float]:
             seen[item] += 1
         best[annotation.best] += 1
         worst[annotation.worst] += 1
-    return {item: (best[item] - worst[item]) / seen[item] for item in sorted(seen)}
+    return {item: ItemTally(seen[item], best[item], worst[item]) for item in sorted(seen)}
+
+
+def counting_scores(annotations: Iterable[BwsAnnotation]) -> dict[int, float]:
+    """Counting score (#best - #worst) / #appearances per item, in [-1, 1].
+
+    Appearances are counted per annotation: a tuple annotated three times counts three times.
+    """
+    return {item: tally.score for item, tally in counting_tallies(annotations).items()}
 
 
 def pair_margin(scores: dict[int, float], winner: int, loser: int) -> float:

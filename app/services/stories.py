@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import Database
-from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TaskItem, TrainingRound
+from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingRound
 from app.services import scoring
 
 MAX_LIMIT = 100  # prompts per page
@@ -82,40 +82,24 @@ def _counting(db: Session, prompt_ids: list[int]) -> tuple[dict[int, tuple[float
     if not prompt_ids:
         return {}, {}
     judgements = db.execute(
-        select(BwsJudgement.task_id, BwsJudgement.best_id, BwsJudgement.worst_id, Task.prompt_id)
+        select(BwsJudgement.task_id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id,
+               Task.prompt_id)
         .join(Task, Task.id == BwsJudgement.task_id)
         .where(Task.prompt_id.in_(prompt_ids), Task.kind == "bws")
         .order_by(BwsJudgement.id)
     ).all()
-    if not judgements:
-        return {}, {}
-    items: dict[int, list[int]] = defaultdict(list)
-    task_ids = sorted({j.task_id for j in judgements})
-    for start in range(0, len(task_ids), 500):
-        for task_id, cid in db.execute(select(TaskItem.task_id, TaskItem.continuation_id)
-                                       .where(TaskItem.task_id.in_(task_ids[start:start + 500]))
-                                       .order_by(TaskItem.task_id, TaskItem.position)):
-            items[task_id].append(cid)
-    by_prompt: dict[int, list[scoring.BwsAnnotation]] = defaultdict(list)
+    annotations: list[scoring.BwsAnnotation] = []
+    per_prompt: dict[int, int] = defaultdict(int)
     for j in judgements:
         try:
-            by_prompt[j.prompt_id].append(scoring.BwsAnnotation(tuple_id=j.task_id, items=tuple(items[j.task_id]),
-                                                                best=j.best_id, worst=j.worst_id))
+            annotations.append(scoring.BwsAnnotation(tuple_id=j.task_id, items=tuple(j.shown_order),
+                                                     best=j.best_id, worst=j.worst_id))
         except ValueError:
             continue  # a malformed tuple is left out rather than failing the page
-    out: dict[int, tuple[float, int, int, int]] = {}
-    for annotations in by_prompt.values():
-        scores = scoring.counting_scores(annotations)
-        seen: dict[int, int] = defaultdict(int)
-        best: dict[int, int] = defaultdict(int)
-        worst: dict[int, int] = defaultdict(int)
-        for a in annotations:
-            for i in a.items:
-                seen[i] += 1
-            best[a.best] += 1
-            worst[a.worst] += 1
-        out.update({cid: (score, seen[cid], best[cid], worst[cid]) for cid, score in scores.items()})
-    return out, {pid: len(group) for pid, group in by_prompt.items()}
+        per_prompt[j.prompt_id] += 1
+    # A tuple's items all belong to its prompt, so tallies over all prompts at once are per-prompt tallies.
+    out = {cid: (t.score, t.appearances, t.best, t.worst) for cid, t in scoring.counting_tallies(annotations).items()}
+    return out, dict(per_prompt)
 
 
 def stories(database: Database, *, offset: int = 0, limit: int = 10, q: str | None = None,
