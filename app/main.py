@@ -122,6 +122,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:
+            # Only FastAPI and Starlette send 400, for a body they cannot decode (not UTF-8 JSON, broken
+            # multipart data): an invalid request like any other, 422 naming the body (the schema has no 400)
+            return await validation_error(request, RequestValidationError([{"loc": ("body",), "msg": str(exc.detail)}]))
         if _wants_json(request):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         return templates.TemplateResponse(request, "error.html", {"message": exc.detail, "errors": []},

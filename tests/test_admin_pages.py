@@ -207,8 +207,9 @@ def test_build_batches_from_the_page(admin, database):
 
     page = post_form(admin, "/admin/batches", "/admin/batches/rating", {"required": "3", "prompt_ids_text": str(p3)})
     assert "Built rating batch #2" in text_of(page) and "with 5 continuations (R = 3)" in text_of(page)
-    page = post_form(admin, "/admin/batches", "/admin/batches/bws", {"seed": "1", "required": "2", "prompt_ids_text": "x1"})
-    assert "No batch built: ids must be whole numbers" in text_of(page)
+    refused = admin.post("/admin/batches/bws", data={"seed": "1", "required": "2", "prompt_ids_text": "x1",
+                                                     "csrf": csrf_of(admin, "/admin/batches")}, follow_redirects=False)
+    assert refused.status_code == 422 and "prompt_ids_text: ids must be whole numbers" in refused.text
     page = post_form(admin, "/admin/batches", "/admin/batches/bws", {"seed": "1", "required": "0"})
     assert "No batch built" in text_of(page)
 

@@ -6,16 +6,18 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
 from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, SettingsDep
+from app.routes.responses import error_responses
 from app.services import logins, tasks, users
 from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
+from app.validation import BoundedText, DbId
 
-router = APIRouter(prefix="/api/v1", tags=["annotate"])
+router = APIRouter(prefix="/api/v1", tags=["annotate"], responses=error_responses(401))
 
 
 class TokenRequest(BaseModel):
-    username: str
-    password: str
-    name: str = ""
+    username: BoundedText(200)
+    password: BoundedText(1000)
+    name: BoundedText(100) = ""  # ApiToken.name is String(100)
 
 
 class TokenResponse(BaseModel):
@@ -25,7 +27,7 @@ class TokenResponse(BaseModel):
 
 
 class SkipRequest(BaseModel):
-    reason: str = ""
+    reason: BoundedText(500) = ""  # Assignment.skip_reason is String(500)
 
 
 class Me(BaseModel):
@@ -35,8 +37,7 @@ class Me(BaseModel):
 
 
 @router.post("/auth/token", response_model=TokenResponse,
-             responses={429: {"description": "too many failed logins for the account or from the address; "
-                                             "see the Retry-After header"}})
+             responses=error_responses(413, 422, 429))
 def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDep, clock: ClockDep,
                  address: ClientAddress):
     """Exchange username and password for a bearer token (send it as `Authorization: Bearer ...`)."""
@@ -61,7 +62,7 @@ def my_progress(user: ApiUser, database: DatabaseDep):
 
 
 @router.post("/tasks/next", response_model=TaskView | None,
-             responses={204: {"description": "nothing left for you"}})
+             responses={204: {"description": "nothing left for you"}, **error_responses(409, 422)})
 async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
                     kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
     """Lease the next task (or return the one already leased). 204 when nothing is left."""
@@ -71,11 +72,12 @@ async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
     return view
 
 
-@router.get("/tasks/{assignment_id}", response_model=TaskView)
-def get_task(assignment_id: int, user: ApiUser, database: DatabaseDep):
+@router.get("/tasks/{assignment_id}", response_model=TaskView, responses=error_responses(404, 422))
+def get_task(assignment_id: DbId, user: ApiUser, database: DatabaseDep):
     return tasks.get_task(database, user, assignment_id)
 
 
+_SUBMIT_ERRORS = error_responses(404, 409, 413, 422)
 NextQuery = Annotated[bool, Query(description="also lease the next task and return it as next_task")]
 
 
@@ -85,19 +87,19 @@ async def _with_next(result: SubmitResult, want_next: bool, user, database, sett
     return result
 
 
-@router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult)
-async def submit_bws(assignment_id: int, body: BwsSubmission, user: ApiUser, database: DatabaseDep,
+@router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult, responses=_SUBMIT_ERRORS)
+async def submit_bws(assignment_id: DbId, body: BwsSubmission, user: ApiUser, database: DatabaseDep,
                      settings: SettingsDep, next: NextQuery = False):
     """Submit best and worst. Retrying with the same idempotency_key never stores twice."""
     return await _with_next(await tasks.submit_bws(database, user, assignment_id, body), next, user, database, settings)
 
 
-@router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult)
-async def submit_rating(assignment_id: int, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
+@router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult, responses=_SUBMIT_ERRORS)
+async def submit_rating(assignment_id: DbId, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
                         settings: SettingsDep, next: NextQuery = False):
     return await _with_next(await tasks.submit_rating(database, user, assignment_id, body), next, user, database, settings)
 
 
-@router.post("/tasks/{assignment_id}/skip", status_code=204)
-async def skip(assignment_id: int, body: SkipRequest, user: ApiUser, database: DatabaseDep):
+@router.post("/tasks/{assignment_id}/skip", status_code=204, responses=_SUBMIT_ERRORS)
+async def skip(assignment_id: DbId, body: SkipRequest, user: ApiUser, database: DatabaseDep):
     await tasks.skip_task(database, user, assignment_id, body.reason)

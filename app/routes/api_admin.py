@@ -10,30 +10,33 @@ from sqlalchemy import func, select
 
 from app.deps import ApiAdmin, DatabaseDep, SettingsDep, api_admin
 from app.models import Batch, BwsJudgement, Rating, Task
+from app.routes.responses import error_responses
 from app.services import exports, imports, tasks, users
 from app.services import stories as stories_service
 from app.services.errors import Invalid, TooLarge
 from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
+from app.validation import BoundedText, DbId, DbInt, IdList
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)])
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)],
+                   responses=error_responses(401, 403))
 
 
 # ---------------------------------------------------------------- bodies and views
 
 
 class BwsBatchRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    prompt_ids: list[int] | None = Field(None, description="null: every prompt")
-    model_version_ids: list[int] | None = Field(None, description="null: continuations of every model version")
-    seed: int = 0
+    name: BoundedText(200, min_length=1)
+    prompt_ids: IdList | None = Field(None, description="null: every prompt")
+    model_version_ids: IdList | None = Field(None, description="null: continuations of every model version")
+    seed: DbInt = 0
     annotations_per_tuple: int | None = Field(None, ge=1, le=100, description="R; null: the server's default")
 
 
 class RatingBatchRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    continuation_ids: list[int] | None = Field(None, description="rate exactly these; else pick by prompt/model version")
-    prompt_ids: list[int] | None = Field(None, description="null: every prompt (when no continuation_ids)")
-    model_version_ids: list[int] | None = None
+    name: BoundedText(200, min_length=1)
+    continuation_ids: IdList | None = Field(None, description="rate exactly these; else pick by prompt/model version")
+    prompt_ids: IdList | None = Field(None, description="null: every prompt (when no continuation_ids)")
+    model_version_ids: IdList | None = None
     annotations_per_task: int | None = Field(None, ge=1, le=100, description="null: the server's default")
 
 
@@ -79,18 +82,18 @@ class UserOut(BaseModel):
 
 
 class CreateUserRequest(BaseModel):
-    username: str
-    password: str
-    role: str = "annotator"
+    username: BoundedText(64)
+    password: BoundedText(1000)
+    role: BoundedText(16) = "annotator"
 
 
 class UpdateUserRequest(BaseModel):
-    role: str | None = None
+    role: BoundedText(16) | None = None
     is_active: bool | None = None
 
 
 class InviteRequest(BaseModel):
-    role: str = "annotator"
+    role: BoundedText(16) = "annotator"
     days: int = Field(14, ge=1, le=365)
 
 
@@ -109,7 +112,7 @@ def _user_out(user) -> UserOut:
 # ---------------------------------------------------------------- imports, prompts, model versions
 
 
-@router.post("/imports", response_model=ImportSummary, status_code=201)
+@router.post("/imports", response_model=ImportSummary, status_code=201, responses=error_responses(409, 413, 422))
 def import_stories(database: DatabaseDep, settings: SettingsDep, file: Annotated[UploadFile, File()]):
     """Import prompts and continuations from a JSONL or CSV file: all or nothing (see app/services/imports.py)."""
     limit = settings.max_upload_bytes
@@ -121,9 +124,9 @@ def import_stories(database: DatabaseDep, settings: SettingsDep, file: Annotated
     return imports.import_file(database, data, file.filename or "")
 
 
-@router.get("/prompts", response_model=PromptPage)
-def list_prompts(database: DatabaseDep, offset: Annotated[int, Query(ge=0)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=500)] = 50, q: str | None = None):
+@router.get("/prompts", response_model=PromptPage, responses=error_responses(422))
+def list_prompts(database: DatabaseDep, offset: DbInt = 0,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 50, q: BoundedText(200) | None = None):
     with database.read() as db:
         return imports.list_prompts(db, offset, limit, q)
 
@@ -137,7 +140,7 @@ def list_model_versions(database: DatabaseDep):
 # ---------------------------------------------------------------- batches
 
 
-@router.post("/batches", response_model=BatchCreated, status_code=201)
+@router.post("/batches", response_model=BatchCreated, status_code=201, responses=error_responses(404, 413, 422))
 def create_bws_batch(body: BwsBatchRequest, database: DatabaseDep, settings: SettingsDep):
     """Build balanced BWS tuples for every chosen prompt with at least `tuple_size` continuations."""
     required = body.annotations_per_tuple or settings.annotations_per_tuple
@@ -149,7 +152,7 @@ def create_bws_batch(body: BwsBatchRequest, database: DatabaseDep, settings: Set
         return BatchCreated(batch_id=batch.id, kind=batch.kind, tasks=count, design=batch.design)
 
 
-@router.post("/batches/rating", response_model=BatchCreated, status_code=201)
+@router.post("/batches/rating", response_model=BatchCreated, status_code=201, responses=error_responses(404, 413, 422))
 def create_rating_batch(body: RatingBatchRequest, database: DatabaseDep, settings: SettingsDep):
     """One rating task per continuation: the given ids, or those of the chosen prompts and model versions."""
     required = body.annotations_per_task or settings.annotations_per_tuple
@@ -194,8 +197,8 @@ def list_batches(database: DatabaseDep):
         return out
 
 
-@router.patch("/batches/{batch_id}", response_model=BatchServing)
-def set_batch_priority(batch_id: int, body: BatchPriorityRequest, database: DatabaseDep):
+@router.patch("/batches/{batch_id}", response_model=BatchServing, responses=error_responses(404, 413, 422))
+def set_batch_priority(batch_id: DbId, body: BatchPriorityRequest, database: DatabaseDep):
     """Pin a batch: "up" (served first), "normal", "down" (served last) or "paused" (not served)."""
     with database.write() as db:
         batch = tasks.set_batch_priority(db, batch_id, body.priority)
@@ -211,19 +214,19 @@ def list_users(database: DatabaseDep):
         return [_user_out(u) for u in users.list_users(db)]
 
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post("/users", response_model=UserOut, status_code=201, responses=error_responses(409, 413, 422))
 def create_user(body: CreateUserRequest, database: DatabaseDep):
     with database.write() as db:
         return _user_out(users.create_user(db, body.username, body.password, body.role))
 
 
-@router.patch("/users/{user_id}", response_model=UserOut)
-def update_user(user_id: int, body: UpdateUserRequest, database: DatabaseDep, admin: ApiAdmin):
+@router.patch("/users/{user_id}", response_model=UserOut, responses=error_responses(404, 409, 413, 422))
+def update_user(user_id: DbId, body: UpdateUserRequest, database: DatabaseDep, admin: ApiAdmin):
     with database.write() as db:
         return _user_out(users.update_user(db, user_id, role=body.role, is_active=body.is_active, acting=admin))
 
 
-@router.post("/invites", response_model=InviteOut, status_code=201)
+@router.post("/invites", response_model=InviteOut, status_code=201, responses=error_responses(413, 422))
 def create_invite(body: InviteRequest, database: DatabaseDep, admin: ApiAdmin):
     """A one-time sign-up link for the given role; send the person `url` on this site."""
     with database.write() as db:
@@ -242,7 +245,8 @@ def list_exports() -> dict[str, Any]:
 
 
 @router.get("/exports/{name}.{fmt}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/vnd.apache.parquet": {}}}})
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/vnd.apache.parquet": {}}},
+                       **error_responses(404, 422)})
 def download_export(name: str, fmt: str, database: DatabaseDep):
     """Streams an export (pairs, judgements, ratings, scores) as jsonl, csv or parquet."""
     body = exports.stream_export(database, name, fmt)
@@ -256,12 +260,12 @@ def download_export(name: str, fmt: str, database: DatabaseDep):
 # ---------------------------------------------------------------- stories by version
 
 
-@router.get("/stories", response_model=stories_service.StoriesPage)
+@router.get("/stories", response_model=stories_service.StoriesPage, responses=error_responses(422))
 def list_stories(database: DatabaseDep,
-                 prompt_id: Annotated[int | None, Query(ge=1)] = None,
-                 version_id: Annotated[list[int], Query(description="repeat for several; none: every version")] = [],  # noqa: B006
-                 q: Annotated[str | None, Query(max_length=200, description="a substring of the prompt text")] = None,
-                 offset: Annotated[int, Query(ge=0)] = 0,
+                 prompt_id: Annotated[DbId | None, Query(ge=1)] = None,
+                 version_id: Annotated[IdList, Query(description="repeat for several; none: every version")] = [],  # noqa: B006
+                 q: Annotated[BoundedText(200) | None, Query(description="a substring of the prompt text")] = None,
+                 offset: DbInt = 0,
                  limit: Annotated[int, Query(ge=1, le=stories_service.MAX_LIMIT)] = 20):
     """Per prompt, every continuation of every (chosen) model version, judged or not, with its BWS counting
     score and appearances over the prompt's judgements (null / 0 when never judged)."""

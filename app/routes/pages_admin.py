@@ -5,7 +5,6 @@ answers with a 303 redirect back to its page, with a flash message kept in the s
 next page render pops it. All text is rendered by autoescaping Jinja templates.
 """
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
@@ -16,6 +15,7 @@ from app.models import BATCH_PRIORITIES, ROLES, utcnow
 from app.services import charts, exports, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
+from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -51,14 +51,6 @@ def _error_details(details: list) -> list[dict[str, Any]]:
         else:
             kept.append({"line": None, "field": None, "message": str(d)[:FLASH_TEXT]})
     return kept
-
-
-def _parse_ids(text: str) -> list[int]:
-    """'1, 2 3' -> [1, 2, 3]; anything but digits, commas and whitespace is refused."""
-    parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
-    if not all(p.isdigit() for p in parts):
-        raise Invalid("ids must be whole numbers separated by commas or spaces")
-    return [int(p) for p in parts]
 
 
 def bar_chart(per_hour: list[stats.HourCount], width: int = 640, height: int = 220) -> dict[str, Any]:
@@ -105,7 +97,7 @@ def dashboard(request: Request, user: PageAdmin, database: DatabaseDep):
 
 @router.get("/scores")
 def scores(request: Request, user: PageAdmin, database: DatabaseDep,
-           limit: Annotated[int, Query(ge=1, le=5000)] = 100, prompt_id: Annotated[int | None, Query()] = None):
+           limit: Annotated[int, Query(ge=1, le=5000)] = 100, prompt_id: Annotated[DbId | None, Query()] = None):
     rows = stats.bws_scores(database, limit=limit, prompt_id=prompt_id)
     return _render(request, user, "admin/scores.html", {"rows": rows, "limit": limit, "prompt_id": prompt_id})
 
@@ -141,7 +133,7 @@ def import_upload(request: Request, user: PageAdmin, database: DatabaseDep,
 
 @router.get("/batches")
 def batches_page(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
-                 q: Annotated[str, Query(max_length=200)] = "", offset: Annotated[int, Query(ge=0)] = 0):
+                 q: Annotated[BoundedText(200), Query()] = "", offset: DbInt = 0):
     with database.read() as db:
         progress = stats.batch_progress(db)
         serving = tasks.batch_serving(db)
@@ -154,8 +146,8 @@ def batches_page(request: Request, user: PageAdmin, database: DatabaseDep, setti
     })
 
 
-def _selection(database, prompt_ids: list[int], prompt_ids_text: str, model_version_ids: list[int]) -> dict[int, list[int]]:
-    chosen = sorted(set(prompt_ids) | set(_parse_ids(prompt_ids_text)))
+def _selection(database, prompt_ids: list[int], typed_ids: list[int], model_version_ids: list[int]) -> dict[int, list[int]]:
+    chosen = sorted(set(prompt_ids) | set(typed_ids))
     with database.read() as db:
         return tasks.continuations_by_prompt(db, chosen or None, model_version_ids or None)
 
@@ -163,18 +155,19 @@ def _selection(database, prompt_ids: list[int], prompt_ids_text: str, model_vers
 @router.post("/batches/bws", dependencies=[Csrf])
 def build_bws(
     request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
-    name: Annotated[str, Form(max_length=200)] = "",
-    seed: Annotated[int, Form()] = 0,
+    name: Annotated[BoundedText(200), Form()] = "",
+    seed: Annotated[DbInt, Form()] = 0,
     required: Annotated[int, Form()] = 3,
-    prompt_ids: Annotated[list[int], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+    prompt_ids: Annotated[IdList, Form()] = [],  # noqa: B006 (FastAPI copies defaults)
     prompt_ids_text: Annotated[str, Form(max_length=100_000)] = "",
-    model_version_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+    model_version_ids: Annotated[IdList, Form()] = [],  # noqa: B006
 ):
     name = name.strip() or f"BWS {utcnow():%Y-%m-%d %H:%M}"
+    typed_ids = parse_id_list(prompt_ids_text, "prompt_ids_text")  # a bad id: 422 naming the field
     try:
         if not 1 <= required <= 100:
             raise Invalid("annotations per tuple (R) must be between 1 and 100")
-        by_prompt = _selection(database, prompt_ids, prompt_ids_text, model_version_ids)
+        by_prompt = _selection(database, prompt_ids, typed_ids, model_version_ids)
         with database.write() as db:
             batch = tasks.build_bws_batch(db, name, by_prompt, seed=seed, required=required,
                                           k=settings.tuple_size, factor=settings.design_factor)
@@ -188,17 +181,18 @@ def build_bws(
 @router.post("/batches/rating", dependencies=[Csrf])
 def build_rating(
     request: Request, user: PageAdmin, database: DatabaseDep,
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[BoundedText(200), Form()] = "",
     required: Annotated[int, Form()] = 3,
-    prompt_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+    prompt_ids: Annotated[IdList, Form()] = [],  # noqa: B006
     prompt_ids_text: Annotated[str, Form(max_length=100_000)] = "",
-    model_version_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+    model_version_ids: Annotated[IdList, Form()] = [],  # noqa: B006
 ):
     name = name.strip() or f"Rating {utcnow():%Y-%m-%d %H:%M}"
+    typed_ids = parse_id_list(prompt_ids_text, "prompt_ids_text")
     try:
         if not 1 <= required <= 100:
             raise Invalid("ratings per continuation (R) must be between 1 and 100")
-        by_prompt = _selection(database, prompt_ids, prompt_ids_text, model_version_ids)
+        by_prompt = _selection(database, prompt_ids, typed_ids, model_version_ids)
         ids = [c for _, cs in sorted(by_prompt.items()) for c in cs]
         with database.write() as db:
             batch_id = tasks.build_rating_batch(db, name, ids, required=required).id
@@ -209,8 +203,8 @@ def build_rating(
 
 
 @router.post("/batches/{batch_id}/priority", dependencies=[Csrf])
-def set_batch_priority(request: Request, user: PageAdmin, database: DatabaseDep, batch_id: int,
-                       priority: Annotated[str, Form(max_length=16)]):
+def set_batch_priority(request: Request, user: PageAdmin, database: DatabaseDep, batch_id: DbId,
+                       priority: Annotated[BoundedText(16), Form()]):
     try:
         with database.write() as db:
             tasks.set_batch_priority(db, batch_id, priority)
@@ -235,9 +229,9 @@ def users_page(request: Request, user: PageAdmin, database: DatabaseDep):
 
 @router.post("/users", dependencies=[Csrf])
 def create_user(request: Request, user: PageAdmin, database: DatabaseDep,
-                username: Annotated[str, Form(max_length=200)] = "",
-                password: Annotated[str, Form(max_length=1000)] = "",
-                role: Annotated[str, Form(max_length=32)] = "annotator"):
+                username: Annotated[BoundedText(200), Form()] = "",
+                password: Annotated[BoundedText(1000), Form()] = "",
+                role: Annotated[BoundedText(32), Form()] = "annotator"):
     try:
         with database.write() as db:
             created = users.create_user(db, username.strip(), password, role)
@@ -248,8 +242,8 @@ def create_user(request: Request, user: PageAdmin, database: DatabaseDep,
 
 
 @router.post("/users/{user_id}/role", dependencies=[Csrf])
-def change_role(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
-                role: Annotated[str, Form(max_length=32)] = ""):
+def change_role(request: Request, user_id: DbId, user: PageAdmin, database: DatabaseDep,
+                role: Annotated[BoundedText(32), Form()] = ""):
     try:
         with database.write() as db:
             changed = users.update_user(db, user_id, role=role, acting=user)
@@ -260,7 +254,7 @@ def change_role(request: Request, user_id: int, user: PageAdmin, database: Datab
 
 
 @router.post("/users/{user_id}/active", dependencies=[Csrf])
-def set_active(request: Request, user_id: int, user: PageAdmin, database: DatabaseDep,
+def set_active(request: Request, user_id: DbId, user: PageAdmin, database: DatabaseDep,
                active: Annotated[bool, Form()] = False):
     try:
         with database.write() as db:
@@ -273,7 +267,7 @@ def set_active(request: Request, user_id: int, user: PageAdmin, database: Databa
 
 @router.post("/invites", dependencies=[Csrf])
 def create_invite(request: Request, user: PageAdmin, database: DatabaseDep,
-                  role: Annotated[str, Form(max_length=32)] = "annotator",
+                  role: Annotated[BoundedText(32), Form()] = "annotator",
                   days: Annotated[int, Form()] = 14):
     try:
         if not 1 <= days <= 365:

@@ -21,6 +21,7 @@ from app.services import tasks
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.tasks import BwsSubmission, RatingSubmission, TaskView
 from app.templating import templates
+from app.validation import DbId, Text
 
 router = APIRouter(include_in_schema=False)
 
@@ -158,7 +159,7 @@ def _task_page(request: Request, user: User, database, view: TaskView, *, error:
 
 
 @router.get("/task/{assignment_id}")
-def show_task(request: Request, assignment_id: int, user: PageUser, database: DatabaseDep):
+def show_task(request: Request, assignment_id: DbId, user: PageUser, database: DatabaseDep):
     view = tasks.get_task(database, user, assignment_id)
     return _task_page(request, user, database, view)
 
@@ -200,7 +201,7 @@ def _already_finished(request: Request, database, settings, user: User, exc: Con
 @router.post("/task/{assignment_id}/bws", dependencies=[Csrf])
 def submit_bws(
     request: Request,
-    assignment_id: int,
+    assignment_id: DbId,
     user: PageUser,
     database: DatabaseDep,
     settings: SettingsDep,
@@ -240,7 +241,7 @@ def submit_bws(
 @router.post("/task/{assignment_id}/rating", dependencies=[Csrf])
 def submit_rating(
     request: Request,
-    assignment_id: int,
+    assignment_id: DbId,
     user: PageUser,
     database: DatabaseDep,
     settings: SettingsDep,
@@ -283,11 +284,11 @@ def submit_rating(
 @router.post("/task/{assignment_id}/skip", dependencies=[Csrf])
 def skip(
     request: Request,
-    assignment_id: int,
+    assignment_id: DbId,
     user: PageUser,
     database: DatabaseDep,
     settings: SettingsDep,
-    reason: Annotated[str, Form()] = "",
+    reason: Annotated[Text, Form()] = "",  # kept to its first 500 characters
 ):
     try:
         from_thread.run(tasks.skip_task, database, user, assignment_id, reason.strip())

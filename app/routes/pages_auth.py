@@ -11,6 +11,7 @@ from app.models import User
 from app.services import logins, users
 from app.services.errors import ServiceError
 from app.templating import templates
+from app.validation import BoundedText, Text
 
 router = APIRouter(include_in_schema=False)
 
@@ -76,9 +77,9 @@ def login(
     settings: SettingsDep,
     clock: ClockDep,
     address: ClientAddress,
-    username: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "",
+    username: Annotated[BoundedText(200), Form()] = "",
+    password: Annotated[BoundedText(1000), Form()] = "",
+    next: Annotated[Text, Form()] = "",
 ):
     username = username.strip()
     try:
@@ -112,7 +113,7 @@ def _invite_page(request: Request, token: str, role: str, error: str = "", usern
 
 
 @router.get("/invite/{token}")
-def invite_form(request: Request, token: str, database: DatabaseDep):
+def invite_form(request: Request, token: BoundedText(100), database: DatabaseDep):
     with database.read() as db:
         invite = users.open_invite(db, token)  # NotFound -> error page
         role = invite.role
@@ -122,11 +123,11 @@ def invite_form(request: Request, token: str, database: DatabaseDep):
 @router.post("/invite/{token}", dependencies=[Csrf])
 def invite_accept(
     request: Request,
-    token: str,
+    token: BoundedText(100),
     database: DatabaseDep,
-    username: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    password2: Annotated[str, Form()] = "",
+    username: Annotated[BoundedText(200), Form()] = "",
+    password: Annotated[BoundedText(1000), Form()] = "",
+    password2: Annotated[BoundedText(1000), Form()] = "",
 ):
     username = username.strip()
     with database.read() as db:

@@ -4,7 +4,6 @@ Evaluators rate campaign items through the ordinary task pages (/evaluate, /task
 which never show model versions. Everything here needs an admin session.
 """
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from app.models import BwsJudgement, Campaign, GenerationRequest, Prompt, Rating
 from app.services import charts, evaluation, imports, model_versions, training
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
+from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -35,13 +35,6 @@ def _flash(request: Request, message: str, kind: str = "ok") -> None:
     request.session["flash"] = {"message": message[:400], "kind": kind}
 
 
-def _parse_ids(text: str) -> list[int]:
-    parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
-    if not all(p.isdigit() for p in parts):
-        raise Invalid("ids must be whole numbers separated by commas or spaces")
-    return [int(p) for p in parts]
-
-
 # ---------------------------------------------------------------- campaigns
 
 
@@ -58,24 +51,23 @@ def campaigns_page(request: Request, user: PageAdmin, database: DatabaseDep):
 @router.post("/campaigns", dependencies=[Csrf])
 def create_campaign(
     request: Request, user: PageAdmin, database: DatabaseDep,
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[BoundedText(200), Form()] = "",
     required: Annotated[int, Form()] = 2,
-    seed: Annotated[int, Form()] = 0,
-    model_version_ids: Annotated[list[int], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
-    prompt_ids: Annotated[list[int], Form()] = [],  # noqa: B006
+    seed: Annotated[DbInt, Form()] = 0,
+    model_version_ids: Annotated[IdList, Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+    prompt_ids: Annotated[IdList, Form()] = [],  # noqa: B006
     prompt_ids_text: Annotated[str, Form(max_length=100_000)] = "",
-    first_active: Annotated[str, Form(max_length=10)] = "",
+    first_active: Annotated[DbInt | None, Form(description="also the first N active prompts")] = None,
 ):
+    typed_ids = parse_id_list(prompt_ids_text, "prompt_ids_text")  # a bad id: 422 naming the field
     try:
         if not 1 <= required <= 100:
             raise Invalid("evaluators per item (R) must be between 1 and 100")
-        chosen = list(dict.fromkeys(list(prompt_ids) + _parse_ids(prompt_ids_text)))
-        if first_active.strip():
-            if not first_active.strip().isdigit():
-                raise Invalid("the number of active prompts must be a whole number")
+        chosen = list(dict.fromkeys(list(prompt_ids) + typed_ids))
+        if first_active:
             with database.read() as db:
                 chosen += [p for p in db.scalars(select(Prompt.id).where(Prompt.is_active).order_by(Prompt.id)
-                                                 .limit(int(first_active))) if p not in chosen]
+                                                 .limit(first_active)) if p not in chosen]
         if len(set(model_version_ids)) < 2:
             raise Invalid("pick at least two model versions")
         if not chosen:
@@ -103,7 +95,7 @@ def _ci_svg(res: evaluation.Results):
 
 
 @router.get("/campaigns/{campaign_id}")
-def campaign_page(request: Request, campaign_id: int, user: PageAdmin, database: DatabaseDep):
+def campaign_page(request: Request, campaign_id: DbId, user: PageAdmin, database: DatabaseDep):
     res = evaluation.results(database, campaign_id)
     with database.read() as db:
         failed = db.scalars(select(GenerationRequest).where(GenerationRequest.campaign_id == campaign_id,
@@ -117,7 +109,7 @@ def campaign_page(request: Request, campaign_id: int, user: PageAdmin, database:
 
 
 @router.post("/campaigns/{campaign_id}/close", dependencies=[Csrf])
-def close_campaign(request: Request, campaign_id: int, user: PageAdmin, database: DatabaseDep):
+def close_campaign(request: Request, campaign_id: DbId, user: PageAdmin, database: DatabaseDep):
     with database.write() as db:
         evaluation.close_campaign(db, campaign_id)
     _flash(request, f"Campaign #{campaign_id} is closed: no more items are handed out.")
@@ -125,14 +117,14 @@ def close_campaign(request: Request, campaign_id: int, user: PageAdmin, database
 
 
 @router.get("/campaigns/{campaign_id}/results.csv")
-def results_csv(campaign_id: int, user: PageAdmin, database: DatabaseDep):
+def results_csv(campaign_id: DbId, user: PageAdmin, database: DatabaseDep):
     res = evaluation.results(database, campaign_id)
     return Response(evaluation.results_csv(res), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}-results.csv"'})
 
 
 @router.get("/campaigns/{campaign_id}/results.json")
-def results_json(campaign_id: int, user: PageAdmin, database: DatabaseDep):
+def results_json(campaign_id: DbId, user: PageAdmin, database: DatabaseDep):
     res = evaluation.results(database, campaign_id)
     return Response(evaluation.results_json(res), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}-results.json"'})

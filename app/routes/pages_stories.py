@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from app.deps import DatabaseDep, PageAdmin
 from app.services import stories
 from app.templating import templates
+from app.validation import BoundedText, DbId, DbInt, IdList
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -15,10 +16,10 @@ PAGE_SIZE = 10  # prompts per page: each shows every version's continuations in 
 
 @router.get("/stories")
 def stories_page(request: Request, user: PageAdmin, database: DatabaseDep,
-                 q: Annotated[str, Query(max_length=200)] = "",
-                 prompt_id: Annotated[int | None, Query(ge=1)] = None,
-                 version_id: Annotated[list[int], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
-                 offset: Annotated[int, Query(ge=0)] = 0,
+                 q: Annotated[BoundedText(200), Query()] = "",
+                 prompt_id: Annotated[DbId | None, Query(ge=1)] = None,
+                 version_id: Annotated[IdList, Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+                 offset: DbInt = 0,
                  limit: Annotated[int, Query(ge=1, le=stories.MAX_LIMIT)] = PAGE_SIZE):
     page = stories.stories(database, offset=offset, limit=limit, q=q.strip() or None, prompt_id=prompt_id,
                            version_ids=version_id)

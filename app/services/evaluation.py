@@ -49,6 +49,7 @@ from app.models import (
 )
 from app.services.errors import Invalid, NotFound
 from app.services.scoring import bootstrap_mean_ci, krippendorff_alpha, paired_comparison
+from app.validation import BoundedText, DbInt, IdList
 
 EVAL_KIND = "eval"
 VERSION_KINDS = ("policy", "source")  # what a campaign can compare (reward models write no stories)
@@ -58,11 +59,11 @@ BOOTSTRAP_RESAMPLES = 2000
 
 
 class CampaignCreate(BaseModel):
-    name: str = Field("", max_length=200)
-    model_version_ids: list[int] = Field(min_length=2)
-    prompt_ids: list[int] = Field(min_length=1)
+    name: BoundedText(200) = ""
+    model_version_ids: IdList = Field(min_length=2)
+    prompt_ids: IdList = Field(min_length=1)
     required: int = Field(2, ge=1, le=100)
-    seed: int = 0
+    seed: DbInt = 0
 
 
 class CampaignInfo(BaseModel):

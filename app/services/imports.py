@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from app.db import Database
 from app.models import Continuation, ModelVersion, Prompt
 from app.services.errors import Conflict, Invalid
+from app.validation import storable_text
 
 MAX_TEXT = 20_000
 MAX_NAME = 200  # ModelVersion.name, Prompt.external_id and Continuation.external_id are String(200)
@@ -62,7 +63,7 @@ class ImportRow(BaseModel):
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
-        return value
+        return value if value is None else storable_text(value)  # no NUL, no lone surrogate
 
     @model_validator(mode="after")
     def _source_with_continuation(self) -> "ImportRow":

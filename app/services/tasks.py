@@ -59,6 +59,7 @@ from app.models import (
 )
 from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Invalid, NotFound
+from app.validation import BoundedText, DbId
 
 ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating", "eval"), "admin": ("bws", "rating", "eval")}
 RATING_KINDS = ("rating", "eval")  # "eval": a blind evaluation-campaign item, rated like a rating task
@@ -84,9 +85,9 @@ class TaskView(BaseModel):
 
 
 class BwsSubmission(BaseModel):
-    best_id: int
-    worst_id: int
-    idempotency_key: str = Field(min_length=8, max_length=100)
+    best_id: DbId
+    worst_id: DbId
+    idempotency_key: BoundedText(100, min_length=8)
     duration_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
 
 
@@ -96,8 +97,8 @@ class RatingSubmission(BaseModel):
     creativity: int = Field(ge=1, le=5, strict=True)
     consistency: int = Field(ge=1, le=5, strict=True)
     plot: int = Field(ge=1, le=5, strict=True)
-    comment: str = Field("", max_length=5000)
-    idempotency_key: str = Field(min_length=8, max_length=100)
+    comment: BoundedText(5000) = ""
+    idempotency_key: BoundedText(100, min_length=8)
     duration_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
 
 

@@ -1,0 +1,273 @@
+"""Inputs the databases cannot store are refused with a 422 naming the field, and nothing is stored:
+integers beyond PostgreSQL's integer range, NUL characters and lone surrogates, texts longer than their
+column, id lists longer than MAX_ID_LIST, Unicode digits in admin form id fields (app/validation.py).
+Each case runs on SQLite and on PostgreSQL; before app/validation.py most of them were 500s on one or both."""
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from app.models import ApiToken, Assignment, Batch, BwsJudgement, Campaign, Prompt, Rating, User
+from app.validation import DB_INT_MAX, MAX_ID_LIST
+from tests.conftest import PASSWORD, make_user, token_headers
+from tests.factories import seed_bws_batch, seed_rating_batch, seed_stories
+from tests.test_admin_pages import admin, app_with_overview, csrf_of, web  # noqa: F401 (admin: a signed-in admin)
+
+TOO_BIG = DB_INT_MAX + 1  # 2^31: beyond PostgreSQL's integer
+HUGE = 2**63  # beyond SQLite's integer too
+
+
+def count(database, model) -> int:
+    with database.read() as db:
+        return db.scalar(select(func.count()).select_from(model))
+
+
+def assert_refused(response, *loc, status: int = 422) -> dict:
+    """The status, and an error whose location names the field (JSON body of app/main.py's handlers)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["detail"], str)
+    locations = [e.get("loc") for e in body["errors"]]
+    assert list(loc) in locations, f"{loc} not among {locations}"
+    return body
+
+
+def post_json(client, url: str, body, headers: dict | None = None):
+    """Posts `body` as JSON written by json.dumps, which escapes a lone surrogate as \\ud800 (as any
+    client would); httpx's own json= cannot encode one."""
+    return client.post(url, content=json.dumps(body), headers={**(headers or {}), "Content-Type": "application/json"})
+
+
+@pytest.fixture
+def annotator(client, database):
+    make_user(database, "ann")
+    return token_headers(client, "ann")
+
+
+def lease(client, headers) -> dict:
+    response = client.post("/api/v1/tasks/next", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---------------------------------------------------------------- integers beyond the column range
+
+
+@pytest.mark.parametrize("value", [TOO_BIG, HUGE, -1])
+@pytest.mark.parametrize("path, field", [
+    ("/api/v1/admin/campaigns/{}", "campaign_id"),
+    ("/api/v1/admin/campaigns/{}/results", "campaign_id"),
+    ("/api/v1/admin/training/rounds/{}/logs", "round_id"),
+])
+def test_admin_path_ids_beyond_the_range(client, admin_headers, path, field, value):
+    assert_refused(client.get(path.format(value), headers=admin_headers), "path", field)
+
+
+@pytest.mark.parametrize("query, field", [
+    ("offset={}", "offset"),
+])
+@pytest.mark.parametrize("value", [TOO_BIG, HUGE])
+def test_offsets_beyond_the_range(client, admin_headers, query, field, value):
+    assert_refused(client.get(f"/api/v1/admin/prompts?{query.format(value)}", headers=admin_headers), "query", field)
+    assert_refused(client.get(f"/api/v1/admin/stories?{query.format(value)}", headers=admin_headers), "query", field)
+
+
+@pytest.mark.parametrize("value", [TOO_BIG, HUGE])
+def test_query_ids_beyond_the_range(client, admin_headers, value):
+    assert_refused(client.get(f"/api/v1/admin/scores?prompt_id={value}", headers=admin_headers), "query", "prompt_id")
+    assert_refused(client.get(f"/api/v1/admin/stories?version_id=1&version_id={value}", headers=admin_headers),
+                   "query", "version_id", 1)
+
+
+@pytest.mark.parametrize("value", [TOO_BIG, HUGE])
+def test_task_ids_beyond_the_range(client, database, annotator, value):
+    seed_bws_batch(database)
+    task = lease(client, annotator)
+    assert_refused(client.get(f"/api/v1/tasks/{value}", headers=annotator), "path", "assignment_id")
+    items = [i["continuation_id"] for i in task["items"]]
+    body = {"best_id": value, "worst_id": items[1], "idempotency_key": "key-12345678"}
+    assert_refused(client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=annotator, json=body),
+                   "body", "best_id")
+    assert_refused(client.post(f"/api/v1/tasks/{value}/skip", headers=annotator, json={}), "path", "assignment_id")
+    assert count(database, BwsJudgement) == 0
+    with database.read() as db:
+        assert db.get(Assignment, task["assignment_id"]).status == "active"
+
+
+@pytest.mark.parametrize("body, loc", [
+    ({"name": "b", "seed": TOO_BIG}, ("body", "seed")),
+    ({"name": "b", "seed": HUGE}, ("body", "seed")),
+    ({"name": "b", "prompt_ids": [1, TOO_BIG]}, ("body", "prompt_ids", 1)),
+    ({"name": "b", "model_version_ids": [HUGE]}, ("body", "model_version_ids", 0)),
+])
+def test_bws_batch_bodies_beyond_the_range(client, database, admin_headers, body, loc):
+    seed_stories(database)
+    assert_refused(client.post("/api/v1/admin/batches", headers=admin_headers, json=body), *loc)
+    assert count(database, Batch) == 0
+
+
+def test_rating_batch_and_campaign_ids_beyond_the_range(client, database, admin_headers):
+    seed_stories(database)
+    assert_refused(client.post("/api/v1/admin/batches/rating", headers=admin_headers,
+                               json={"name": "r", "continuation_ids": [HUGE]}), "body", "continuation_ids", 0)
+    assert_refused(client.post("/api/v1/admin/campaigns", headers=admin_headers,
+                               json={"model_version_ids": [1, 2], "prompt_ids": [TOO_BIG], "seed": 1}),
+                   "body", "prompt_ids", 0)
+    assert_refused(client.post("/api/v1/admin/campaigns", headers=admin_headers,
+                               json={"model_version_ids": [1, 2], "prompt_ids": [1], "seed": TOO_BIG}), "body", "seed")
+    assert_refused(client.patch(f"/api/v1/admin/users/{TOO_BIG}", headers=admin_headers, json={"role": "admin"}),
+                   "path", "user_id")
+    assert_refused(client.patch(f"/api/v1/admin/batches/{HUGE}", headers=admin_headers, json={"priority": "up"}),
+                   "path", "batch_id")
+    assert (count(database, Batch), count(database, Campaign)) == (0, 0)
+
+
+# ---------------------------------------------------------------- NUL characters and lone surrogates
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b"], ids=["nul", "surrogate"])
+def test_task_texts_with_nul_or_a_lone_surrogate(client, database, annotator, bad):
+    seed_bws_batch(database)
+    seed_rating_batch(database)
+    task = lease(client, annotator)
+    assert_refused(post_json(client, f"/api/v1/tasks/{task['assignment_id']}/skip", {"reason": bad}, annotator),
+                   "body", "reason")
+    items = [i["continuation_id"] for i in task["items"]]
+    assert_refused(post_json(client, f"/api/v1/tasks/{task['assignment_id']}/bws",
+                             {"best_id": items[0], "worst_id": items[1], "idempotency_key": f"key-{bad}-123"}, annotator),
+                   "body", "idempotency_key")
+    with database.read() as db:
+        assert db.get(Assignment, task["assignment_id"]).status == "active"
+    assert count(database, BwsJudgement) == 0
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b"], ids=["nul", "surrogate"])
+def test_a_rating_comment_with_nul_or_a_lone_surrogate(client, database, annotator, bad):
+    seed_rating_batch(database)
+    task = lease(client, annotator)
+    scores = {"grammar": 3, "creativity": 3, "consistency": 3, "plot": 3}
+    assert_refused(post_json(client, f"/api/v1/tasks/{task['assignment_id']}/rating",
+                             {**scores, "comment": bad, "idempotency_key": "key-12345678"}, annotator), "body", "comment")
+    assert count(database, Rating) == 0
+
+
+@pytest.mark.parametrize("bad", ["ro\x00ot", "ro\ud800ot"], ids=["nul", "surrogate"])
+def test_logins_and_accounts_with_nul_or_a_lone_surrogate(client, database, admin_headers, bad):
+    users_before, tokens_before = count(database, User), count(database, ApiToken)
+    assert_refused(post_json(client, "/api/v1/auth/token", {"username": bad, "password": PASSWORD}), "body", "username")
+    assert_refused(post_json(client, "/api/v1/auth/token", {"username": "admin", "password": bad}), "body", "password")
+    assert_refused(post_json(client, "/api/v1/admin/users", {"username": bad, "password": PASSWORD}, admin_headers),
+                   "body", "username")
+    assert_refused(post_json(client, "/api/v1/admin/invites", {"role": bad}, admin_headers), "body", "role")
+    assert (count(database, User), count(database, ApiToken)) == (users_before, tokens_before)
+
+
+def test_searches_with_nul(client, admin_headers):
+    assert_refused(client.get("/api/v1/admin/prompts?q=a%00b", headers=admin_headers), "query", "q")
+    assert_refused(client.get("/api/v1/admin/stories?q=a%00b", headers=admin_headers), "query", "q")
+
+
+def test_login_form_with_nul_in_the_username(client, database):
+    make_user(database, "root", "admin")
+    response = client.post("/login", headers={"Accept": "text/html"}, follow_redirects=False,
+                           data={"username": "ro\x00ot", "password": PASSWORD, "csrf": csrf_of(client, "/login")})
+    assert response.status_code == 422 and "username" in response.text
+    assert client.get("/admin", follow_redirects=False).status_code == 303  # not signed in
+
+
+@pytest.mark.parametrize("upload, line, field", [
+    (b'{"prompt": "fine"}\n{"prompt": "bad \\u0000 text"}\n', 2, "prompt"),
+    (b'{"prompt": "fine", "continuation": "bad \\ud800", "source": "s"}\n', 1, "continuation"),
+    (b'{"prompt": "p", "continuation": "c", "source": "s\\u0000"}\n', 1, "source"),
+    (b'prompt,continuation,source\nfine,fine,s\nbad \x00 prompt,c,s\n', 3, "prompt"),
+], ids=["jsonl-nul", "jsonl-surrogate", "jsonl-nul-source", "csv-nul"])
+def test_imports_with_nul_or_a_lone_surrogate(client, database, admin_headers, upload, line, field):
+    name = "stories.csv" if upload.startswith(b"prompt,") else "stories.jsonl"
+    response = client.post("/api/v1/admin/imports", headers=admin_headers, files={"file": (name, upload)})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["errors"][0]["line"] == line and body["errors"][0]["field"] == field, body
+    assert f"line {line}" in body["detail"] and repr(field) in body["detail"]
+    assert count(database, Prompt) == 0
+
+
+# ---------------------------------------------------------------- texts longer than their column
+
+
+def test_a_token_name_longer_than_its_column(client, database):
+    make_user(database, "ann")
+    response = client.post("/api/v1/auth/token", json={"username": "ann", "password": PASSWORD, "name": "n" * 101})
+    assert_refused(response, "body", "name")
+    assert count(database, ApiToken) == 0
+    ok = client.post("/api/v1/auth/token", json={"username": "ann", "password": PASSWORD, "name": "n" * 100})
+    assert ok.status_code == 200 and count(database, ApiToken) == 1
+
+
+def test_a_skip_reason_longer_than_its_column(client, database, annotator):
+    seed_bws_batch(database)
+    task = lease(client, annotator)
+    response = client.post(f"/api/v1/tasks/{task['assignment_id']}/skip", headers=annotator, json={"reason": "r" * 501})
+    assert_refused(response, "body", "reason")
+    with database.read() as db:
+        assert db.get(Assignment, task["assignment_id"]).status == "active"
+
+
+# ---------------------------------------------------------------- id lists beyond the limit
+
+
+def test_id_lists_beyond_the_limit(client, database, admin_headers):
+    seed_stories(database)
+    too_many = list(range(1, MAX_ID_LIST + 2))  # beyond PostgreSQL's 65,535 parameters too, times 7
+    for url, body, field in [
+        ("/api/v1/admin/batches", {"name": "b", "prompt_ids": too_many * 7}, "prompt_ids"),
+        ("/api/v1/admin/batches/rating", {"name": "r", "continuation_ids": too_many}, "continuation_ids"),
+        ("/api/v1/admin/campaigns", {"model_version_ids": [1, 2], "prompt_ids": too_many}, "prompt_ids"),
+    ]:
+        assert_refused(client.post(url, headers=admin_headers, json=body), "body", field)
+    assert (count(database, Batch), count(database, Campaign)) == (0, 0)
+
+
+def test_an_id_list_at_the_limit_is_accepted(client, database, admin_headers):
+    by_prompt = seed_stories(database)
+    ids = sorted(by_prompt) + list(range(10_000, 10_000 + MAX_ID_LIST - len(by_prompt)))
+    response = client.post("/api/v1/admin/batches", headers=admin_headers, json={"name": "b", "prompt_ids": ids})
+    assert response.status_code == 201, response.text
+
+
+# ---------------------------------------------------------------- admin form id fields
+
+
+@pytest.mark.parametrize("typed", ["١٢", "²", "1 2 ３", str(TOO_BIG)], ids=["arabic-indic", "superscript", "fullwidth", "too-big"])
+def test_admin_form_id_fields_take_ascii_digits_only(admin, database, typed):
+    seed_stories(database)
+    for action in ("/admin/batches/bws", "/admin/batches/rating"):
+        response = admin.post(action, follow_redirects=False,
+                                   data={"csrf": csrf_of(admin, "/admin/batches"), "prompt_ids_text": typed})
+        assert_refused(response, "body", "prompt_ids_text")
+    response = admin.post("/admin/campaigns", follow_redirects=False,
+                               data={"csrf": csrf_of(admin, "/admin/campaigns"), "model_version_ids": ["1", "2"],
+                                     "prompt_ids_text": typed})
+    assert_refused(response, "body", "prompt_ids_text")
+    assert (count(database, Batch), count(database, Campaign)) == (0, 0)
+
+
+def test_admin_form_select_and_number_fields_refuse_unicode_digits(admin, database):
+    seed_stories(database)
+    token = csrf_of(admin, "/admin/batches")
+    assert_refused(admin.post("/admin/batches/bws", data={"csrf": token, "prompt_ids": ["١"]}), "body", "prompt_ids", 0)
+    assert_refused(admin.post("/admin/batches/bws", data={"csrf": token, "seed": "١٢"}), "body", "seed")
+    assert_refused(admin.post("/admin/batches/bws", data={"csrf": token, "seed": str(TOO_BIG)}), "body", "seed")
+    token = csrf_of(admin, "/admin/campaigns")
+    assert_refused(admin.post("/admin/campaigns", data={"csrf": token, "model_version_ids": ["1", "2"],
+                                                              "first_active": "١٢"}), "body", "first_active")
+    assert (count(database, Batch), count(database, Campaign)) == (0, 0)
+
+
+# ---------------------------------------------------------------- bodies that cannot be parsed
+
+
+def test_an_undecodable_body_is_a_422_naming_the_body(client):
+    response = client.post("/api/v1/auth/token", content=b'{"username": "\xff\xfe"}',
+                           headers={"Content-Type": "application/json"})
+    assert_refused(response, "body")
