@@ -30,7 +30,7 @@ from tests.conftest import make_user, token_headers
 from tests.factories import seed_bws_batch, seed_rating_batch
 from tests.live_server import LiveServer
 
-EXAMPLES = int(os.environ.get("STORYLOOP_FUZZ_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("STORYLOOP_FUZZ_EXAMPLES", "8"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -65,18 +65,18 @@ def _lease(client, headers) -> int:
 
 
 def _fuzz(operation, session: requests.Session, base_url: str, headers: dict[str, str], path_ids: dict,
-          failures: list[str]) -> int:
+          failures: list[str], examples: int = EXAMPLES, modes=(GenerationMode.POSITIVE, GenerationMode.NEGATIVE)) -> int:
     """Runs the bounded fuzz of one operation; appends one line per failing operation and mode."""
     fixed = {name: value for name, value in path_ids.items()
              if any(p.name == name for p in operation.path_parameters)}
     sent = 0
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+    for mode in modes:
         strategies = [operation.as_strategy(generation_mode=mode)]
         if fixed:
             strategies.append(operation.as_strategy(generation_mode=mode, path_parameters=fixed))
         for strategy in strategies:
 
-            @hypothesis_settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+            @hypothesis_settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def run(case):
@@ -106,6 +106,25 @@ def test_no_5xx_and_every_response_as_the_schema_says(role, client, database, li
     sent = 0
     with requests.Session() as session:
         for result in schema.get_all_operations():
-            sent += _fuzz(result.ok(), session, live.url, headers, path_ids, failures)
+            operation = result.ok()
+            if role != "admin" and operation.path.startswith("/api/v1/admin/"):
+                # an annotator gets 403 before anything is read: a few requests show that it is declared
+                sent += _fuzz(operation, session, live.url, headers, path_ids, failures, 2, (GenerationMode.POSITIVE,))
+            else:
+                sent += _fuzz(operation, session, live.url, headers, path_ids, failures)
     assert sent > 100
     assert not failures, f"{len(failures)} failing operations:\n\n" + "\n\n".join(failures)
+
+
+def test_the_schema_declares_the_error_bodies_the_app_sends(client):
+    """FastAPI's default 422 body ({"detail": [...]}) is not what app/main.py sends; no route may declare it."""
+    schema = client.get("/api/v1/openapi.json").json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "401" in responses, (method, path)
+            if operation.get("parameters") or operation.get("requestBody"):
+                assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/InvalidBody"), (method, path)
+            for status in set(responses) & {"401", "403", "404", "409", "413", "429"}:
+                assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), (method, path)

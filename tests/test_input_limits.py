@@ -54,30 +54,16 @@ def lease(client, headers) -> dict:
 # ---------------------------------------------------------------- integers beyond the column range
 
 
-@pytest.mark.parametrize("value", [TOO_BIG, HUGE, -1])
-@pytest.mark.parametrize("path, field", [
-    ("/api/v1/admin/campaigns/{}", "campaign_id"),
-    ("/api/v1/admin/campaigns/{}/results", "campaign_id"),
-    ("/api/v1/admin/training/rounds/{}/logs", "round_id"),
-])
-def test_admin_path_ids_beyond_the_range(client, admin_headers, path, field, value):
-    assert_refused(client.get(path.format(value), headers=admin_headers), "path", field)
-
-
-@pytest.mark.parametrize("query, field", [
-    ("offset={}", "offset"),
-])
-@pytest.mark.parametrize("value", [TOO_BIG, HUGE])
-def test_offsets_beyond_the_range(client, admin_headers, query, field, value):
-    assert_refused(client.get(f"/api/v1/admin/prompts?{query.format(value)}", headers=admin_headers), "query", field)
-    assert_refused(client.get(f"/api/v1/admin/stories?{query.format(value)}", headers=admin_headers), "query", field)
-
-
-@pytest.mark.parametrize("value", [TOO_BIG, HUGE])
-def test_query_ids_beyond_the_range(client, admin_headers, value):
-    assert_refused(client.get(f"/api/v1/admin/scores?prompt_id={value}", headers=admin_headers), "query", "prompt_id")
-    assert_refused(client.get(f"/api/v1/admin/stories?version_id=1&version_id={value}", headers=admin_headers),
-                   "query", "version_id", 1)
+def test_admin_path_and_query_ids_beyond_the_range(client, admin_headers):
+    for value in (TOO_BIG, HUGE, -1):
+        for path, field in [("/api/v1/admin/campaigns/{}", "campaign_id"), ("/api/v1/admin/campaigns/{}/results", "campaign_id"),
+                            ("/api/v1/admin/training/rounds/{}/logs", "round_id")]:
+            assert_refused(client.get(path.format(value), headers=admin_headers), "path", field)
+        for url in ("/api/v1/admin/prompts", "/api/v1/admin/stories"):
+            assert_refused(client.get(f"{url}?offset={value}", headers=admin_headers), "query", "offset")
+        assert_refused(client.get(f"/api/v1/admin/scores?prompt_id={value}", headers=admin_headers), "query", "prompt_id")
+        assert_refused(client.get(f"/api/v1/admin/stories?version_id=1&version_id={value}", headers=admin_headers),
+                       "query", "version_id", 1)
 
 
 @pytest.mark.parametrize("value", [TOO_BIG, HUGE])
@@ -95,15 +81,15 @@ def test_task_ids_beyond_the_range(client, database, annotator, value):
         assert db.get(Assignment, task["assignment_id"]).status == "active"
 
 
-@pytest.mark.parametrize("body, loc", [
-    ({"name": "b", "seed": TOO_BIG}, ("body", "seed")),
-    ({"name": "b", "seed": HUGE}, ("body", "seed")),
-    ({"name": "b", "prompt_ids": [1, TOO_BIG]}, ("body", "prompt_ids", 1)),
-    ({"name": "b", "model_version_ids": [HUGE]}, ("body", "model_version_ids", 0)),
-])
-def test_bws_batch_bodies_beyond_the_range(client, database, admin_headers, body, loc):
+def test_bws_batch_bodies_beyond_the_range(client, database, admin_headers):
     seed_stories(database)
-    assert_refused(client.post("/api/v1/admin/batches", headers=admin_headers, json=body), *loc)
+    for body, loc in [
+        ({"name": "b", "seed": TOO_BIG}, ("body", "seed")),
+        ({"name": "b", "seed": HUGE}, ("body", "seed")),
+        ({"name": "b", "prompt_ids": [1, TOO_BIG]}, ("body", "prompt_ids", 1)),
+        ({"name": "b", "model_version_ids": [HUGE]}, ("body", "model_version_ids", 0)),
+    ]:
+        assert_refused(client.post("/api/v1/admin/batches", headers=admin_headers, json=body), *loc)
     assert count(database, Batch) == 0
 
 
