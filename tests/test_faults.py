@@ -332,6 +332,7 @@ class Load:
     acknowledged: dict[str, tuple[int, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    think_seconds: float = 0.05  # between one judgement and the next task
 
     def post(self, client: httpx.Client, url: str, **kwargs) -> httpx.Response | None:
         """POST until an answer that is neither a 503 nor a broken connection (None once stopped).
@@ -367,7 +368,7 @@ class Load:
                 if answer is not None and answer.status_code == 200:
                     with self.lock:
                         self.acknowledged[key] = (answer.json()["judgement_id"], time.monotonic())
-                time.sleep(0.05)
+                time.sleep(self.think_seconds)
 
     def start(self, base_url: str, annotators: list[tuple[int, dict[str, str]]]) -> list[threading.Thread]:
         threads = [threading.Thread(target=self.annotate, args=(base_url, headers, i), daemon=True)
@@ -532,13 +533,15 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
     from tests.test_trainer_loop import tiny_trainer_env
     from tests.tiny_models import save_tiny_base
 
-    base = save_tiny_base(tmp_path / "tiny-base")
+    started = time.monotonic()
+    base = save_tiny_base(tmp_path / "tiny-base", steps=40)  # writes poorly, but rounds only need it to write
+    timings = {"tiny base built": time.monotonic() - started}
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'loop.db'}", data_dir=tmp_path / "data",
                         secret_key=TEST_SECRET_KEY, lease_seconds=600)
     upgrade_to_head(settings.resolved_database_url)
     database = Database.from_url(settings.resolved_database_url)
     seed_bws_batch(database, prompts=3, per_prompt=6, required=3)
-    annotators = _make_annotators(database, 4)
+    annotators = _make_annotators(database, 3)
     env = {**os.environ, **tiny_trainer_env(base), "STORYLOOP_DATABASE_URL": settings.resolved_database_url,
            "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_TRAINER_POLL_SECONDS": "1",
            "STORYLOOP_TRAINER_MIN_NEWEST_JUDGEMENTS": "3", "STORYLOOP_TRAINER_PPO_STEPS": "400"}
@@ -549,7 +552,7 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     server, port = start_server_process(settings)
-    load = Load()
+    load = Load(think_seconds=0.3)  # people, not a benchmark: the trainer needs the CPU too
     threads = load.start(f"http://127.0.0.1:{port}", annotators)
     first = start_trainer()
     try:
@@ -564,6 +567,7 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         killed_at, killed_round = time.monotonic(), r.id
+        timings["killed in round 1's PPO"] = killed_at - started
 
         # Once the heartbeat is LEASE_STALE_SECONDS old (made so here rather than waited for), the
         # trainer page says no trainer runs, and the round is still marked running: interrupted.
@@ -575,6 +579,7 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
 
         second = start_trainer("--max-rounds", "1", STORYLOOP_TRAINER_PPO_STEPS="3")
         assert second.wait(timeout=150) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+        timings["round finished by the new trainer"] = time.monotonic() - started
         load.wait_for_acknowledged(5, timeout=20, after=killed_at)  # the app served all along
     finally:
         for trainer in [first] + ([second] if "second" in locals() else []):
@@ -585,6 +590,7 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
         _kill_server(server)
         log.close()
 
+    print("trainer killed:", {k: round(v, 1) for k, v in timings.items()}, f"answers {dict(load.statuses)}")
     resumed = _newest_round(database)
     assert (resumed.id, resumed.status) == (killed_round, "done")  # the interrupted round, finished by the new trainer
     assert resumed.policy_version_id is not None and resumed.batch_id is not None
