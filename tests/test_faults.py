@@ -182,16 +182,34 @@ def _form_fields(html: str) -> dict[str, str]:
     return fields
 
 
-def test_browser_post_during_a_full_disk_gets_the_try_again_page(sqlite_app):
-    client, database, fault = sqlite_app
+def _first_task_in_the_browser(client: TestClient) -> tuple[int, dict[str, str]]:
+    """Logs "ann" in through the pages and opens her first task: its assignment id and a filled-in form."""
     page = client.get("/login", headers=HTML)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     client.post("/login", headers=HTML, data={"csrf": csrf, "username": "ann", "password": PASSWORD, "next": ""})
     annotate = client.get("/annotate", headers=HTML)
     csrf = re.search(r'name="csrf" value="([^"]+)"', annotate.text).group(1)
     task_page = client.post("/annotate/next", headers=HTML, data={"csrf": csrf})
-    assignment_id = int(str(task_page.url).rsplit("/", 1)[1])
-    form = _form_fields(task_page.text)
+    return int(str(task_page.url).rsplit("/", 1)[1]), _form_fields(task_page.text)
+
+
+def test_the_script_s_submission_is_told_where_to_go_and_the_flash_waits_there(sqlite_app):
+    """annotate.js sends the form with fetch; a redirect would be followed by fetch itself (and the
+    page it fetched would take the "Saved." flash), so the script gets the address as JSON."""
+    client, database, _fault = sqlite_app
+    assignment_id, form = _first_task_in_the_browser(client)
+    answer = client.post(f"/task/{assignment_id}/bws", headers={**HTML, "X-Storyloop-Submit": "fetch"}, data=form,
+                         follow_redirects=False)
+    assert answer.status_code == 200
+    location = answer.json()["location"]
+    assert re.fullmatch(r"/task/\d+", location) and location != f"/task/{assignment_id}"
+    assert _stored(database) == [(form["idempotency_key"], assignment_id)]
+    assert "Saved." in client.get(location, headers=HTML).text
+
+
+def test_browser_post_during_a_full_disk_gets_the_try_again_page(sqlite_app):
+    client, database, fault = sqlite_app
+    assignment_id, form = _first_task_in_the_browser(client)
     action = f"/task/{assignment_id}/bws"
 
     fault.start(DISK_FULL, "statement")
