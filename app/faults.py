@@ -52,7 +52,7 @@ def is_unavailable(exc: BaseException) -> bool:
         exc = exc.orig
     if isinstance(exc, _PSYCOPG_UNAVAILABLE):  # connection failures, shutdown, disk full (53100), I/O (58030)
         return True
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+    if isinstance(exc, sqlite3.DatabaseError):  # OperationalError included
         return any(m in str(exc).lower() for m in _UNAVAILABLE_MESSAGES)
     if isinstance(exc, OSError):
         return exc.errno in _UNAVAILABLE_ERRNOS

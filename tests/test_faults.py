@@ -44,6 +44,7 @@ from tests.factories import seed_bws_batch
 from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer, start_server_process
 
 HTML = {"Accept": "text/html"}
+INTERRUPTED = '<strong class="interrupted">interrupted</strong>'  # the trainer page's mark on a round nobody runs
 DISK_FULL = "database or disk is full"
 READ_ONLY = "attempt to write a readonly database"
 
@@ -529,6 +530,29 @@ def test_postgresql_restarted_under_load(own_postgres, tmp_path):
 # ---------------------------------------------------------------- the trainer killed mid-round while the app serves
 
 
+def test_the_trainer_page_marks_a_running_round_without_a_live_trainer_interrupted(sqlite_app):
+    from datetime import timedelta
+
+    from app.models import TrainerLease, TrainingRound, utcnow
+    from app.services.training import LEASE_STALE_SECONDS, TRAINER_LEASE
+
+    client, database, _fault = sqlite_app
+    make_user(database, "root", "admin")
+    login = client.get("/login", headers=HTML)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+    client.post("/login", headers=HTML, data={"csrf": csrf, "username": "root", "password": PASSWORD, "next": ""})
+    with database.write() as db:
+        db.add(TrainingRound(status="running", trigger="auto", phase="ppo", step=3, total_steps=40))
+        db.add(TrainerLease(name=TRAINER_LEASE, holder="box:42", heartbeat_at=utcnow()))
+    alive = client.get("/admin/training", headers=HTML).text
+    assert "<strong>running</strong>" in alive and INTERRUPTED not in alive
+
+    with database.write() as db:  # the trainer was killed: its heartbeat goes stale
+        db.get(TrainerLease, TRAINER_LEASE).heartbeat_at = utcnow() - timedelta(seconds=LEASE_STALE_SECONDS + 1)
+    stale = client.get("/admin/training", headers=HTML).text
+    assert "<strong>running</strong>" in stale and INTERRUPTED in stale and "No trainer is running" in stale
+
+
 def _newest_round(database: Database):
     from app.models import TrainingRound
 
@@ -570,6 +594,16 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     server, port = start_server_process(settings)
+    make_user(database, "root", "admin")
+
+    def admin_page() -> str:
+        """The trainer page as an admin sees it."""
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HTML) as browser:
+            login = browser.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+            browser.post("/login", data={"csrf": csrf, "username": "root", "password": PASSWORD, "next": ""})
+            return browser.get("/admin/training").text
+
     load = Load(think_seconds=0.3)  # people, not a benchmark: the trainer needs the CPU too
     threads = load.start(f"http://127.0.0.1:{port}", annotators)
     first = start_trainer()
@@ -594,6 +628,8 @@ def test_trainer_killed_mid_round_while_the_app_serves(tmp_path):
             lease.heartbeat_at -= timedelta(seconds=LEASE_STALE_SECONDS + 1)
         status = trainer_status(database)
         assert not status.trainer_alive and status.current.id == killed_round and status.current.status == "running"
+        page = admin_page()
+        assert f"Round {killed_round}: <strong>running</strong>" in page and INTERRUPTED in page
 
         second = start_trainer("--max-rounds", "1", STORYLOOP_TRAINER_PPO_STEPS="3")
         assert second.wait(timeout=150) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
