@@ -1,6 +1,8 @@
 """The app factory: settings, database, middleware, error pages and routers."""
 
 import gc
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlencode
@@ -9,12 +11,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.config import Settings, checked_secret_key, get_settings
 from app.db import Database
 from app.deps import LoginRequired
+from app.faults import RETRY_AFTER_SECONDS, is_unavailable
 from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services.errors import ServiceError
@@ -67,6 +72,11 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+log = logging.getLogger("storyloop.app")
+# What a database or disk fault can raise; app.faults.is_unavailable tells a fault from a bug.
+FAULT_TYPES = (DBAPIError, PoolTimeout, sqlite3.Error, OSError)
 
 
 def _tune_garbage_collector() -> None:
@@ -138,6 +148,27 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
         return templates.TemplateResponse(request, "error.html", {"message": "invalid form", "errors": errors},
                                           status_code=422)
+
+    async def unavailable(request: Request, exc: Exception):
+        if not is_unavailable(exc):
+            raise exc  # a bug: ServerErrorMiddleware answers 500 and logs the traceback
+        log.warning("%s %s: database or disk unavailable, answered 503: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        message = f"The service is briefly unavailable; try again in {RETRY_AFTER_SECONDS} seconds."
+        if _wants_json(request):
+            return JSONResponse({"detail": message}, status_code=503, headers=headers)
+        return templates.TemplateResponse(request, "error.html", {
+            "message": message, "errors": [], "unavailable": True, "resubmit": request.method == "POST",
+        }, status_code=503, headers=headers)
+
+    for fault_type in FAULT_TYPES:
+        app.add_exception_handler(fault_type, unavailable)
+    try:
+        import psycopg  # its errors can escape unwrapped from a driver-level call
+        app.add_exception_handler(psycopg.Error, unavailable)
+    except ImportError:  # pragma: no cover (a SQLite-only install)
+        pass
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):

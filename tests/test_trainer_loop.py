@@ -22,7 +22,7 @@ from app.models import BwsJudgement, Continuation, ModelVersion, Task, TrainingL
 from app.simulate import SimulationConfig, run_simulation
 from tests.conftest import PASSWORD, make_user
 from tests.factories import judge_directly, seed_bws_batch
-from tests.tiny_models import pretrain_lm, story_corpus, tiny_lm, train_tiny_tokenizer
+from tests.tiny_models import save_tiny_base
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny GPT-2 saved with save_pretrained: the same path a hub id takes, minus the download."""
-    folder = tmp_path_factory.mktemp("tiny-base")
-    pairs = story_corpus(1500)
-    tokenizer = train_tiny_tokenizer(p + c for p, c in pairs)
-    model = pretrain_lm(tiny_lm(tokenizer, n_positions=128), tokenizer, [p + c for p, c in pairs], steps=150)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 def tiny_trainer_env(base: Path) -> dict[str, str]:

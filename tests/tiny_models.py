@@ -11,6 +11,7 @@ Bradley-Terry loss. Everything builds in seconds on a CPU and needs no hub downl
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -125,3 +126,13 @@ def train_reward_model(rm, tokenizer, triples: list[tuple[str, str, str]], forma
         loss.backward()
         opt.step()
     return rm.eval()
+
+
+def save_tiny_base(folder: Path, steps: int = 150) -> Path:
+    """A tiny GPT-2 saved with save_pretrained: the same path a hub id takes, minus the download."""
+    pairs = story_corpus(1500)
+    tokenizer = train_tiny_tokenizer(p + c for p, c in pairs)
+    model = pretrain_lm(tiny_lm(tokenizer, n_positions=128), tokenizer, [p + c for p, c in pairs], steps=steps)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from anyio import from_thread
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
 from app.deps import Csrf, DatabaseDep, PageUser, PageUserOptional, SettingsDep
@@ -183,19 +183,31 @@ def _int_or_none(value: str) -> int | None:
         return None
 
 
-def _after_submit(request: Request, database, settings, user: User, result) -> RedirectResponse:
+# annotate.js sends the task form with fetch (so that a 503 can be retried without losing the marked
+# choice) and says so in this header. fetch would follow a redirect by itself, and the page it fetched
+# would take the "Saved." flash with it; so the script gets the address instead and goes there itself.
+FETCH_SUBMIT_HEADER = "x-storyloop-submit"
+
+
+def _onward(request: Request, response: RedirectResponse) -> RedirectResponse | JSONResponse:
+    if request.headers.get(FETCH_SUBMIT_HEADER) == "fetch":
+        return JSONResponse({"location": response.headers["location"]})
+    return response
+
+
+def _after_submit(request: Request, database, settings, user: User, result):
     if result.replayed:
         _flash(request, "Already saved.")
     elif result.counted:
         _flash(request, "Saved.")
     else:
         _flash(request, "Saved (after the reservation ran out, so it was kept as an extra judgement).")
-    return _next_or_done(request, database, settings, user)
+    return _onward(request, _next_or_done(request, database, settings, user))
 
 
-def _already_finished(request: Request, database, settings, user: User, exc: Conflict) -> RedirectResponse:
+def _already_finished(request: Request, database, settings, user: User, exc: Conflict):
     _flash(request, f"Not saved again: {exc.message}.", "bad")
-    return _next_or_done(request, database, settings, user)
+    return _onward(request, _next_or_done(request, database, settings, user))
 
 
 @router.post("/task/{assignment_id}/bws", dependencies=[Csrf])

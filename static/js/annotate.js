@@ -1,8 +1,13 @@
-/* storyloop task pages: keyboard shortcuts, a check before submitting, and the time taken.
+/* storyloop task pages: keyboard shortcuts, a check before submitting, the time taken, and
+ * submitting without losing the answer when the server is briefly unavailable.
  *
  * Everything works without this script (plain radio buttons and forms); it only adds:
  *   BWS:    1-4 mark best, Shift+1-4 mark worst, Enter submits, S skips.
  *   Rating: 1-5 score the highlighted scale and move to the next one, Enter submits, S skips.
+ *   Both:   the form is sent with fetch; on a 503 or a network error the page stays as it is (the
+ *           marked choices, the comment) and sends the same form again, with the same idempotency
+ *           key, after the server's Retry-After, or at once with "Try again". The server stores a
+ *           submission once per key, so a retry after an answer that got lost is never a double.
  * Number keys are matched by physical key (KeyboardEvent.code "Digit1".."Digit5", or the number
  * pad), so they work on every layout, AZERTY included, whatever character the key produces.
  */
@@ -15,9 +20,12 @@
   var msg = document.getElementById("form-msg");
   var skipForm = document.getElementById("skip-form");
   var durationInput = form.querySelector("[data-duration]");
+  var retryBtn = document.getElementById("retry-btn");
   var started = performance.now();
   var sending = false;
   var tried = false;
+  var retryTimer = null; // set while a retry is waiting
+  var DEFAULT_RETRY_S = 3;
 
   form.noValidate = true; // this script checks and explains; without it the browser's `required` does
 
@@ -101,6 +109,7 @@
   function update() {
     var p = problem();
     submitBtn.disabled = !!p || sending;
+    if (retryTimer) return p; // the countdown keeps the message line
     if (p) show(p.text, p.bad || tried);
     else show("", false);
     return p;
@@ -117,11 +126,64 @@
     }
     if (durationInput) durationInput.value = String(Math.round(performance.now() - started));
     sending = true; // a second Enter or click does nothing; the server would not count it twice anyway
-    setTimeout(function () { submitBtn.disabled = true; }, 0);
+    if (!window.fetch || !window.FormData) { // an old browser: the plain form post
+      setTimeout(function () { submitBtn.disabled = true; }, 0);
+      return;
+    }
+    e.preventDefault();
+    submitBtn.disabled = true;
+    send();
   });
 
+  // ------------------------------------------------------------ sending, and retrying
+
+  function stopRetrying() {
+    clearInterval(retryTimer);
+    retryTimer = null;
+    if (retryBtn) retryBtn.hidden = true;
+  }
+
+  function retryLater(seconds, why) {
+    stopRetrying();
+    var left = Math.max(1, Math.round(seconds));
+    function tick() {
+      if (left <= 0) { send(); return; }
+      show(why + " Your answer is kept; retrying in " + left + " s…", true);
+      left -= 1;
+    }
+    retryTimer = setInterval(tick, 1000);
+    tick();
+    if (retryBtn) retryBtn.hidden = false;
+  }
+
+  function send() {
+    stopRetrying();
+    if (problem()) { sending = false; update(); return; } // changed meanwhile into something unsendable
+    show("Sending…", false);
+    fetch(form.action, {
+      method: "POST", body: new FormData(form), credentials: "same-origin",
+      headers: { "Accept": "text/html", "X-Storyloop-Submit": "fetch" } // the server answers where to go next
+    }).then(function (r) {
+      if (r.status === 503) {
+        var after = parseInt(r.headers.get("Retry-After"), 10);
+        retryLater(after > 0 ? after : DEFAULT_RETRY_S, "The server is busy.");
+        return;
+      }
+      if (r.ok && (r.headers.get("Content-Type") || "").indexOf("application/json") === 0) {
+        return r.json().then(function (answer) { window.location.assign(answer.location); });
+      }
+      // Anything else (the form refused, the session ended): send the same form the plain way, so
+      // that the browser shows the server's own page. The same key: never stored twice.
+      HTMLFormElement.prototype.submit.call(form);
+    }).catch(function () {
+      retryLater(DEFAULT_RETRY_S, "No answer from the server.");
+    });
+  }
+
+  if (retryBtn) retryBtn.addEventListener("click", function () { if (sending) send(); });
+
   window.addEventListener("pageshow", function (e) {
-    if (e.persisted) { sending = false; update(); } // back/forward cache: the form is live again
+    if (e.persisted) { stopRetrying(); sending = false; update(); } // back/forward cache: the form is live again
   });
 
   if (skipForm) {

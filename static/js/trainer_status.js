@@ -107,9 +107,13 @@
     return root;
   }
 
-  function describeRound(c) {
+  function describeRound(c, trainerAlive) {
     if (!c) return ["No round is queued or running."];
     var parts = ["Round " + c.id + ": ", el("strong", { text: c.status })];
+    if (c.status === "running" && !trainerAlive) { // killed mid-round: the heartbeat went stale
+      parts.push(" · ", el("strong", { "class": "interrupted", text: "interrupted" }),
+        ": no trainer is alive; the next one to start resumes this round");
+    }
     if (c.phase) {
       parts.push(" · phase ", el("strong", { text: c.phase }));
       if (c.total_steps) parts.push(" · step " + c.step + " of " + c.total_steps);
@@ -124,7 +128,7 @@
     $("trainer-alive").replaceChildren.apply($("trainer-alive"), s.trainer_alive
       ? ["Trainer ", el("strong", { text: s.trainer_holder || "" }), " is running (last heartbeat " + utc(s.heartbeat_at).slice(11) + " UTC)."]
       : [el("strong", { text: "No trainer is running." }), " Start one with ", el("code", { text: "storyloop trainer" }), " (the demo starts it for you)."]);
-    $("trainer-round").replaceChildren.apply($("trainer-round"), describeRound(c));
+    $("trainer-round").replaceChildren.apply($("trainer-round"), describeRound(c, s.trainer_alive));
     var eta = $("trainer-round-eta");
     if (c && c.round_eta_seconds !== null) {
       eta.replaceChildren("Whole round: about ", el("strong", { text: duration(c.round_eta_seconds) }), " left ",
