@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from app.models import Assignment, BwsJudgement, Continuation, ModelVersion, Prompt, Rating
 from app.services import evaluation, tasks
+from app.services.item_handles import ItemHandles
 from tests.conftest import make_user, token_headers
 from tests.factories import HANDLES
 from tests.test_pages_annotate import login
@@ -354,3 +355,13 @@ def test_a_handle_works_only_in_its_own_assignment(client, database):
         judgement = db.scalar(select(BwsJudgement))
         assert (judgement.best_id, judgement.worst_id) == (order[2], order[0])
 
+
+
+def test_handles_are_the_same_in_every_worker_and_unknown_without_the_secret():
+    one, other_worker = ItemHandles.from_secret("s" * 40), ItemHandles.from_secret("s" * 40)
+    handle = one.handle(7, FIRST_ID)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16}", handle) and str(FIRST_ID) not in handle
+    assert other_worker.handle(7, FIRST_ID) == handle  # workers share the secret key, so any may answer
+    assert ItemHandles.from_secret("t" * 40).handle(7, FIRST_ID) != handle
+    assert one.handle(8, FIRST_ID) != handle and one.handle(7, FIRST_ID + 1) != handle
+    assert one.continuations_by_handle(7, [FIRST_ID, FIRST_ID + 1]) == {handle: FIRST_ID, one.handle(7, FIRST_ID + 1): FIRST_ID + 1}

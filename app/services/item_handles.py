@@ -14,7 +14,6 @@ secret can make or invert one. Admins and exports are not blind and keep continu
 """
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,15 +28,13 @@ class ItemHandles:
     @classmethod
     def from_secret(cls, secret_key: str) -> "ItemHandles":
         # A key of its own, derived from the session key: the session key itself signs nothing else.
-        return cls(hmac.new(secret_key.encode(), b"storyloop item handles", hashlib.sha256).digest())
+        return cls(hmac.digest(secret_key.encode(), b"storyloop item handles", "sha256"))
 
     def handle(self, assignment_id: int, continuation_id: int) -> str:
-        digest = hmac.new(self.key, f"{assignment_id}:{continuation_id}".encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self.key, f"{assignment_id}:{continuation_id}".encode(), "sha256")
         return base64.urlsafe_b64encode(digest).decode()[:HANDLE_LENGTH]
 
-    def continuation_of(self, assignment_id: int, item_order: Iterable[int], handle: str) -> int | None:
-        """The continuation behind a handle of this assignment's items, or None if it is none of them."""
-        for continuation_id in item_order:
-            if hmac.compare_digest(self.handle(assignment_id, continuation_id).encode(), handle.encode()):
-                return continuation_id
-        return None
+    def continuations_by_handle(self, assignment_id: int, item_order: Iterable[int]) -> dict[str, int]:
+        """This assignment's items by handle, to map what a person sends back. (A plain lookup: the
+        person was shown every valid handle of the assignment, so there is nothing to guess.)"""
+        return {self.handle(assignment_id, continuation_id): continuation_id for continuation_id in item_order}

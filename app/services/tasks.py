@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
@@ -111,12 +112,12 @@ def blind_view(task: LeasedTask, handles: ItemHandles) -> TaskView:
                            for item in task.items])
 
 
-HandleField = Field(min_length=1, max_length=64, description="the handle of an item of this task, as shown")
+ItemHandle = Annotated[str, Field(min_length=1, max_length=64, description="the handle of an item of this task, as shown")]
 
 
 class BwsSubmission(BaseModel):
-    best: str = HandleField
-    worst: str = HandleField
+    best: ItemHandle
+    worst: ItemHandle
     idempotency_key: str = Field(min_length=8, max_length=100)
     duration_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
 
@@ -590,7 +591,8 @@ async def _submit(database: Database, user: User, model, assignment_id: int, key
 def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: list[int], data: BwsSubmission) -> tuple[int, int]:
     """The continuations behind the best and worst handles; a handle that names no item of this
     assignment (another assignment's included) is refused, naming the field."""
-    chosen = {field: handles.continuation_of(assignment_id, item_order, getattr(data, field)) for field in ("best", "worst")}
+    items = handles.continuations_by_handle(assignment_id, item_order)
+    chosen = {field: items.get(getattr(data, field)) for field in ("best", "worst")}
     unknown = [field for field, continuation_id in chosen.items() if continuation_id is None]
     if unknown:
         raise Invalid(f"{' and '.join(unknown)}: not the handle of an item of this task",
