@@ -12,6 +12,7 @@ continuation ids rejects chance, so the test can fail, and would have failed on 
 """
 
 import base64
+import random
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -153,11 +154,11 @@ def seed_versions_in_order(database) -> dict[int, tuple[int, int]]:
             db.add(prompt)
             db.flush()
             for v, version in enumerate(versions):
-                # The same words in every version's story, in another order: the text tells nothing either.
+                # The same words in every story, shuffled at random: the text tells nothing either.
                 words = ["the", "sea", "was", "calm", "and", "she", "read", "it", "twice"]
-                shift = (p * 7 + v * 3) % len(words)
+                random.Random(f"{p}-{v}").shuffle(words)
                 db.add(Continuation(id=next_id, prompt_id=prompt.id, model_version_id=version.id,
-                                    text=" ".join(words[shift:] + words[:shift]) + "."))
+                                    text=" ".join(words) + "."))
                 owner[next_id] = (v, p)
                 next_id += 1
         db.flush()
