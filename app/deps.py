@@ -14,6 +14,7 @@ from app.db import Database
 from app.models import User, utcnow
 from app.security import csrf_ok
 from app.services import users
+from app.services.item_handles import ItemHandles
 
 
 # Dependencies that do no blocking work are `async def`: FastAPI runs a plain `def` dependency in
@@ -28,8 +29,14 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def get_item_handles(request: Request) -> ItemHandles:
+    return request.app.state.item_handles
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+# What annotators and evaluators see instead of continuation ids (app/services/item_handles.py).
+HandlesDep = Annotated[ItemHandles, Depends(get_item_handles)]
 
 
 async def get_clock(request: Request) -> Callable[[], datetime]:

@@ -23,6 +23,7 @@ from app.faults import RETRY_AFTER_SECONDS, is_unavailable
 from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services.errors import ServiceError
+from app.services.item_handles import ItemHandles
 from app.templating import ROOT, templates
 
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         openapi_url="/api/v1/openapi.json",
     )
     app.state.settings, app.state.database = settings, database
+    app.state.item_handles = ItemHandles.from_secret(secret_key)  # the same in every worker: one secret key
     app.add_middleware(
         SessionMiddleware, secret_key=secret_key, same_site="lax",
         https_only=settings.secure_cookies, session_cookie="storyloop_session", max_age=14 * 24 * 3600,

@@ -110,11 +110,11 @@ def _annotate(client: httpx.Client, headers: dict, config: SimulationConfig, rng
             return bws, ratings, True
         response.raise_for_status()
         task = response.json()
-        noisy = {item["continuation_id"]: score(item["text"]) + rng.gauss(0, config.noise) for item in task["items"]}
+        noisy = {item["handle"]: score(item["text"]) + rng.gauss(0, config.noise) for item in task["items"]}
         key = uuid.uuid4().hex
         if task["kind"] == "bws":
             ranked = sorted(noisy, key=noisy.get)
-            body = {"best_id": ranked[-1], "worst_id": ranked[0], "idempotency_key": key,
+            body = {"best": ranked[-1], "worst": ranked[0], "idempotency_key": key,
                     "duration_ms": rng.randint(3000, 30000)}
             client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body).raise_for_status()
             bws += 1

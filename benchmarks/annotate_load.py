@@ -280,9 +280,9 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
                 await asyncio.sleep(min(rng.expovariate(1 / think), max(0.0, deadline - clock())))
                 if clock() >= deadline:
                     break
-            ids = [item["continuation_id"] for item in task["items"]]
-            best, worst = rng.sample(ids, 2)
-            body = {"best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex,
+            handles = [item["handle"] for item in task["items"]]
+            best, worst = rng.sample(handles, 2)
+            body = {"best": best, "worst": worst, "idempotency_key": uuid.uuid4().hex,
                     "duration_ms": rng.randint(1000, 30000)}
             path = f"/api/v1/tasks/{task['assignment_id']}/bws" + ("?next=true" if chain else "")
             next_task = None

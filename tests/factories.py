@@ -1,10 +1,40 @@
 """Small builders of test data, straight through the data layer."""
 
+import asyncio
+import uuid
+
 from sqlalchemy import select
 
 from app.db import Database
 from app.models import Assignment, BwsJudgement, Continuation, ModelVersion, Prompt, Task, User, utcnow
-from app.services.tasks import build_bws_batch, build_rating_batch, continuations_by_prompt
+from app.services.item_handles import ItemHandles
+from app.services.tasks import (
+    BwsSubmission,
+    LeasedTask,
+    SubmitResult,
+    build_bws_batch,
+    build_rating_batch,
+    continuations_by_prompt,
+    submit_bws,
+)
+from tests.conftest import TEST_SECRET_KEY
+
+HANDLES = ItemHandles.from_secret(TEST_SECRET_KEY)  # the handles the test app makes too
+
+
+def submit_bws_by_ids(database: Database, user: User, task: LeasedTask, best_id: int, worst_id: int,
+                      **fields) -> SubmitResult:
+    """Submits a leased task's best and worst through the service, named by continuation id (tests
+    know the ids; the service takes the handles the items were shown under)."""
+    data = BwsSubmission(best=HANDLES.handle(task.assignment_id, best_id), worst=HANDLES.handle(task.assignment_id, worst_id),
+                         idempotency_key=fields.pop("idempotency_key", uuid.uuid4().hex), **fields)
+    return asyncio.run(submit_bws(database, user, task.assignment_id, data, HANDLES))
+
+
+def task_of(database: Database, assignment_id: int) -> int:
+    """The task behind an assignment (annotators are not told; tests look it up)."""
+    with database.read() as db:
+        return db.get(Assignment, assignment_id).task_id
 
 
 def seed_stories(database: Database, prompts: int = 3, per_prompt: int = 6, source: str = "test-source") -> dict[int, list[int]]:

@@ -4,15 +4,14 @@ import asyncio
 import html
 import json
 import re
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.routes import api_overview
 from app.services import tasks
-from app.services.tasks import BwsSubmission
 from tests.conftest import PASSWORD
+from tests.factories import submit_bws_by_ids
 from tests.test_stats import LEASE, make_user, seed_known_dataset
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -146,8 +145,7 @@ def test_scores_page_escapes_and_truncates(admin, database):
     ids = [i.continuation_id for i in view.items]
     evil = next(i.continuation_id for i in view.items if i.text.startswith("<script>"))
     worst = next(i for i in ids if i != evil)
-    asyncio.run(tasks.submit_bws(database, annotator, view.assignment_id,
-                                 BwsSubmission(best_id=evil, worst_id=worst, idempotency_key=uuid.uuid4().hex)))
+    submit_bws_by_ids(database, annotator, view, evil, worst)
     page = admin.get("/admin/scores")
     assert page.status_code == 200
     assert "<script>alert" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text

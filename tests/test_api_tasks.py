@@ -7,12 +7,11 @@ from sqlalchemy import func, select, update
 
 from app.models import Assignment, BwsJudgement, Task, utcnow
 from tests.conftest import make_user, token_headers
-from tests.factories import seed_bws_batch, seed_rating_batch
+from tests.factories import seed_bws_batch, seed_rating_batch, task_of
 
 
 def _key() -> str:
     return uuid.uuid4().hex
-
 
 def test_bws_flow_counts_once_and_never_repeats_a_task(client, database):
     seed_bws_batch(database, prompts=1, per_prompt=4, required=2)  # C(4,4) = 1 tuple
@@ -21,16 +20,16 @@ def test_bws_flow_counts_once_and_never_repeats_a_task(client, database):
 
     task = client.post("/api/v1/tasks/next", headers=headers).json()
     assert task["kind"] == "bws" and len(task["items"]) == 4
-    assert len({i["continuation_id"] for i in task["items"]}) == 4
+    assert len({i["handle"] for i in task["items"]}) == 4
     # Same task again while the lease is open.
     assert client.post("/api/v1/tasks/next", headers=headers).json()["assignment_id"] == task["assignment_id"]
 
-    ids = [i["continuation_id"] for i in task["items"]]
+    handles = [i["handle"] for i in task["items"]]
     same = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers,
-                       json={"best_id": ids[0], "worst_id": ids[0], "idempotency_key": _key()})
+                       json={"best": handles[0], "worst": handles[0], "idempotency_key": _key()})
     assert same.status_code == 422 and "different" in same.json()["detail"]
 
-    body = {"best_id": ids[0], "worst_id": ids[3], "idempotency_key": _key(), "duration_ms": 1234}
+    body = {"best": handles[0], "worst": handles[3], "idempotency_key": _key(), "duration_ms": 1234}
     first = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body)
     again = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=body)
     assert first.status_code == 200 and first.json()["counted"] and not first.json()["replayed"]
@@ -57,14 +56,14 @@ def test_late_submission_is_stored_as_surplus_and_frees_the_slot(client, databas
     with database.write() as db:  # the lease runs out
         db.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
     other = client.post("/api/v1/tasks/next", headers=fast).json()
-    assert other["task_id"] == task["task_id"]
+    assert task_of(database, other["assignment_id"]) == task_of(database, task["assignment_id"])
 
-    ids = [i["continuation_id"] for i in task["items"]]
+    mine, theirs = [i["handle"] for i in task["items"]], [i["handle"] for i in other["items"]]
     late = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=slow,
-                       json={"best_id": ids[1], "worst_id": ids[2], "idempotency_key": _key()})
+                       json={"best": mine[1], "worst": mine[2], "idempotency_key": _key()})
     assert late.status_code == 200 and late.json()["counted"] is False
     on_time = client.post(f"/api/v1/tasks/{other['assignment_id']}/bws", headers=fast,
-                          json={"best_id": ids[0], "worst_id": ids[2], "idempotency_key": _key()})
+                          json={"best": theirs[0], "worst": theirs[2], "idempotency_key": _key()})
     assert on_time.json()["counted"] is True
     with database.read() as db:
         surplus = db.scalars(select(BwsJudgement.is_surplus).order_by(BwsJudgement.id)).all()
@@ -80,7 +79,7 @@ def test_rating_and_skip(client, database):
     skipped = client.post(f"/api/v1/tasks/{first['assignment_id']}/skip", headers=headers, json={"reason": "unclear"})
     assert skipped.status_code == 204
     second = client.post("/api/v1/tasks/next", headers=headers).json()
-    assert second["task_id"] != first["task_id"]
+    assert task_of(database, second["assignment_id"]) != task_of(database, first["assignment_id"])
     bad = client.post(f"/api/v1/tasks/{second['assignment_id']}/rating", headers=headers,
                       json={"grammar": 6, "creativity": 3, "consistency": 3, "plot": 3, "idempotency_key": _key()})
     assert bad.status_code == 422
@@ -107,15 +106,16 @@ def test_submit_with_next_returns_the_next_lease(client, database):
     make_user(database, "ann")
     headers = token_headers(client, "ann")
     first = client.post("/api/v1/tasks/next", headers=headers).json()
-    ids = [i["continuation_id"] for i in first["items"]]
-    body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()}
+    handles = [i["handle"] for i in first["items"]]
+    body = {"best": handles[0], "worst": handles[1], "idempotency_key": _key()}
     answer = client.post(f"/api/v1/tasks/{first['assignment_id']}/bws?next=true", headers=headers, json=body).json()
-    assert answer["counted"] and answer["next_task"]["task_id"] != first["task_id"]
+    assert answer["counted"]
+    assert task_of(database, answer["next_task"]["assignment_id"]) != task_of(database, first["assignment_id"])
     # The lease in the answer is the one the annotator now holds.
     assert client.post("/api/v1/tasks/next", headers=headers).json()["assignment_id"] == answer["next_task"]["assignment_id"]
     second = answer["next_task"]
-    ids = [i["continuation_id"] for i in second["items"]]
-    body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()}
+    handles = [i["handle"] for i in second["items"]]
+    body = {"best": handles[0], "worst": handles[1], "idempotency_key": _key()}
     last = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws?next=true", headers=headers, json=body).json()
     assert last["counted"] and last["next_task"] is None
 
@@ -133,7 +133,7 @@ def test_rating_items_come_in_a_different_order_for_each_person(client, database
         headers = token_headers(client, name)
         seen = []
         while (task := client.post("/api/v1/tasks/next", headers=headers)).status_code == 200:
-            seen.append(task.json()["task_id"])
+            seen.append(task_of(database, task.json()["assignment_id"]))
             client.post(f"/api/v1/tasks/{task.json()['assignment_id']}/skip", headers=headers, json={})
         orders.append(seen)
     assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 20  # everyone gets every item once
@@ -149,20 +149,20 @@ def test_a_key_used_for_another_task_is_refused_and_the_second_task_stays_open(c
     key = _key()
 
     first = client.post("/api/v1/tasks/next", headers=headers).json()
-    ids = [i["continuation_id"] for i in first["items"]]
+    handles = [i["handle"] for i in first["items"]]
     done = client.post(f"/api/v1/tasks/{first['assignment_id']}/bws", headers=headers,
-                       json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": key})
+                       json={"best": handles[0], "worst": handles[1], "idempotency_key": key})
     assert done.status_code == 200
 
     second = client.post("/api/v1/tasks/next", headers=headers).json()
-    assert second["task_id"] != first["task_id"]
-    ids = [i["continuation_id"] for i in second["items"]]
+    assert task_of(database, second["assignment_id"]) != task_of(database, first["assignment_id"])
+    handles = [i["handle"] for i in second["items"]]
     reused = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws", headers=headers,
-                         json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": key})
+                         json={"best": handles[0], "worst": handles[1], "idempotency_key": key})
     assert reused.status_code == 409 and "another task" in reused.json()["detail"]
     with database.read() as db:  # nothing stored for the second task, and it is still this person's to do
         assert db.scalar(select(func.count()).select_from(BwsJudgement)) == 1
         assert db.get(Assignment, second["assignment_id"]).status == "active"
     fresh = client.post(f"/api/v1/tasks/{second['assignment_id']}/bws", headers=headers,
-                        json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": _key()})
+                        json={"best": handles[0], "worst": handles[1], "idempotency_key": _key()})
     assert fresh.status_code == 200 and fresh.json()["counted"]

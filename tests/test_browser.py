@@ -18,7 +18,7 @@ from app.db import Database
 from app.migrate import upgrade_to_head
 from app.models import Assignment, BwsJudgement, Rating
 from tests.conftest import PASSWORD, TEST_SECRET_KEY, make_user
-from tests.factories import seed_bws_batch, seed_rating_batch
+from tests.factories import HANDLES, seed_bws_batch, seed_rating_batch
 from tests.live_server import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
 pytestmark = pytest.mark.browser
@@ -95,16 +95,16 @@ def test_keyboard_only_bws_rating_and_skip(page, live):
     _next_task_with_keyboard(page)
     assert "/task/" in page.url
     bws_assignment = int(page.url.rsplit("/", 1)[1])
-    ids = [int(v) for v in page.locator('input[name="best_id"]').evaluate_all("els => els.map(e => e.value)")]
-    assert len(ids) == 4
+    handles = page.locator('input[name="best"]').evaluate_all("els => els.map(e => e.value)")
+    assert len(handles) == 4
     submit = page.locator("#submit-btn")
     message = page.locator("#form-msg")
     assert submit.is_disabled()
 
     page.keyboard.press("Digit2")  # best: continuation 2
     page.keyboard.press("Shift+Digit2")  # worst: the same one -> refused before submitting
-    assert page.locator('input[name="best_id"]').nth(1).is_checked()
-    assert page.locator('input[name="worst_id"]').nth(1).is_checked()
+    assert page.locator('input[name="best"]').nth(1).is_checked()
+    assert page.locator('input[name="worst"]').nth(1).is_checked()
     assert submit.is_disabled()
     assert "must differ" in message.inner_text()
     page.keyboard.press("Enter")
@@ -121,8 +121,10 @@ def test_keyboard_only_bws_rating_and_skip(page, live):
     assert "Saved." in page.locator(".flash").first.inner_text()
     with database.read() as db:
         judgement = db.scalar(select(BwsJudgement).where(BwsJudgement.assignment_id == bws_assignment))
+        ids = judgement.shown_order  # shown under the handles, in this order
+        assert [HANDLES.handle(bws_assignment, c) for c in ids] == handles
         assert (judgement.best_id, judgement.worst_id) == (ids[2], ids[0])
-        assert judgement.shown_order == ids and judgement.duration_ms > 0 and not judgement.is_surplus
+        assert judgement.duration_ms > 0 and not judgement.is_surplus
 
     # Straight on to the next task: a rating. 4, 3, 5, 2 score the four scales in turn; Enter submits.
     rating_assignment = int(page.url.rsplit("/", 1)[1])

@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 
 from app.models import ApiToken, Assignment, BwsJudgement, Task, User, utcnow
 from app.security import hash_password, new_token, token_digest
-from tests.factories import seed_bws_batch, seed_stories
+from tests.factories import seed_bws_batch, seed_stories, submit_bws_by_ids, task_of
 from tests.live_server import LiveServer, start_server_process
 
 ANNOTATORS = 30
@@ -62,8 +62,9 @@ def _make_annotators(database, count: int, prefix: str = "ann") -> list[tuple[in
 
 @dataclass
 class Outcome:
-    acknowledged: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # judgement id -> (task, user, counted)
-    skipped: set[tuple[int, int]] = field(default_factory=set)  # (task, user)
+    # (Annotators are not told task ids: assignments stand for them, checked against the stored ones.)
+    acknowledged: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # judgement id -> (assignment, user, counted)
+    skipped: set[tuple[int, int]] = field(default_factory=set)  # (assignment, user)
     problems: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,18 +101,18 @@ def _annotate(base_url: str, user_id: int, headers: dict[str, str], outcome: Out
                 outcome.problem(f"next: {response.status_code} {response.text}")
                 return
             task = response.json()
-            assignment_id, task_id = task["assignment_id"], task["task_id"]
-            ids = [item["continuation_id"] for item in task["items"]]
+            assignment_id = task["assignment_id"]
+            handles = [item["handle"] for item in task["items"]]
             if rng.random() < skip_rate:
                 skipped = _post(client, f"/api/v1/tasks/{assignment_id}/skip", json={"reason": "test"})
                 if skipped.status_code != 204:
                     outcome.problem(f"skip: {skipped.status_code} {skipped.text}")
                     return
                 with outcome.lock:
-                    outcome.skipped.add((task_id, user_id))
+                    outcome.skipped.add((assignment_id, user_id))
                 continue
-            best, worst = rng.sample(ids, 2)
-            body = {"best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex,
+            best, worst = rng.sample(handles, 2)
+            body = {"best": best, "worst": worst, "idempotency_key": uuid.uuid4().hex,
                     "duration_ms": rng.randint(500, 60_000)}
             url = f"/api/v1/tasks/{assignment_id}/bws"
             if rng.random() < 0.5:  # the retry races the original
@@ -126,7 +127,7 @@ def _annotate(base_url: str, user_id: int, headers: dict[str, str], outcome: Out
                     continue
                 answers.append(r.json())
                 with outcome.lock:
-                    outcome.acknowledged[r.json()["judgement_id"]] = (task_id, user_id, r.json()["counted"])
+                    outcome.acknowledged[r.json()["judgement_id"]] = (assignment_id, user_id, r.json()["counted"])
             if len({a["judgement_id"] for a in answers}) > 1:
                 outcome.problem(f"one idempotency key, several judgements: {answers}")
             if len({a["counted"] for a in answers}) > 1:
@@ -206,7 +207,7 @@ def _check_stored_exactly_what_was_acknowledged(database, outcome: Outcome, paus
     assert {j.id for j in judgements} == set(outcome.acknowledged)
     assert len(judgements) == len(outcome.acknowledged)
     for j in judgements:
-        assert outcome.acknowledged[j.id] == (j.task_id, j.user_id, not j.is_surplus)
+        assert outcome.acknowledged[j.id] == (j.assignment_id, j.user_id, not j.is_surplus)
 
     # Nobody judged (or was even given) a task twice.
     assert max(Counter((j.task_id, j.user_id) for j in judgements).values()) == 1
@@ -217,13 +218,13 @@ def _check_stored_exactly_what_was_acknowledged(database, outcome: Outcome, paus
     status_of = {a.id: a.status for a in assignments}
     assert set(status_of.values()) <= {"submitted", "skipped"}
     assert {a.id for a in assignments if a.status == "submitted"} == {j.assignment_id for j in judgements}
-    assert {(a.task_id, a.user_id) for a in assignments if a.status == "skipped"} == outcome.skipped
+    assert {(a.id, a.user_id) for a in assignments if a.status == "skipped"} == outcome.skipped
 
     counted = Counter(j.task_id for j in judgements if not j.is_surplus)
     per_task = defaultdict(int)
     for j in judgements:
         per_task[j.task_id] += 1
-    skipped_tasks = {task_id for task_id, _ in outcome.skipped}
+    skipped_tasks = {a.task_id for a in assignments if a.status == "skipped"}
     for task_id, task in tasks.items():
         assert task.done_count == counted[task_id], f"task {task_id}: done_count disagrees with the judgements"
         assert counted[task_id] <= task.required
@@ -245,7 +246,7 @@ def test_expired_leases_return_to_the_pool(database, live_server):
 
     # Two annotators lease both slots; everybody else finds nothing, even all at once.
     early = [post(h, "/api/v1/tasks/next").json() for _, h in first]
-    assert len({t["task_id"] for t in early}) == 1
+    assert len({task_of(database, t["assignment_id"]) for t in early}) == 1
     with ThreadPoolExecutor(len(rest)) as pool:
         statuses = list(pool.map(lambda a: post(a[1], "/api/v1/tasks/next").status_code, rest))
     assert statuses == [204] * len(rest)
@@ -257,12 +258,12 @@ def test_expired_leases_return_to_the_pool(database, live_server):
         answers = list(pool.map(lambda a: (a, post(a[1], "/api/v1/tasks/next")), rest))
     winners = [(a, r.json()) for a, r in answers if r.status_code == 200]
     assert sorted(r.status_code for _, r in answers) == [200, 200] + [204] * (len(rest) - 2)
-    assert {t["task_id"] for _, t in winners} == {early[0]["task_id"]}
+    assert {task_of(database, t["assignment_id"]) for _, t in winners} == {task_of(database, early[0]["assignment_id"])}
 
     def submit(headers, task):
-        ids = [i["continuation_id"] for i in task["items"]]
+        handles = [i["handle"] for i in task["items"]]
         response = post(headers, f"/api/v1/tasks/{task['assignment_id']}/bws",
-                        json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": uuid.uuid4().hex})
+                        json={"best": handles[0], "worst": handles[1], "idempotency_key": uuid.uuid4().hex})
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -316,8 +317,7 @@ def test_a_task_is_never_leased_beyond_r_at_once(database):
             view = leased.get(user.id)
             if view is not None:
                 ids = [i.continuation_id for i in view.items]
-                asyncio.run(service.submit_bws(database, user, view.assignment_id, service.BwsSubmission(
-                    best_id=ids[0], worst_id=ids[1], idempotency_key=uuid.uuid4().hex)))
+                submit_bws_by_ids(database, user, view, ids[0], ids[1])
 
 
 def test_a_killed_server_keeps_every_acknowledged_judgement(database, settings):
@@ -338,9 +338,9 @@ def test_a_killed_server_keeps_every_acknowledged_judgement(database, settings):
                     task = client.post("/api/v1/tasks/next")
                     if task.status_code != 200:
                         return
-                    best, worst = rng.sample([i["continuation_id"] for i in task.json()["items"]], 2)
+                    best, worst = rng.sample([i["handle"] for i in task.json()["items"]], 2)
                     answer = client.post(f"/api/v1/tasks/{task.json()['assignment_id']}/bws", json={
-                        "best_id": best, "worst_id": worst, "idempotency_key": uuid.uuid4().hex})
+                        "best": best, "worst": worst, "idempotency_key": uuid.uuid4().hex})
                 except httpx.TransportError:
                     return  # the server is gone
                 if answer.status_code == 200:

@@ -92,7 +92,7 @@ def test_pages_and_api_docs_keep_the_policy(playwright_browser, live):
     annotator.page.wait_for_load_state("networkidle")
     annotator.check("the task page")
     annotator.page.keyboard.press("Digit1")  # the task page's script runs under the policy
-    assert annotator.page.locator('input[name="best_id"]').first.is_checked()
+    assert annotator.page.locator('input[name="best"]').first.is_checked()
     annotator.visit("/no-such-page")  # the error page, with its "Go back" script
     annotator.context.close()
 

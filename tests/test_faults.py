@@ -151,8 +151,8 @@ def test_api_answers_503_with_retry_after_and_stores_nothing(sqlite_app, message
     token = client.post("/api/v1/auth/token", json={"username": "ann", "password": PASSWORD}).json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     task = client.post("/api/v1/tasks/next", headers=headers).json()
-    ids = [item["continuation_id"] for item in task["items"]]
-    body = {"best_id": ids[0], "worst_id": ids[1], "idempotency_key": "key-during-the-fault"}
+    ids = [item["handle"] for item in task["items"]]
+    body = {"best": ids[0], "worst": ids[1], "idempotency_key": "key-during-the-fault"}
     url = f"/api/v1/tasks/{task['assignment_id']}/bws"
 
     fault.start(message, at)
@@ -380,10 +380,10 @@ class Load:
                 if task is None or task.status_code != 200:
                     time.sleep(0.3)  # nothing to do now (204): ask again soon, new tuples may come
                     continue
-                best, worst = rng.sample([i["continuation_id"] for i in task.json()["items"]], 2)
+                best, worst = rng.sample([i["handle"] for i in task.json()["items"]], 2)
                 key = uuid.uuid4().hex  # one key per judgement, kept across every retry of it
                 answer = self.post(client, f"/api/v1/tasks/{task.json()['assignment_id']}/bws",
-                                   json={"best_id": best, "worst_id": worst, "idempotency_key": key})
+                                   json={"best": best, "worst": worst, "idempotency_key": key})
                 if answer is not None and answer.status_code == 200:
                     with self.lock:
                         self.acknowledged[key] = (answer.json()["judgement_id"], time.monotonic())

@@ -71,10 +71,10 @@ def test_task_ids_beyond_the_range(client, database, annotator, value):
     seed_bws_batch(database)
     task = lease(client, annotator)
     assert_refused(client.get(f"/api/v1/tasks/{value}", headers=annotator), "path", "assignment_id")
-    items = [i["continuation_id"] for i in task["items"]]
-    body = {"best_id": value, "worst_id": items[1], "idempotency_key": "key-12345678"}
+    items = [i["handle"] for i in task["items"]]
+    body = {"best": value, "worst": items[1], "idempotency_key": "key-12345678"}
     assert_refused(client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=annotator, json=body),
-                   "body", "best_id")
+                   "body", "best")
     assert_refused(client.post(f"/api/v1/tasks/{value}/skip", headers=annotator, json={}), "path", "assignment_id")
     assert count(database, BwsJudgement) == 0
     with database.read() as db:
@@ -119,9 +119,9 @@ def test_task_texts_with_nul_or_a_lone_surrogate(client, database, annotator, ba
     task = lease(client, annotator)
     assert_refused(post_json(client, f"/api/v1/tasks/{task['assignment_id']}/skip", {"reason": bad}, annotator),
                    "body", "reason")
-    items = [i["continuation_id"] for i in task["items"]]
+    items = [i["handle"] for i in task["items"]]
     assert_refused(post_json(client, f"/api/v1/tasks/{task['assignment_id']}/bws",
-                             {"best_id": items[0], "worst_id": items[1], "idempotency_key": f"key-{bad}-123"}, annotator),
+                             {"best": items[0], "worst": items[1], "idempotency_key": f"key-{bad}-123"}, annotator),
                    "body", "idempotency_key")
     with database.read() as db:
         assert db.get(Assignment, task["assignment_id"]).status == "active"

@@ -9,7 +9,7 @@ from app.models import Assignment, BwsJudgement, Continuation, ModelVersion, Pro
 from app.services import users
 from app.services.tasks import build_bws_batch
 from tests.conftest import PASSWORD, make_user
-from tests.factories import seed_bws_batch, seed_rating_batch
+from tests.factories import HANDLES, seed_bws_batch, seed_rating_batch
 
 HTML = {"Accept": "text/html"}
 
@@ -44,8 +44,8 @@ def assignment_id_of(response) -> int:
     return int(match.group(1))
 
 
-def shown_ids(html: str, name: str = "best_id") -> list[int]:
-    return [int(v) for v in re.findall(rf'name="{name}" value="(\d+)"', html)]
+def shown_handles(html: str, name: str = "best") -> list[str]:
+    return re.findall(rf'name="{name}" value="([A-Za-z0-9_-]+)"', html)
 
 
 # ---------------------------------------------------------------- signing in
@@ -128,9 +128,9 @@ def test_csrf_missing_is_refused(client, database):
     assert client.post("/annotate/next", headers=HTML).status_code == 403
     assert client.post("/annotate/next", headers=HTML, data={"csrf": "forged"}).status_code == 403
     assignment_id = assignment_id_of(start(client))
-    ids = shown_ids(client.get(f"/task/{assignment_id}", headers=HTML).text)
+    handles = shown_handles(client.get(f"/task/{assignment_id}", headers=HTML).text)
     refused = client.post(f"/task/{assignment_id}/bws", headers=HTML,
-                          data={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": "k" * 32})
+                          data={"best": handles[0], "worst": handles[1], "idempotency_key": "k" * 32})
     assert refused.status_code == 403
     assert client.post(f"/task/{assignment_id}/skip", headers=HTML).status_code == 403
     assert client.post("/logout", headers=HTML).status_code == 403
@@ -152,10 +152,11 @@ def test_bws_form_flow_best_equals_worst_and_double_submit(client, database):
     assignment_id = assignment_id_of(task)
     html = task.text
     assert "Shift" in html and "Best and worst must differ" in html  # shortcut hint and the rule, on the page
-    ids = shown_ids(html)
-    assert shown_ids(html, "worst_id") == ids and len(ids) == 4
+    handles = shown_handles(html)
+    assert shown_handles(html, "worst") == handles and len(handles) == 4
     with database.read() as db:
-        assert db.get(Assignment, assignment_id).item_order == ids  # shown in the assignment's order
+        ids = db.get(Assignment, assignment_id).item_order  # shown in the assignment's order, under handles
+        assert [HANDLES.handle(assignment_id, c) for c in ids] == handles
         version_name = db.scalar(select(ModelVersion.name))
     assert version_name not in html  # blind
     key = field(html, "idempotency_key")
@@ -163,14 +164,14 @@ def test_bws_form_flow_best_equals_worst_and_double_submit(client, database):
     assert field(html, "duration_ms") == ""
 
     same = client.post(f"/task/{assignment_id}/bws", headers=HTML,
-                       data={"csrf": csrf_of(html), "best_id": ids[1], "worst_id": ids[1], "idempotency_key": key})
+                       data={"csrf": csrf_of(html), "best": handles[1], "worst": handles[1], "idempotency_key": key})
     assert same.status_code == 422
     assert "Best and worst must differ" in same.text
     missing = client.post(f"/task/{assignment_id}/bws", headers=HTML,
-                          data={"csrf": csrf_of(html), "best_id": ids[1], "idempotency_key": key})
+                          data={"csrf": csrf_of(html), "best": handles[1], "idempotency_key": key})
     assert missing.status_code == 422 and "Choose one best and one worst" in missing.text
 
-    body = {"csrf": csrf_of(html), "best_id": ids[2], "worst_id": ids[0], "idempotency_key": key}
+    body = {"csrf": csrf_of(html), "best": handles[2], "worst": handles[0], "idempotency_key": key}
     first = client.post(f"/task/{assignment_id}/bws", headers=HTML, data=body)
     assert first.status_code == 200 and first.url.path == "/done"  # the only task: nothing left
     assert "Saved." in first.text and "Nothing left for you" in first.text
@@ -193,9 +194,9 @@ def test_bws_redirects_straight_to_the_next_task_with_browser_duration(client, d
     login(client, "ann")
     task = start(client)
     first_id = assignment_id_of(task)
-    ids = shown_ids(task.text)
+    handles = shown_handles(task.text)
     after = client.post(f"/task/{first_id}/bws", headers=HTML,
-                        data={"csrf": csrf_of(task.text), "best_id": ids[0], "worst_id": ids[3],
+                        data={"csrf": csrf_of(task.text), "best": handles[0], "worst": handles[3],
                               "idempotency_key": field(task.text, "idempotency_key"), "duration_ms": "4321"})
     second_id = assignment_id_of(after)
     assert second_id != first_id and "Saved." in after.text
@@ -204,7 +205,7 @@ def test_bws_redirects_straight_to_the_next_task_with_browser_duration(client, d
         assert db.scalar(select(BwsJudgement.duration_ms)) == 4321
     # Going back to the finished task shows that it is done, not a form.
     back = client.get(f"/task/{first_id}", headers=HTML)
-    assert "already submitted" in back.text and 'name="best_id"' not in back.text
+    assert "already submitted" in back.text and 'name="best"' not in back.text
 
 
 def test_someone_elses_task_is_not_found(client, database):
@@ -288,7 +289,7 @@ def test_rating_skip_and_rating_submit(client, database):
 
     # A rating form posted as BWS (or the reverse) is refused.
     assert client.post(f"/task/{third_id}/bws", headers=HTML,
-                       data={"csrf": csrf_of(done.text), "best_id": "1", "worst_id": "2",
+                       data={"csrf": csrf_of(done.text), "best": "1", "worst": "2",
                              "idempotency_key": "x" * 32}).status_code == 422
 
 

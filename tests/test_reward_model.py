@@ -7,7 +7,6 @@ held-out accuracy (judgements the model never saw) must be clearly above chance.
 
 import asyncio
 import random
-import uuid
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +16,7 @@ from app.migrate import upgrade_to_head
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, User
 from app.services import tasks
 from app.services.story_text import completion_text
+from tests.factories import submit_bws_by_ids
 from tests.tiny_models import PROMPTS, pretrain_lm, story_continuation, story_corpus, tiny_lm, train_tiny_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -59,8 +59,7 @@ def test_reward_model_learns_a_known_preference_from_bws(tmp_path, sqlite_url):
         while (task := asyncio.run(tasks.next_task(database, judge, 600))) is not None:
             score = {i.continuation_id: ("dragon" in i.text) + rng.gauss(0, 0.3) for i in task.items}
             ranked = sorted(score, key=score.get)
-            asyncio.run(tasks.submit_bws(database, judge, task.assignment_id, tasks.BwsSubmission(
-                best_id=ranked[-1], worst_id=ranked[0], idempotency_key=uuid.uuid4().hex)))
+            submit_bws_by_ids(database, judge, task, ranked[-1], ranked[0])
 
     pairs = load_pairs(database, held_out_fraction=0.3, seed=0)
     train, held_out, judgements = pairs.new, pairs.held_out, pairs.judgements

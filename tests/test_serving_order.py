@@ -16,7 +16,7 @@ from app.models import Batch, Task, User
 from app.services import tasks as service
 from app.services.errors import Invalid, NotFound
 from tests.conftest import make_user, token_headers
-from tests.factories import seed_stories
+from tests.factories import seed_stories, submit_bws_by_ids, task_of
 
 
 def _build(database, by_prompt, name: str, seed: int = 0, required: int = 3) -> int:
@@ -37,9 +37,7 @@ def _people(database, count: int) -> list[User]:
 
 def _judge(database, user: User, view) -> None:
     ids = [i.continuation_id for i in view.items]
-    result = asyncio.run(service.submit_bws(database, user, view.assignment_id, service.BwsSubmission(
-        best_id=ids[0], worst_id=ids[-1], idempotency_key=uuid.uuid4().hex)))
-    assert result.counted
+    assert submit_bws_by_ids(database, user, view, ids[0], ids[-1]).counted
 
 
 # ---------------------------------------------------------------- building
@@ -216,10 +214,10 @@ def test_pins_through_the_api(client, database, admin_headers):
     def work_through() -> list[int]:
         served = []
         while (task := client.post("/api/v1/tasks/next", headers=headers)).status_code == 200:
-            served.append(batch_of[task.json()["task_id"]])
-            ids = [i["continuation_id"] for i in task.json()["items"]]
+            served.append(batch_of[task_of(database, task.json()["assignment_id"])])
+            handles = [i["handle"] for i in task.json()["items"]]
             answer = client.post(f"/api/v1/tasks/{task.json()['assignment_id']}/bws", headers=headers,
-                                 json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": uuid.uuid4().hex})
+                                 json={"best": handles[0], "worst": handles[1], "idempotency_key": uuid.uuid4().hex})
             assert answer.status_code == 200
         assert task.status_code == 204
         return served

@@ -13,9 +13,9 @@ from app.db import Database
 from app.models import Assignment, User, utcnow
 from app.security import hash_password
 from app.services import stats, tasks
-from app.services.tasks import BwsSubmission, RatingSubmission
+from app.services.tasks import RatingSubmission
 from tests.conftest import PASSWORD
-from tests.factories import seed_rating_batch, seed_stories
+from tests.factories import seed_rating_batch, seed_stories, submit_bws_by_ids
 
 LEASE = 600
 
@@ -49,8 +49,7 @@ class Known:
 def _bws(database: Database, user, best: int, worst: int, duration_ms: int | None):
     view = asyncio.run(tasks.next_task(database, user, LEASE, ["bws"]))
     assert view is not None and {best, worst} <= {i.continuation_id for i in view.items}
-    result = asyncio.run(tasks.submit_bws(database, user, view.assignment_id, BwsSubmission(
-        best_id=best, worst_id=worst, idempotency_key=uuid.uuid4().hex, duration_ms=duration_ms)))
+    result = submit_bws_by_ids(database, user, view, best, worst, duration_ms=duration_ms)
     return view, result
 
 

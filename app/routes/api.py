@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
-from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, SettingsDep
+from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, HandlesDep, SettingsDep
 from app.routes.responses import error_responses
 from app.services import logins, tasks, users
 from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
@@ -63,41 +63,46 @@ def my_progress(user: ApiUser, database: DatabaseDep):
 
 @router.post("/tasks/next", response_model=TaskView | None,
              responses={204: {"description": "nothing left for you"}, **error_responses(409, 422)})
-async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep,
+async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep, handles: HandlesDep,
                     kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
-    """Lease the next task (or return the one already leased). 204 when nothing is left."""
-    view = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
-    if view is None:
+    """Lease the next task (or return the one already leased). 204 when nothing is left.
+    Items come under opaque handles that are valid in this assignment only (judging is blind)."""
+    leased = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
+    if leased is None:
         return Response(status_code=204)
-    return view
+    return tasks.blind_view(leased, handles)
 
 
 @router.get("/tasks/{assignment_id}", response_model=TaskView, responses=error_responses(404, 422))
-def get_task(assignment_id: DbId, user: ApiUser, database: DatabaseDep):
-    return tasks.get_task(database, user, assignment_id)
+def get_task(assignment_id: DbId, user: ApiUser, database: DatabaseDep, handles: HandlesDep):
+    return tasks.blind_view(tasks.get_task(database, user, assignment_id), handles)
 
 
 _SUBMIT_ERRORS = error_responses(404, 409, 413, 422)
 NextQuery = Annotated[bool, Query(description="also lease the next task and return it as next_task")]
 
 
-async def _with_next(result: SubmitResult, want_next: bool, user, database, settings) -> SubmitResult:
-    if want_next:
-        result.next_task = await tasks.next_task(database, user, settings.lease_seconds)
+async def _with_next(result: SubmitResult, want_next: bool, user, database, settings, handles) -> SubmitResult:
+    if want_next and (leased := await tasks.next_task(database, user, settings.lease_seconds)) is not None:
+        result.next_task = tasks.blind_view(leased, handles)
     return result
 
 
 @router.post("/tasks/{assignment_id}/bws", response_model=SubmitResult, responses=_SUBMIT_ERRORS)
 async def submit_bws(assignment_id: DbId, body: BwsSubmission, user: ApiUser, database: DatabaseDep,
-                     settings: SettingsDep, next: NextQuery = False):
-    """Submit best and worst. Retrying with the same idempotency_key never stores twice."""
-    return await _with_next(await tasks.submit_bws(database, user, assignment_id, body), next, user, database, settings)
+                     settings: SettingsDep, handles: HandlesDep, next: NextQuery = False):
+    """Submit best and worst as the handles of two items of this task (422 naming the field when a
+    handle is not one of them). Retrying with the same idempotency_key never stores twice."""
+    result = await tasks.submit_bws(database, user, assignment_id, body, handles)
+    return await _with_next(result, next, user, database, settings, handles)
 
 
 @router.post("/tasks/{assignment_id}/rating", response_model=SubmitResult, responses=_SUBMIT_ERRORS)
 async def submit_rating(assignment_id: DbId, body: RatingSubmission, user: ApiUser, database: DatabaseDep,
-                        settings: SettingsDep, next: NextQuery = False):
-    return await _with_next(await tasks.submit_rating(database, user, assignment_id, body), next, user, database, settings)
+                        settings: SettingsDep, handles: HandlesDep, next: NextQuery = False):
+    """Rate the task's one item (the assignment names it: no handle needed)."""
+    result = await tasks.submit_rating(database, user, assignment_id, body)
+    return await _with_next(result, next, user, database, settings, handles)
 
 
 @router.post("/tasks/{assignment_id}/skip", status_code=204, responses=_SUBMIT_ERRORS)

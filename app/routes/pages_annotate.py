@@ -3,7 +3,8 @@
 The pages call the same service functions as the JSON API (app/services/tasks.py), so leasing,
 idempotency and counting behave identically. The pages run in FastAPI's thread pool; the write
 services are coroutines (see Database.run_write), called on the event loop with from_thread.run.
-Judging is blind: nothing here shows model versions.
+Judging is blind: nothing here shows model versions, nor continuation or task ids; items appear under
+per-assignment handles (tasks.blind_view), and the forms send those back.
 """
 
 import uuid
@@ -15,11 +16,12 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
-from app.deps import Csrf, DatabaseDep, PageUser, PageUserOptional, SettingsDep
+from app.deps import Csrf, DatabaseDep, HandlesDep, PageUser, PageUserOptional, SettingsDep
 from app.models import Assignment, User, utcnow
 from app.services import tasks
 from app.services.errors import Conflict, Invalid, NotFound
-from app.services.tasks import BwsSubmission, RatingSubmission, TaskView
+from app.services.item_handles import ItemHandles
+from app.services.tasks import BwsSubmission, LeasedTask, RatingSubmission
 from app.templating import templates
 from app.validation import DbId, Text
 
@@ -145,13 +147,13 @@ def _lease_info(database, user: User, assignment_id: int) -> tuple[str, datetime
         return assignment.status, assignment.leased_at
 
 
-def _task_page(request: Request, user: User, database, view: TaskView, *, error: str = "",
+def _task_page(request: Request, user: User, database, leased: LeasedTask, handles: ItemHandles, *, error: str = "",
                values: dict | None = None, key: str | None = None, status_code: int = 200):
-    status, _ = _lease_info(database, user, view.assignment_id)
-    minutes_left = max(0, int((view.expires_at - utcnow()).total_seconds() // 60))
-    template = "annotate/bws.html" if view.kind == "bws" else "annotate/rating.html"
+    status, _ = _lease_info(database, user, leased.assignment_id)
+    minutes_left = max(0, int((leased.expires_at - utcnow()).total_seconds() // 60))
+    template = "annotate/bws.html" if leased.kind == "bws" else "annotate/rating.html"
     return templates.TemplateResponse(request, template, {
-        "user": user, "task": view, "status": status, "minutes_left": minutes_left,
+        "user": user, "task": tasks.blind_view(leased, handles), "status": status, "minutes_left": minutes_left,
         "progress": tasks.progress(database, user), "queue": _queue_of(request, user),
         "idempotency_key": key or uuid.uuid4().hex, "values": values or {}, "error": error,
         "flash": _pop_flash(request), "rubric": RUBRIC,
@@ -159,9 +161,8 @@ def _task_page(request: Request, user: User, database, view: TaskView, *, error:
 
 
 @router.get("/task/{assignment_id}")
-def show_task(request: Request, assignment_id: DbId, user: PageUser, database: DatabaseDep):
-    view = tasks.get_task(database, user, assignment_id)
-    return _task_page(request, user, database, view)
+def show_task(request: Request, assignment_id: DbId, user: PageUser, database: DatabaseDep, handles: HandlesDep):
+    return _task_page(request, user, database, tasks.get_task(database, user, assignment_id), handles)
 
 
 def _duration(database, user: User, assignment_id: int, measured: str) -> int | None:
@@ -217,32 +218,32 @@ def submit_bws(
     user: PageUser,
     database: DatabaseDep,
     settings: SettingsDep,
+    handles: HandlesDep,
     idempotency_key: Annotated[str, Form()],
-    best_id: Annotated[str, Form()] = "",
-    worst_id: Annotated[str, Form()] = "",
+    best: Annotated[str, Form()] = "",
+    worst: Annotated[str, Form()] = "",
     duration_ms: Annotated[str, Form()] = "",
 ):
-    view = tasks.get_task(database, user, assignment_id)
-    if view.kind != "bws":
-        raise Invalid(f"this is a {view.kind} task, not bws")
-    best, worst = _int_or_none(best_id), _int_or_none(worst_id)
-    values = {"best_id": best, "worst_id": worst}
+    leased = tasks.get_task(database, user, assignment_id)
+    if leased.kind != "bws":
+        raise Invalid(f"this is a {leased.kind} task, not bws")
+    values = {"best": best, "worst": worst}  # item handles, as the form shows them
 
     def again(message: str):
-        return _task_page(request, user, database, view, error=message, values=values, key=idempotency_key,
-                          status_code=422)
+        return _task_page(request, user, database, leased, handles, error=message, values=values,
+                          key=idempotency_key, status_code=422)
 
-    if best is None or worst is None:
+    if not best or not worst:
         return again("Choose one best and one worst continuation.")
     if best == worst:
         return again("Best and worst must differ: choose two different continuations.")
     try:
-        data = BwsSubmission(best_id=best, worst_id=worst, idempotency_key=idempotency_key,
+        data = BwsSubmission(best=best, worst=worst, idempotency_key=idempotency_key,
                              duration_ms=_duration(database, user, assignment_id, duration_ms))
     except ValidationError:
         return again("The form was damaged; reload the page and try again.")
     try:
-        result = from_thread.run(tasks.submit_bws, database, user, assignment_id, data)
+        result = from_thread.run(tasks.submit_bws, database, user, assignment_id, data, handles)
     except Invalid as exc:
         return again(exc.message[:1].upper() + exc.message[1:] + ".")
     except Conflict as exc:
@@ -257,6 +258,7 @@ def submit_rating(
     user: PageUser,
     database: DatabaseDep,
     settings: SettingsDep,
+    handles: HandlesDep,
     idempotency_key: Annotated[str, Form()],
     grammar: Annotated[str, Form()] = "",
     creativity: Annotated[str, Form()] = "",
@@ -265,16 +267,16 @@ def submit_rating(
     comment: Annotated[str, Form()] = "",
     duration_ms: Annotated[str, Form()] = "",
 ):
-    view = tasks.get_task(database, user, assignment_id)
-    if view.kind not in tasks.RATING_KINDS:  # "eval" items are rated with the same form
-        raise Invalid(f"this is a {view.kind} task, not rating")
+    leased = tasks.get_task(database, user, assignment_id)
+    if leased.kind not in tasks.RATING_KINDS:  # "eval" items are rated with the same form
+        raise Invalid(f"this is a {leased.kind} task, not rating")
     scores = {"grammar": _int_or_none(grammar), "creativity": _int_or_none(creativity),
               "consistency": _int_or_none(consistency), "plot": _int_or_none(plot)}
     values = {**scores, "comment": comment}
 
     def again(message: str):
-        return _task_page(request, user, database, view, error=message, values=values, key=idempotency_key,
-                          status_code=422)
+        return _task_page(request, user, database, leased, handles, error=message, values=values,
+                          key=idempotency_key, status_code=422)
 
     missing = [d["label"] for d in RUBRIC if scores[d["name"]] not in (1, 2, 3, 4, 5)]
     if missing:

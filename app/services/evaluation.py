@@ -4,9 +4,10 @@ A campaign compares two or more model versions (trained policies or imported sou
 prompts. For each (version, prompt) it takes that version's earliest continuation of the prompt; where
 there is none it files a GenerationRequest for the trainer (trainer/eval_generation.py) and waits.
 Once every continuation exists it builds a Batch(kind="eval") with one Task(kind="eval") per
-continuation, created in a seeded random order (tasks are leased in id order, so evaluators meet the
-items shuffled: versions and prompts interleaved). Evaluators rate them through the ordinary rating
-machinery (app/services/tasks.py); TaskView never names a version, so judging is blind.
+continuation, created in a seeded random order (versions and prompts interleaved, so that task ids
+tell nothing either; evaluators are served them at random anyway). Evaluators rate them through the
+ordinary rating machinery (app/services/tasks.py); TaskView names no version and no id, so judging
+is blind (tests/test_blind.py tries to tell the versions apart from what evaluators receive).
 
 Results (admins only): per version and dimension the mean rating with a 95 % percentile-bootstrap CI
 over the individual ratings; for every pair of versions and every dimension a paired comparison over

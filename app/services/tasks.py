@@ -22,15 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Integer,
     and_,
     bindparam,
-    cast,
     exists,
     func,
     insert,
@@ -59,34 +58,67 @@ from app.models import (
 )
 from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Invalid, NotFound
+from app.services.item_handles import ItemHandles
 from app.validation import BoundedText, DbId
 
 ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating", "eval"), "admin": ("bws", "rating", "eval")}
 RATING_KINDS = ("rating", "eval")  # "eval": a blind evaluation-campaign item, rated like a rating task
+# Shuffles what annotators see the order of. From the OS: Python's default generator can be
+# reconstructed from enough of its outputs, and annotators see many shuffles.
+_shuffler = random.SystemRandom()
 
 
 # ---------------------------------------------------------------- views and inputs
 
 
 class ItemView(BaseModel):
-    continuation_id: int
+    handle: str = Field(description="this item's opaque handle, valid in this assignment only")
     text: str
 
 
 class TaskView(BaseModel):
-    """What an annotator sees. Deliberately without model versions: judging is blind."""
+    """What an annotator or evaluator sees. Blind: no model versions, no continuation or task ids
+    (both follow import and generation order, hence the version); items come under per-assignment
+    handles (app/services/item_handles.py), in an order drawn at random for each assignment."""
 
     assignment_id: int
-    task_id: int
     kind: str
     prompt: str
     items: list[ItemView]
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class LeasedItem:
+    continuation_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LeasedTask:
+    """A leased task as the server knows it, ids included: for services, scripts and tests. Routes
+    send annotators and evaluators its blind_view instead."""
+
+    assignment_id: int
+    task_id: int
+    kind: str
+    prompt: str
+    items: list[LeasedItem]  # in the order shown
+    expires_at: datetime
+
+
+def blind_view(task: LeasedTask, handles: ItemHandles) -> TaskView:
+    return TaskView(assignment_id=task.assignment_id, kind=task.kind, prompt=task.prompt, expires_at=task.expires_at,
+                    items=[ItemView(handle=handles.handle(task.assignment_id, item.continuation_id), text=item.text)
+                           for item in task.items])
+
+
+ItemHandle = Annotated[str, Field(min_length=1, max_length=64, description="the handle of an item of this task, as shown")]
+
+
 class BwsSubmission(BaseModel):
-    best_id: DbId
-    worst_id: DbId
+    best: ItemHandle
+    worst: ItemHandle
     idempotency_key: BoundedText(100, min_length=8)
     duration_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
 
@@ -180,8 +212,12 @@ def build_rating_batch(db: Session, name: str, continuation_ids: Sequence[int], 
     missing = set(continuation_ids) - set(prompt_of)
     if missing:
         raise NotFound(f"unknown continuation ids: {sorted(missing)[:10]}")
-    for position, cid in enumerate(continuation_ids):
-        task = Task(batch_id=batch.id, kind="rating", prompt_id=prompt_of[cid], required=required, serve_order=position)
+    # Served in a shuffled order (where BWS tuples and ratings are leased together, by serve_order): the
+    # given order usually follows the continuation ids, hence the versions, and judging is blind.
+    serve_orders = list(range(len(continuation_ids)))
+    _shuffler.shuffle(serve_orders)
+    for serve_order, cid in zip(serve_orders, continuation_ids, strict=True):
+        task = Task(batch_id=batch.id, kind="rating", prompt_id=prompt_of[cid], required=required, serve_order=serve_order)
         task.items = [TaskItem(position=0, continuation_id=cid)]
         db.add(task)
     db.flush()
@@ -293,19 +329,18 @@ def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
     """UPDATE task SET active_leases + 1 WHERE id = (the first free task the user has not seen).
 
     BWS tuples go out in serving order (see the top of this module), walking ix_task_serve: by
-    rank, least filled first, spread across prompts, oldest first. Rating and evaluation items go
-    out in an order of their own for each person, so that blind ratings share no order effects;
-    those batches are small, a sort is cheap. Paused batches never go out. On PostgreSQL,
-    concurrent requests skip a task that another request is leasing right now (SKIP LOCKED)."""
+    rank, least filled first, spread across prompts, oldest first (a tuple's items are shuffled per
+    assignment, so nothing about them follows that order). Rating and evaluation items go out at
+    random, drawn afresh for each lease: every person meets them in an order of their own, so blind
+    ratings share no order effects, and the order never follows the task ids, which follow the
+    continuations' (hence the versions') order. An arithmetic order of the ids (a per-person affine
+    map, as before) kept neighbouring ids in order for most people. Those batches are small, a sort
+    is cheap. Paused batches never go out. On PostgreSQL, concurrent requests skip a task that
+    another request is leasing right now (SKIP LOCKED)."""
     if "bws" in kinds:
         order_by = (Task.serve_rank, _filled, Task.serve_order, Task.id)
     else:
-        # (id * m_u + c_u) mod p with a multiplier of the user's own: a different permutation for each
-        # person, not one cycle entered at a different point (as a common multiplier would give).
-        # BigInteger: the products overflow PostgreSQL's 32-bit integer.
-        user = cast(bindparam("user_id", type_=Integer), BigInteger)
-        multiplier = (user * 7919) % 10006 + 1  # 1..p-1: never 0 mod p, so always a permutation
-        order_by = ((cast(Task.id, BigInteger) * multiplier + user * 104729) % 10007, Task.id)
+        order_by = (func.random(),)
     # "Not seen by this user" as a scalar subquery, not NOT EXISTS: PostgreSQL turned NOT EXISTS into
     # a merge anti-join that read every assignment of every older task, more with each judgement;
     # this way each candidate task costs one probe of the (task, user) unique index.
@@ -342,7 +377,7 @@ class Lease:
     expires_at: datetime
 
 
-def _task_view(conn: Connection, database: Database, lease: Lease | None) -> TaskView | None:
+def _leased_task(conn: Connection, database: Database, lease: Lease | None) -> LeasedTask | None:
     """The lease with its texts (cached: most requests need no query for them)."""
     if lease is None:
         return None
@@ -350,9 +385,9 @@ def _task_view(conn: Connection, database: Database, lease: Lease | None) -> Tas
                        lambda ids: conn.execute(PROMPT_TEXTS, {"ids": ids}).all())
     texts = _cached(database, "continuation_texts", lease.item_order,
                     lambda ids: conn.execute(CONTINUATION_TEXTS, {"ids": ids}).all())
-    return TaskView(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind, prompt=prompt,
-                    items=[ItemView(continuation_id=c, text=t) for c, t in zip(lease.item_order, texts, strict=True)],
-                    expires_at=lease.expires_at)
+    return LeasedTask(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind, prompt=prompt,
+                      items=[LeasedItem(c, t) for c, t in zip(lease.item_order, texts, strict=True)],
+                      expires_at=lease.expires_at)
 
 
 def _task_items(conn: Connection, database: Database, task_id: int) -> list[int]:
@@ -402,7 +437,7 @@ def _sweep_due(database: Database) -> bool:
     return True
 
 
-async def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> TaskView | None:
+async def next_task(database: Database, user: User, lease_seconds: int, kinds: Sequence[str] | None = None) -> LeasedTask | None:
     """The user's current task if one is leased, else lease the first task in serving order with a free
     slot that they have not seen."""
     allowed = ROLE_TASK_KINDS.get(user.role, ())
@@ -411,7 +446,7 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         return None
     for _attempt in range(3):
         try:
-            return await database.run_write(lambda conn: _task_view(
+            return await database.run_write(lambda conn: _leased_task(
                 conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
@@ -432,19 +467,21 @@ def _lease_next(conn: Connection, database: Database, user_id: int, kinds: tuple
     if taken is None:
         return None
     order = _task_items(conn, database, taken.id).copy()
-    random.shuffle(order)  # a fresh order per annotator, against position bias
+    # A fresh order per assignment, against position bias, and so that positions never follow the
+    # versions (a task's stored items follow the continuation ids).
+    _shuffler.shuffle(order)
     expires_at = now + timedelta(seconds=lease_seconds)
     assignment_id = conn.scalar(NEW_LEASE, {"task_id": taken.id, "user_id": user_id, "item_order": order,
                                             "status": "active", "leased_at": now, "expires_at": expires_at})
     return Lease(assignment_id, taken.id, taken.kind, taken.prompt_id, order, expires_at)
 
 
-def get_task(database: Database, user: User, assignment_id: int) -> TaskView:
+def get_task(database: Database, user: User, assignment_id: int) -> LeasedTask:
     with database.engine.connect() as conn:
         row = conn.execute(LEASE_BY_ID, {"assignment_id": assignment_id}).one_or_none()
         if row is None or row.user_id != user.id:
             raise NotFound("no such task of yours")
-        return _task_view(conn, database, Lease(*row[1:]))
+        return _leased_task(conn, database, Lease(*row[1:]))
 
 
 async def skip_task(database: Database, user: User, assignment_id: int, reason: str = "") -> None:
@@ -552,17 +589,32 @@ async def _submit(database: Database, user: User, model, assignment_id: int, key
         raise
 
 
-async def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission) -> SubmitResult:
+def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: list[int], data: BwsSubmission) -> tuple[int, int]:
+    """The continuations behind the best and worst handles; a handle that names no item of this
+    assignment (another assignment's included) is refused, naming the field."""
+    items = handles.continuations_by_handle(assignment_id, item_order)
+    chosen = {field: items.get(getattr(data, field)) for field in ("best", "worst")}
+    unknown = [field for field, continuation_id in chosen.items() if continuation_id is None]
+    if unknown:
+        raise Invalid(f"{' and '.join(unknown)}: not the handle of an item of this task",
+                      [{"loc": ["body", field], "msg": "not the handle of an item of this task"} for field in unknown])
+    if chosen["best"] == chosen["worst"]:
+        raise Invalid("best and worst must be different continuations",
+                      [{"loc": ["body", "worst"], "msg": "the same item as best"}])
+    return chosen["best"], chosen["worst"]
+
+
+async def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission,
+                     handles: ItemHandles) -> SubmitResult:
+    """Stores best and worst, given as the handles this assignment's items were shown under."""
     def values(conn: Connection) -> dict:
         row = _open_assignment(conn, user, assignment_id, "bws")
-        if data.best_id not in row.item_order or data.worst_id not in row.item_order:
-            raise Invalid("best and worst must be items of this task")
-        if data.best_id == data.worst_id:
-            raise Invalid("best and worst must be different continuations")
+        best, worst = _chosen_continuations(handles, assignment_id, row.item_order, data)
         now = utcnow()
         counted = _count_judgement(conn, assignment_id, row, now)
-        return {"assignment_id": assignment_id, "task_id": row.task_id, "user_id": user.id, "best_id": data.best_id,
-                    "worst_id": data.worst_id, "shown_order": row.item_order, "duration_ms": data.duration_ms,
+        # Stored as continuation ids: admins and exports are not blind.
+        return {"assignment_id": assignment_id, "task_id": row.task_id, "user_id": user.id, "best_id": best,
+                    "worst_id": worst, "shown_order": row.item_order, "duration_ms": data.duration_ms,
                     "is_surplus": not counted, "idempotency_key": data.idempotency_key, "created_at": now}
 
     return await _submit(database, user, BwsJudgement, assignment_id, data.idempotency_key, values)

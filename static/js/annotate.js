@@ -63,10 +63,10 @@
   }
 
   function bwsProblem() {
-    var best = checkedValue("best_id"), worst = checkedValue("worst_id");
+    var best = checkedValue("best"), worst = checkedValue("worst");
     cards.forEach(function (card) {
-      card.classList.toggle("is-best", card.querySelector('input[name="best_id"]').checked);
-      card.classList.toggle("is-worst", card.querySelector('input[name="worst_id"]').checked);
+      card.classList.toggle("is-best", card.querySelector('input[name="best"]').checked);
+      card.classList.toggle("is-worst", card.querySelector('input[name="worst"]').checked);
     });
     if (best && worst && best === worst) return { text: "Best and worst must differ: pick two different continuations.", bad: true };
     if (!best && !worst) return { text: "Mark one continuation as best (1–4) and one as worst (Shift+1–4)." };
@@ -216,7 +216,7 @@
     var n = digitOf(e);
     if (n === null) return;
     if (kind === "bws") {
-      var r = radio(e.shiftKey ? "worst_id" : "best_id", n);
+      var r = radio(e.shiftKey ? "worst" : "best", n);
       if (!r) return;
       e.preventDefault();
       r.checked = true;
