@@ -370,3 +370,16 @@ def test_the_account_page_lists_and_revokes_tokens(app, client, database, clock)
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
     page = browser.get("/account", headers=HTML)
     assert f"API token {token['id']} revoked." in page.text and "You have no API tokens." in page.text
+
+
+def test_the_simulator_revokes_the_tokens_it_made(app, client, database, clock):
+    """Each `storyloop simulate` run logs in afresh: it gives its tokens back, so that many runs do
+    not run into the cap."""
+    from app.simulate import SimulationConfig, run_simulation
+
+    make_user(database, "admin", "admin")
+    seed_bws_batch(database)
+    for _ in range(2):
+        result = run_simulation("", "admin", PASSWORD, SimulationConfig(annotators=2, judgements=2), client=client)
+        assert result.judgements == 2
+        assert count(database, ApiToken) == 0
