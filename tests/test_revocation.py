@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app.models import ApiToken, Assignment, User, UserSession
+from app.models import ApiToken, Assignment, LoginThrottle, User, UserSession
 from app.services import sessions
 from tests.conftest import PASSWORD, make_user, token_headers
 from tests.factories import seed_bws_batch
@@ -270,6 +270,7 @@ def test_a_bad_lifetime_or_name_is_refused_naming_the_field(client, database, bo
     assert refused.status_code == 422
     assert field in refused.text
     assert count(database, ApiToken) == 0
+    assert count(database, LoginThrottle) == 0  # refused before the login was even tried
 
 
 def test_list_and_revoke_own_tokens_through_the_api(client, database, clock):

@@ -48,6 +48,7 @@ class Me(BaseModel):
 def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDep, clock: ClockDep,
                  address: ClientAddress):
     """Exchange username and password for a bearer token (send it as `Authorization: Bearer ...`)."""
+    users.token_lifetime(settings, body.name, body.expires_in_days)  # a bad request costs no password check
     try:
         user = logins.login(database, settings, body.username, body.password, address, clock())
     except logins.Throttled as exc:

@@ -131,17 +131,23 @@ def _info(token: ApiToken) -> TokenInfo:
                      last_used_at=token.last_used_at)
 
 
+def token_lifetime(settings: Settings, name: str, days: int | None) -> timedelta:
+    """Checks a token request's name and lifetime (before any password check); returns the lifetime."""
+    if len(name) > TOKEN_NAME_MAX:
+        raise Invalid(f"name: at most {TOKEN_NAME_MAX} characters")
+    days = settings.token_max_days if days is None else days
+    if not 1 <= days <= settings.token_max_days:
+        raise Invalid(f"expires_in_days: from 1 to {settings.token_max_days}")
+    return timedelta(days=days)
+
+
 def create_api_token(db: Session, user: User, settings: Settings, now: datetime, name: str = "",
                      days: int | None = None) -> tuple[str, TokenInfo]:
     """A new token for user, valid for `days` (settings.token_max_days at most, and by default).
     Refused (409) when the user already holds settings.tokens_per_user unexpired tokens: dropping the
     oldest instead would silently break whatever script uses it. Returns the token (this once; only
     its digest is stored) and what the list shows of it."""
-    if len(name) > TOKEN_NAME_MAX:
-        raise Invalid(f"name: at most {TOKEN_NAME_MAX} characters")
-    days = settings.token_max_days if days is None else days
-    if not 1 <= days <= settings.token_max_days:
-        raise Invalid(f"expires_in_days: from 1 to {settings.token_max_days}")
+    lifetime = token_lifetime(settings, name, days)
     # Lock the user's row (PostgreSQL; SQLite has one writer anyway): two logins at once cannot both
     # take the last free place.
     db.execute(select(User.id).where(User.id == user.id).with_for_update())
@@ -152,7 +158,7 @@ def create_api_token(db: Session, user: User, settings: Settings, now: datetime,
                        "(DELETE /api/v1/me/tokens/{id}, or on the Account page)")
     token = new_token()
     row = ApiToken(user_id=user.id, token_hash=token_digest(token), name=name, created_at=now,
-                   expires_at=now + timedelta(days=days))
+                   expires_at=now + lifetime)
     db.add(row)
     db.flush()
     return token, _info(row)
