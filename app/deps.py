@@ -54,8 +54,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
 def _lookup_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
-    with database.read() as db:
-        return users.user_for_token(db, token, now)
+    with database.engine.connect() as conn:
+        return users.user_for_token(conn, token, now)
 
 
 async def api_user(database: DatabaseDep, clock: ClockDep,

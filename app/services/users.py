@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.config import Settings
 from app.models import ROLES, TOKEN_NAME_MAX, ApiToken, Invite, User, utcnow
@@ -164,15 +164,24 @@ def create_api_token(db: Session, user: User, settings: Settings, now: datetime,
     return token, _info(row)
 
 
-def user_for_token(db: Session, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
+_TOKEN_USER = (select(User.__table__, ApiToken.id.label("token_id"), ApiToken.last_used_at.label("token_last_used_at"))
+               .join(ApiToken, ApiToken.user_id == User.id))
+
+
+def user_for_token(conn: Connection, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
     """(active user, token id, last used) for an unexpired token, or None. One indexed read (the
     unique token_hash, then the user's primary key) on every API request: role and active state are
-    never older than the request."""
-    row = db.execute(
-        select(User, ApiToken.id, ApiToken.last_used_at).join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == token_digest(token), ApiToken.expires_at > now, User.is_active)
-    ).one_or_none()
-    return tuple(row) if row is not None else None
+    never older than the request. Core rather than an ORM session: on this hot path the session and
+    the entity loading cost about as much again as the query. The User comes back detached, as if
+    loaded by a session that has closed."""
+    row = conn.execute(_TOKEN_USER.where(ApiToken.token_hash == token_digest(token), ApiToken.expires_at > now,
+                                         User.is_active)).one_or_none()
+    if row is None:
+        return None
+    values = row._mapping
+    user = User(**{column.key: values[column.key] for column in User.__table__.columns})
+    make_transient_to_detached(user)
+    return user, values["token_id"], values["token_last_used_at"]
 
 
 def mark_token_used(conn: Session | Connection, token_id: int, now: datetime) -> None:
