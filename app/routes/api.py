@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, SettingsDep
 from app.models import TOKEN_NAME_MAX
 from app.services import logins, tasks, users
-from app.services.users import TokenInfo
 from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
+from app.services.users import TokenInfo
 
 router = APIRouter(prefix="/api/v1", tags=["annotate"])
 

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.config import Settings
 from app.models import ROLES, TOKEN_NAME_MAX, ApiToken, Invite, User, utcnow
-from app.services import sessions
 from app.security import hash_password, new_token, token_digest, verify_dummy, verify_password
+from app.services import sessions
 from app.services.errors import Conflict, Invalid, NotFound
 
 MIN_PASSWORD = 8
