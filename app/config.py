@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     login_failures_per_address: int = Field(20, ge=1)
     login_window_seconds: int = Field(900, ge=1)
 
+    # Browser sessions (server-side rows, app/models.py UserSession): a session ends after this long
+    # without a request (idle), and at the latest this long after the login (absolute).
+    session_idle_seconds: int = Field(3 * 24 * 3600, ge=60)
+    session_max_seconds: int = Field(14 * 24 * 3600, ge=60)
+    # API bearer tokens: the longest lifetime (POST /api/v1/auth/token may ask for fewer days), and
+    # how many unexpired tokens one account may hold (a new one beyond that is refused with 409).
+    token_max_days: int = Field(30, ge=1)
+    tokens_per_user: int = Field(20, ge=1)
+
     # Trainer: when a round starts by itself. "newest": once trainer_min_newest_judgements judgements
     # have arrived on the newest round's tuples (each round learns from judgements of the previous
     # round's own stories); "any": once trainer_min_new_judgements judgements of any batch arrived

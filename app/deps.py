@@ -1,8 +1,7 @@
 """Typed dependencies: the database, the settings, and the current user for pages and for the API."""
 
-import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
@@ -13,7 +12,7 @@ from app.config import Settings
 from app.db import Database
 from app.models import User, utcnow
 from app.security import csrf_ok
-from app.services import users
+from app.services import sessions, users
 from app.services.item_handles import ItemHandles
 
 
@@ -56,28 +55,29 @@ ClientAddress = Annotated[str, Depends(client_address)]
 # ---------------------------------------------------------------- API: bearer tokens
 
 _bearer = HTTPBearer(auto_error=False)
-TOKEN_CACHE_SECONDS = 10.0  # a deactivated user or a changed role takes effect within this time
+# last_used_at is written when it is at least this old: one write per token every few minutes, not
+# one per annotation request.
+LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
-def _lookup_token(database: Database, token: str) -> User | None:
-    with database.read() as db:
-        return users.user_for_token(db, token)
+def _lookup_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
+    with database.engine.connect() as conn:
+        return users.user_for_token(conn, token, now)
 
 
-async def api_user(database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
+async def api_user(database: DatabaseDep, clock: ClockDep,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
+    """The token's user, read afresh on every request (no cache): a deactivation, a role change, a
+    revocation or an expiry holds from the very next request."""
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    # Every API call authenticates; a short per-process cache saves a query on most of them.
-    cache = database.state.setdefault("token_cache", {})
-    now = time.monotonic()
-    user, cached_at = cache.get(credentials.credentials, (None, float("-inf")))
-    if now - cached_at > TOKEN_CACHE_SECONDS:
-        user = await run_in_threadpool(_lookup_token, database, credentials.credentials)
-        if len(cache) > 100_000:
-            cache.clear()
-        cache[credentials.credentials] = (user, now)
-    if user is None:
-        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    now = clock()
+    found = await run_in_threadpool(_lookup_token, database, credentials.credentials, now)
+    if found is None:
+        raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    user, token_id, last_used_at = found
+    if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
+        await database.run_write(lambda conn: users.mark_token_used(conn, token_id, now))
     return user
 
 
@@ -90,22 +90,29 @@ async def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
 ApiUser = Annotated[User, Depends(api_user)]
 ApiAdmin = Annotated[User, Depends(api_admin)]
 
-# ---------------------------------------------------------------- pages: signed session cookie
+# ---------------------------------------------------------------- pages: server-side sessions
 
 
 class LoginRequired(Exception):
     """Raised for anonymous page requests; main.py answers with a redirect to the login page."""
 
 
-def page_user_optional(request: Request, database: DatabaseDep) -> User | None:
-    user_id = request.session.get("user_id")
-    if user_id is None:
+def page_user_optional(request: Request, database: DatabaseDep, settings: SettingsDep, clock: ClockDep) -> User | None:
+    """The user of the request's live server-side session (services/sessions.py), or None. The
+    signed cookie alone signs in nobody: its session row must exist (logout deletes it)."""
+    session_id = request.session.get(sessions.COOKIE_KEY)
+    if not session_id:
         return None
+    now = clock()
     with database.read() as db:
-        user = db.get(User, user_id)
-    if user is None or not user.is_active:
+        found = sessions.user_for(db, session_id, settings, now)
+    if found is None:  # logged out, revoked, run out, or the user was deactivated
         request.session.clear()
         return None
+    user, row_id, last_seen_at = found
+    if now - last_seen_at >= sessions.TOUCH_EVERY:
+        with database.write() as db:
+            sessions.touch(db, row_id, now)
     return user
 
 

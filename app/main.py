@@ -119,7 +119,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.item_handles = ItemHandles.from_secret(secret_key)  # the same in every worker: one secret key
     app.add_middleware(
         SessionMiddleware, secret_key=secret_key, same_site="lax",
-        https_only=settings.secure_cookies, session_cookie="storyloop_session", max_age=14 * 24 * 3600,
+        https_only=settings.secure_cookies, session_cookie="storyloop_session",
+        max_age=settings.session_max_seconds,  # the cookie carries the session id; the row decides (deps.py)
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so also on 413s and error pages

@@ -48,6 +48,7 @@ class Base(DeclarativeBase):
 
 
 ROLES = ("annotator", "evaluator", "admin")
+TOKEN_NAME_MAX = 100
 TASK_KINDS = ("bws", "rating")
 
 
@@ -73,10 +74,28 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    name: Mapped[str] = mapped_column(String(100), default="")
+    name: Mapped[str] = mapped_column(String(TOKEN_NAME_MAX), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]  # refused from then on (settings.token_max_days at most after creation)
+    # Written at most every LAST_USED_RESOLUTION (app/deps.py), not on every request of the hot path.
+    last_used_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship()
+
+
+class UserSession(Base):
+    """A browser login. The signed session cookie carries a random id; only its SHA-256 is stored,
+    and a page request is signed in only while this row exists and has not run out (app/deps.py).
+    Logout deletes the row; deactivation, a role change and a password change delete a user's rows."""
+
+    __tablename__ = "user_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)  # idle limit; written at most once a minute
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # absolute limit; index: expired rows are swept
 
 
 class Invite(Base):

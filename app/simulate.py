@@ -81,13 +81,24 @@ def preference_score(preference: str) -> Callable[[str], float]:
     raise ValueError(f"unknown preference {preference!r}: use longer, shorter, random, word:<w> or mix:<f>=<w>,...")
 
 
-def _login(client: httpx.Client, username: str, password: str) -> dict[str, str]:
-    response = client.post("/api/v1/auth/token", json={"username": username, "password": password})
+def _login(client: httpx.Client, username: str, password: str, issued: list[tuple[dict, int]]) -> dict[str, str]:
+    """A short-lived bearer token, noted in `issued` so that the run revokes it when done (each run
+    logs in afresh, and an account holds only settings.tokens_per_user live tokens)."""
+    response = client.post("/api/v1/auth/token", json={"username": username, "password": password,
+                                                       "name": "storyloop simulate", "expires_in_days": 1})
     response.raise_for_status()
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    issued.append((headers, response.json()["id"]))
+    return headers
 
 
-def _ensure_annotators(client: httpx.Client, admin_headers: dict, config: SimulationConfig) -> list[dict[str, str]]:
+def _revoke(client: httpx.Client, issued: list[tuple[dict, int]]) -> None:
+    for headers, token_id in issued:
+        client.delete(f"/api/v1/me/tokens/{token_id}", headers=headers)
+
+
+def _ensure_annotators(client: httpx.Client, admin_headers: dict, config: SimulationConfig,
+                       issued: list[tuple[dict, int]]) -> list[dict[str, str]]:
     headers = []
     for i in range(config.annotators):
         username = f"{config.username_prefix}{i + 1}"
@@ -96,7 +107,7 @@ def _ensure_annotators(client: httpx.Client, admin_headers: dict, config: Simula
                               json={"username": username, "password": password, "role": "annotator"})
         if created.status_code not in (200, 201, 409):
             created.raise_for_status()
-        headers.append(_login(client, username, password))
+        headers.append(_login(client, username, password, issued))
     return headers
 
 
@@ -131,7 +142,15 @@ def run_simulation(url: str, admin: str, admin_password: str, config: Simulation
                    client: httpx.Client | None = None) -> SimulationResult:
     """Drives the API at `url` (or through `client`, e.g. a FastAPI TestClient) until `judgements` are in."""
     client = client or httpx.Client(base_url=url, timeout=30)
-    annotator_headers = _ensure_annotators(client, _login(client, admin, admin_password), config)
+    issued: list[tuple[dict, int]] = []
+    try:
+        admin_headers = _login(client, admin, admin_password, issued)
+        return _simulate(client, config, _ensure_annotators(client, admin_headers, config, issued))
+    finally:
+        _revoke(client, issued)
+
+
+def _simulate(client: httpx.Client, config: SimulationConfig, annotator_headers: list[dict[str, str]]) -> SimulationResult:
     remaining, lock = [config.judgements], threading.Lock()
 
     def take_one() -> bool:  # the shared budget of judgements

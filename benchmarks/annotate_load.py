@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,8 @@ def seed(url: str, tasks: int, annotators: int, required: int, per_prompt: int =
         user_ids = list(db.scalars(select(User.id).order_by(User.id)))
         tokens = [new_token() for _ in user_ids]
         db.execute(insert(ApiToken), [{"user_id": uid, "token_hash": token_digest(tok), "name": "bench",
-                                       "created_at": now} for uid, tok in zip(user_ids, tokens)])
+                                       "created_at": now, "expires_at": now + timedelta(days=1)}
+                                      for uid, tok in zip(user_ids, tokens)])
     if not database.is_sqlite:
         with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))

@@ -52,7 +52,8 @@ def _make_annotators(database, count: int, prefix: str = "ann") -> list[tuple[in
             db.add(user)
             db.flush()
             token = new_token()
-            db.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name="test"))
+            db.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name="test",
+                            expires_at=utcnow() + timedelta(days=1)))
             made.append((user.id, {"Authorization": f"Bearer {token}"}))
     return made
 

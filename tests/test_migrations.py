@@ -3,17 +3,21 @@
 Runs on SQLite and on PostgreSQL (the `database_url` fixture in conftest.py).
 """
 
+from datetime import timedelta
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, inspect, select, text
 
 from app.config import Settings
 from app.db import Database
 from app.migrate import SchemaBehindError, alembic_config, head_revision, upgrade_to_head
-from app.models import Base
+from app.models import ApiToken, Base, utcnow
+from app.security import token_digest
 from tests.conftest import TEST_SECRET_KEY
 
 # SQLAlchemy cannot reflect expression indexes on SQLite (ix_task_serve); PostgreSQL compares it.
@@ -82,12 +86,16 @@ def test_every_revision_steps_down_and_up(database_url):
     assert _current_revision(database_url) is None
 
 
-def _create_app(database_url: str, tmp_path):
+def _create_app_on(database: Database, database_url: str, tmp_path):
     from app.main import create_app
 
+    return create_app(Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key=TEST_SECRET_KEY), database)
+
+
+def _create_app(database_url: str, tmp_path):
     database = Database.from_url(database_url)
     try:
-        return create_app(Settings(database_url=database_url, data_dir=tmp_path / "data", secret_key=TEST_SECRET_KEY), database)
+        return _create_app_on(database, database_url, tmp_path)
     finally:
         database.engine.dispose()
 
@@ -142,3 +150,34 @@ def test_upgrade_from_0002_gives_existing_tasks_a_serving_order(database_url):
     # j * n_prompts + prompt index: prompt 1's tuples 0, 2, 4; prompt 2's 1, 3; batch 2's only one 0.
     assert [tuple(t) for t in tasks] == [(1, 2, 0), (2, 2, 2), (3, 2, 4), (4, 2, 1), (5, 2, 3), (6, 2, 0)]
     assert "ix_task_serve" in indexes and "ix_task_free" not in indexes
+
+
+def test_upgrade_from_0004_gives_existing_tokens_30_days(database_url, tmp_path):
+    """0005: tokens made before the upgrade keep working, and expire 30 days after it."""
+    config = alembic_config(database_url)
+    command.upgrade(config, "0004")
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO user_account (id, username, password_hash, role, is_active, created_at) "
+                              "VALUES (1, 'old', 'x', 'annotator', true, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO api_token (id, user_id, token_hash, name, created_at) "
+                              "VALUES (1, 1, :hash, 'old script', CURRENT_TIMESTAMP)"), {"hash": token_digest("old-token")})
+    finally:
+        engine.dispose()
+    upgraded_at = utcnow()
+    upgrade_to_head(database_url)
+
+    database = Database.from_url(database_url)
+    try:
+        app = _create_app_on(database, database_url, tmp_path)
+        with TestClient(app) as client:
+            headers = {"Authorization": "Bearer old-token"}
+            assert client.get("/api/v1/me", headers=headers).json()["username"] == "old"
+            [listed] = client.get("/api/v1/me/tokens", headers=headers).json()
+        with database.read() as db:
+            expires_at = db.scalar(select(ApiToken.expires_at))
+    finally:
+        database.engine.dispose()
+    assert listed["name"] == "old script"
+    assert timedelta(days=30) <= expires_at - upgraded_at < timedelta(days=30, minutes=5)

@@ -11,13 +11,15 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
 
-from app.models import ApiToken, User
+from app.models import ApiToken, User, utcnow
 from app.security import hash_password, new_token, token_digest
+from app.services import sessions
 
 API_ADMIN = "/api/v1/admin"
 PAGES_ADMIN = "/admin"
@@ -89,19 +91,21 @@ def _app_routes(app, prefix: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- people
 
 
-def _add_user(database, username: str, role: str) -> tuple[int, str]:
+def _add_user(database, settings, username: str, role: str) -> tuple[str, str]:
+    """A user with an API token and a signed-in browser session; returns both secrets."""
     with database.write() as db:
         user = User(username=username, password_hash=hash_password("correct horse battery"), role=role)
         db.add(user)
         db.flush()
         token = new_token()
-        db.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name="roles"))
-        return user.id, token
+        db.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name="roles",
+                        expires_at=utcnow() + timedelta(days=1)))
+        return token, sessions.start(db, user, settings, utcnow())
 
 
-def _session_cookie(secret_key: str, user_id: int) -> str:
+def _session_cookie(secret_key: str, session_id: str) -> str:
     """A signed session cookie as Starlette's SessionMiddleware writes it after a login."""
-    data = base64.b64encode(json.dumps({"user_id": user_id}).encode())
+    data = base64.b64encode(json.dumps({sessions.COOKIE_KEY: session_id}).encode())
     return TimestampSigner(str(secret_key)).sign(data).decode()
 
 
@@ -122,9 +126,9 @@ def client(app) -> Iterator[TestClient]:
 def people(database, settings) -> dict[str, dict]:
     made = {}
     for role in ("annotator", "evaluator", "admin"):
-        user_id, token = _add_user(database, f"the-{role}", role)
+        token, session_id = _add_user(database, settings, f"the-{role}", role)
         made[role] = {"headers": {"Authorization": f"Bearer {token}"},
-                      "cookies": {SESSION_COOKIE: _session_cookie(settings.secret_key, user_id)}}
+                      "cookies": {SESSION_COOKIE: _session_cookie(settings.secret_key, session_id)}}
     return made
 
 

@@ -1,14 +1,17 @@
-"""JSON API for annotators and scripts: tokens, next task, submissions, progress."""
+"""JSON API for annotators and scripts: tokens (create, list, revoke), next task, submissions, progress."""
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, HandlesDep, SettingsDep
+from app.models import TOKEN_NAME_MAX
 from app.routes.responses import error_responses
 from app.services import logins, tasks, users
 from app.services.tasks import BwsSubmission, Progress, RatingSubmission, SubmitResult, TaskView
+from app.services.users import TokenInfo
 from app.validation import BoundedText, DbId
 
 router = APIRouter(prefix="/api/v1", tags=["annotate"], responses=error_responses(401))
@@ -17,13 +20,17 @@ router = APIRouter(prefix="/api/v1", tags=["annotate"], responses=error_response
 class TokenRequest(BaseModel):
     username: BoundedText(200)
     password: BoundedText(1000)
-    name: BoundedText(100) = ""  # ApiToken.name is String(100)
+    name: BoundedText(TOKEN_NAME_MAX) = Field("", description="to tell your tokens apart in the list")
+    expires_in_days: int | None = Field(None, ge=1, description="at most the server's token_max_days (30 by "
+                                                                  "default), which is also the default")
 
 
 class TokenResponse(BaseModel):
     access_token: str
     token_type: str = "bearer"
     role: str
+    id: int = Field(description="the token's id in GET /api/v1/me/tokens, to revoke it")
+    expires_at: datetime
 
 
 class SkipRequest(BaseModel):
@@ -37,10 +44,11 @@ class Me(BaseModel):
 
 
 @router.post("/auth/token", response_model=TokenResponse,
-             responses=error_responses(413, 422, 429))
+             responses=error_responses(409, 413, 422, 429))
 def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDep, clock: ClockDep,
                  address: ClientAddress):
     """Exchange username and password for a bearer token (send it as `Authorization: Bearer ...`)."""
+    users.token_lifetime(settings, body.name, body.expires_in_days)  # a bad request costs no password check
     try:
         user = logins.login(database, settings, body.username, body.password, address, clock())
     except logins.Throttled as exc:
@@ -48,7 +56,22 @@ def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDe
     except logins.WrongCredentials as exc:
         raise HTTPException(401, exc.message) from None
     with database.write() as db:
-        return TokenResponse(access_token=users.create_api_token(db, user, body.name), role=user.role)
+        token, info = users.create_api_token(db, user, settings, clock(), body.name, body.expires_in_days)
+    return TokenResponse(access_token=token, role=user.role, expires_at=info.expires_at, id=info.id)
+
+
+@router.get("/me/tokens", response_model=list[TokenInfo], responses=error_responses(401))
+def my_tokens(user: ApiUser, database: DatabaseDep, clock: ClockDep):
+    """Your unexpired API tokens, newest first (never their secrets)."""
+    with database.read() as db:
+        return users.list_api_tokens(db, user.id, clock())
+
+
+@router.delete("/me/tokens/{token_id}", status_code=204, responses=error_responses(401, 404, 422))
+def revoke_my_token(token_id: DbId, user: ApiUser, database: DatabaseDep):
+    """Revokes one of your tokens at once (it may be the one making this call)."""
+    with database.write() as db:
+        users.revoke_api_token(db, user.id, token_id)
 
 
 @router.get("/me", response_model=Me)

@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from app.deps import ApiAdmin, DatabaseDep, SettingsDep, api_admin
+from app.deps import ApiAdmin, ClockDep, DatabaseDep, SettingsDep, api_admin
 from app.models import Batch, BwsJudgement, Rating, Task
 from app.routes.responses import error_responses
 from app.services import exports, imports, tasks, users
@@ -224,6 +224,21 @@ def create_user(body: CreateUserRequest, database: DatabaseDep):
 def update_user(user_id: DbId, body: UpdateUserRequest, database: DatabaseDep, admin: ApiAdmin):
     with database.write() as db:
         return _user_out(users.update_user(db, user_id, role=body.role, is_active=body.is_active, acting=admin))
+
+
+@router.get("/users/{user_id}/tokens", response_model=list[users.TokenInfo], responses=error_responses(404, 422))
+def list_user_tokens(user_id: DbId, database: DatabaseDep, clock: ClockDep):
+    """A user's unexpired API tokens (never their secrets)."""
+    with database.read() as db:
+        users.get_user(db, user_id)  # 404 for an unknown user rather than an empty list
+        return users.list_api_tokens(db, user_id, clock())
+
+
+@router.delete("/users/{user_id}/tokens/{token_id}", status_code=204, responses=error_responses(404, 422))
+def revoke_user_token(user_id: DbId, token_id: DbId, database: DatabaseDep):
+    """Revokes one of a user's API tokens at once."""
+    with database.write() as db:
+        users.revoke_api_token(db, user_id, token_id)
 
 
 @router.post("/invites", response_model=InviteOut, status_code=201, responses=error_responses(413, 422))

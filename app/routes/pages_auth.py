@@ -1,17 +1,21 @@
-"""Browser pages for signing in and out, joining by invite link, and the home redirect."""
+"""Browser pages for signing in and out, joining by invite link, the home redirect, and the
+account page (password, API tokens, other browsers)."""
 
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
-from app.deps import ClientAddress, ClockDep, Csrf, DatabaseDep, PageUserOptional, SettingsDep
+from app.config import Settings
+from app.db import Database
+from app.deps import ClientAddress, ClockDep, Csrf, DatabaseDep, PageUser, PageUserOptional, SettingsDep
 from app.models import User
-from app.services import logins, users
-from app.services.errors import ServiceError
+from app.services import logins, sessions, users
+from app.services.errors import Invalid, ServiceError
 from app.templating import templates
-from app.validation import BoundedText, Text
+from app.validation import BoundedText, DbId, Text
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,10 +38,12 @@ def home_of(user: User) -> str:
     return HOME_OF_ROLE.get(user.role, "/guidelines")
 
 
-def _sign_in(request: Request, user: User) -> None:
-    # Rotate the session: nothing from before the login (CSRF token included) survives it.
+def _sign_in(request: Request, database: Database, settings: Settings, now: datetime, user: User) -> None:
+    # Rotate the session: nothing from before the login (CSRF token included) survives it. The cookie
+    # carries only the new server-side session's id.
     request.session.clear()
-    request.session["user_id"] = user.id
+    with database.write() as db:
+        request.session[sessions.COOKIE_KEY] = sessions.start(db, user, settings, now)
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -90,12 +96,17 @@ def login(
     except logins.WrongCredentials:
         return _login_page(request, safe_next(next), "Wrong username or password (or the account is deactivated).",
                            username, status_code=401)
-    _sign_in(request, user)
+    _sign_in(request, database, settings, clock(), user)
     return _redirect(safe_next(next) or home_of(user))
 
 
 @router.post("/logout", dependencies=[Csrf])
-def logout(request: Request):
+def logout(request: Request, database: DatabaseDep):
+    """Deletes the session's row: this cookie, and any copy of it, signs in nobody from now on."""
+    session_id = request.session.get(sessions.COOKIE_KEY)
+    if session_id:
+        with database.write() as db:
+            sessions.end(db, session_id)
     request.session.clear()
     return _redirect("/login")
 
@@ -125,6 +136,8 @@ def invite_accept(
     request: Request,
     token: BoundedText(100),
     database: DatabaseDep,
+    settings: SettingsDep,
+    clock: ClockDep,
     username: Annotated[BoundedText(200), Form()] = "",
     password: Annotated[BoundedText(1000), Form()] = "",
     password2: Annotated[BoundedText(1000), Form()] = "",
@@ -139,5 +152,73 @@ def invite_accept(
             user = users.accept_invite(db, token, username, password)
     except ServiceError as exc:
         return _invite_page(request, token, role, exc.message, username, status_code=exc.status_code)
-    _sign_in(request, user)
+    _sign_in(request, database, settings, clock(), user)
     return _redirect(home_of(user))
+
+
+# ---------------------------------------------------------------- account: password, API tokens, sessions
+
+
+def _account_page(request: Request, user: User, database: Database, settings: Settings, now: datetime,
+                  flash: dict | None = None, status_code: int = 200):
+    session_id = request.session.get(sessions.COOKIE_KEY)
+    with database.read() as db:
+        tokens = users.list_api_tokens(db, user.id, now)
+        other_sessions = sessions.count_live(db, user.id, settings, now, except_id=session_id)
+    return templates.TemplateResponse(
+        request, "auth/account.html",
+        {"user": user, "tokens": tokens, "other_sessions": other_sessions, "min_password": users.MIN_PASSWORD,
+         "flash": flash or request.session.pop("flash", None)},
+        status_code=status_code,
+    )
+
+
+def _back_to_account(request: Request, message: str) -> RedirectResponse:
+    request.session["flash"] = {"message": message, "kind": "ok"}
+    return _redirect("/account")
+
+
+@router.get("/account")
+def account(request: Request, user: PageUser, database: DatabaseDep, settings: SettingsDep, clock: ClockDep):
+    return _account_page(request, user, database, settings, clock())
+
+
+@router.post("/account/password", dependencies=[Csrf])
+def change_password(
+    request: Request,
+    user: PageUser,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    address: ClientAddress,
+    current: Annotated[BoundedText(1000), Form()] = "",
+    new: Annotated[BoundedText(1000), Form()] = "",
+    new2: Annotated[BoundedText(1000), Form()] = "",
+):
+    """Checked like a login (and throttled with logins); every other browser is signed out."""
+    try:
+        if new != new2:
+            raise Invalid("The two new passwords differ.")
+        logins.change_password(database, settings, user, current, new, address, clock(),
+                               keep_session=request.session.get(sessions.COOKIE_KEY))
+    except logins.WrongCredentials:
+        return _account_page(request, user, database, settings, clock(),
+                             {"message": "The current password is wrong.", "kind": "bad"}, status_code=401)
+    except ServiceError as exc:  # Invalid (422), Throttled (429)
+        return _account_page(request, user, database, settings, clock(), {"message": exc.message, "kind": "bad"},
+                             status_code=exc.status_code)
+    return _back_to_account(request, "Password changed. Every other browser is signed out.")
+
+
+@router.post("/account/tokens/{token_id}/revoke", dependencies=[Csrf])
+def revoke_token(request: Request, token_id: DbId, user: PageUser, database: DatabaseDep):
+    with database.write() as db:
+        users.revoke_api_token(db, user.id, token_id)  # another user's token: 404 page
+    return _back_to_account(request, f"API token {token_id} revoked.")
+
+
+@router.post("/account/sessions/others", dependencies=[Csrf])
+def sign_out_elsewhere(request: Request, user: PageUser, database: DatabaseDep):
+    with database.write() as db:
+        ended = sessions.end_all(db, user.id, keep=request.session.get(sessions.COOKIE_KEY))
+    return _back_to_account(request, f"Signed out {ended} other browser{'s' if ended != 1 else ''}.")

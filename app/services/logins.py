@@ -1,4 +1,5 @@
-"""Password logins (API token endpoint and login form) with throttling of failed attempts.
+"""Password logins (API token endpoint and login form) with throttling of failed attempts, and
+password changes (checked like a login).
 
 Counters live in the database (table login_throttle), one row per account name and one per client
 address, each counting failures in a fixed window that starts at the first failure. They hold for
@@ -33,7 +34,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import Database
 from app.models import LoginThrottle, User, UTCDateTime
-from app.security import verify_dummy, verify_password
+from app.security import hash_password, verify_dummy, verify_password
+from app.services import sessions, users
 from app.services.errors import ServiceError
 
 WRONG_CREDENTIALS = "wrong username or password, or the account is deactivated"
@@ -141,3 +143,18 @@ def login(database: Database, settings: Settings, username: str, password: str, 
         db.execute(update(LoginThrottle).where(LoginThrottle.key == address_key, LoginThrottle.failures > 0)
                    .values(failures=LoginThrottle.failures - 1))
     return user
+
+
+def change_password(database: Database, settings: Settings, user: User, current: str, new: str, address: str,
+                    now: datetime, keep_session: str | None) -> None:
+    """Sets user's password to `new` once `current` passes a login check (throttled like a login: a
+    stolen session cannot guess the password faster there). Ends every other session of the user and
+    keeps `keep_session`, the browser that made the change. API tokens stay: they were made with the
+    password but do not contain it; the Account page lists them to revoke.
+    Raises Invalid (422), WrongCredentials (401) or Throttled (429)."""
+    users.check_password(new, "new password")
+    login(database, settings, user.username, current, address, now)
+    password_hash = hash_password(new)  # argon2 outside the write transaction, as for logins
+    with database.write() as db:
+        db.execute(update(User).where(User.id == user.id).values(password_hash=password_hash))
+        sessions.end_all(db, user.id, keep=keep_session)

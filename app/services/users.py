@@ -1,12 +1,15 @@
 """Accounts, invites, roles and API tokens."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
 
-from app.models import ROLES, ApiToken, Invite, User, utcnow
+from app.config import Settings
+from app.models import ROLES, TOKEN_NAME_MAX, ApiToken, Invite, User, utcnow
 from app.security import hash_password, new_token, token_digest, verify_dummy, verify_password
+from app.services import sessions
 from app.services.errors import Conflict, Invalid, NotFound
 
 MIN_PASSWORD = 8
@@ -15,10 +18,14 @@ MIN_PASSWORD = 8
 def _check(username: str, password: str, role: str) -> None:
     if not username or len(username) > 64 or not username.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise Invalid("username must be 1-64 letters, digits, '.', '-' or '_'")
-    if len(password) < MIN_PASSWORD:
-        raise Invalid(f"password must have at least {MIN_PASSWORD} characters")
+    check_password(password)
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
+
+
+def check_password(password: str, field: str = "password") -> None:
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"{field} must have at least {MIN_PASSWORD} characters")
 
 
 def create_user(db: Session, username: str, password: str, role: str = "annotator") -> User:
@@ -63,12 +70,19 @@ def update_user(db: Session, user_id: int, role: str | None = None, is_active: b
         if role is not None and role != "admin":
             raise Conflict("You cannot take away your own admin role (ask another admin).")
     user = get_user(db, user_id)
+    if role is not None and role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}")
+    demoted_or_promoted = role is not None and role != user.role
+    deactivated = is_active is False and user.is_active
     if role is not None:
-        if role not in ROLES:
-            raise Invalid(f"role must be one of {', '.join(ROLES)}")
         user.role = role
     if is_active is not None:
         user.is_active = is_active
+    if demoted_or_promoted or deactivated:
+        # Credentials are given for a role: a new role or a deactivation ends every session and token
+        # (requests check role and activity anyway; this also ends the old role's open pages and
+        # keeps an annotator's script token from turning into an admin's).
+        revoke_credentials(db, user.id)
     return user
 
 
@@ -99,14 +113,96 @@ def accept_invite(db: Session, token: str, username: str, password: str) -> User
     return user
 
 
-def create_api_token(db: Session, user: User, name: str = "") -> str:
-    """Returns the token once; only its digest is stored."""
+# ---------------------------------------------------------------- API tokens
+
+
+class TokenInfo(BaseModel):
+    """What the owner (and an admin) may see of a token: never the secret (only its digest is stored)."""
+
+    id: int
+    name: str
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None = Field(description="to within a few minutes")
+
+
+def _info(token: ApiToken) -> TokenInfo:
+    return TokenInfo(id=token.id, name=token.name, created_at=token.created_at, expires_at=token.expires_at,
+                     last_used_at=token.last_used_at)
+
+
+def token_lifetime(settings: Settings, name: str, days: int | None) -> timedelta:
+    """Checks a token request's name and lifetime (before any password check); returns the lifetime."""
+    if len(name) > TOKEN_NAME_MAX:
+        raise Invalid(f"name: at most {TOKEN_NAME_MAX} characters")
+    days = settings.token_max_days if days is None else days
+    if not 1 <= days <= settings.token_max_days:
+        raise Invalid(f"expires_in_days: from 1 to {settings.token_max_days}")
+    return timedelta(days=days)
+
+
+def create_api_token(db: Session, user: User, settings: Settings, now: datetime, name: str = "",
+                     days: int | None = None) -> tuple[str, TokenInfo]:
+    """A new token for user, valid for `days` (settings.token_max_days at most, and by default).
+    Refused (409) when the user already holds settings.tokens_per_user unexpired tokens: dropping the
+    oldest instead would silently break whatever script uses it. Returns the token (this once; only
+    its digest is stored) and what the list shows of it."""
+    lifetime = token_lifetime(settings, name, days)
+    # Lock the user's row (PostgreSQL; SQLite has one writer anyway): two logins at once cannot both
+    # take the last free place.
+    db.execute(select(User.id).where(User.id == user.id).with_for_update())
+    db.execute(delete(ApiToken).where(ApiToken.user_id == user.id, ApiToken.expires_at <= now))
+    live = db.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user.id))
+    if live >= settings.tokens_per_user:
+        raise Conflict(f"{user.username} already has {live} API tokens, the most allowed; revoke one first "
+                       "(DELETE /api/v1/me/tokens/{id}, or on the Account page)")
     token = new_token()
-    db.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name=name))
+    row = ApiToken(user_id=user.id, token_hash=token_digest(token), name=name, created_at=now,
+                   expires_at=now + lifetime)
+    db.add(row)
     db.flush()
-    return token
+    return token, _info(row)
 
 
-def user_for_token(db: Session, token: str) -> User | None:
-    return db.scalar(select(User).join(ApiToken, ApiToken.user_id == User.id)
-                     .where(ApiToken.token_hash == token_digest(token), User.is_active))
+_TOKEN_USER = (select(User.__table__, ApiToken.id.label("token_id"), ApiToken.last_used_at.label("token_last_used_at"))
+               .join(ApiToken, ApiToken.user_id == User.id))
+
+
+def user_for_token(conn: Connection, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
+    """(active user, token id, last used) for an unexpired token, or None. One indexed read (the
+    unique token_hash, then the user's primary key) on every API request: role and active state are
+    never older than the request. Core rather than an ORM session: on this hot path the session and
+    the entity loading cost about as much again as the query. The User comes back detached, as if
+    loaded by a session that has closed."""
+    row = conn.execute(_TOKEN_USER.where(ApiToken.token_hash == token_digest(token), ApiToken.expires_at > now,
+                                         User.is_active)).one_or_none()
+    if row is None:
+        return None
+    values = row._mapping
+    user = User(**{column.key: values[column.key] for column in User.__table__.columns})
+    make_transient_to_detached(user)
+    return user, values["token_id"], values["token_last_used_at"]
+
+
+def mark_token_used(conn: Session | Connection, token_id: int, now: datetime) -> None:
+    conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def list_api_tokens(db: Session, user_id: int, now: datetime) -> list[TokenInfo]:
+    """user_id's unexpired tokens, newest first."""
+    rows = db.scalars(select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.expires_at > now)
+                      .order_by(ApiToken.id.desc()))
+    return [_info(t) for t in rows]
+
+
+def revoke_api_token(db: Session, user_id: int, token_id: int) -> None:
+    """Deletes user_id's token token_id; another user's token is as unknown as a missing one (404)."""
+    deleted = db.execute(delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id)).rowcount
+    if not deleted:
+        raise NotFound(f"no API token {token_id}")
+
+
+def revoke_credentials(db: Session, user_id: int) -> None:
+    """Every session and every API token of user_id ends now."""
+    sessions.end_all(db, user_id)
+    db.execute(delete(ApiToken).where(ApiToken.user_id == user_id))
