@@ -60,14 +60,14 @@ def create_token(body: TokenRequest, database: DatabaseDep, settings: SettingsDe
     return TokenResponse(access_token=token, role=user.role, expires_at=info.expires_at, id=info.id)
 
 
-@router.get("/me/tokens", response_model=list[TokenInfo], responses=error_responses(401))
+@router.get("/me/tokens", response_model=list[TokenInfo])
 def my_tokens(user: ApiUser, database: DatabaseDep, clock: ClockDep):
     """Your unexpired API tokens, newest first (never their secrets)."""
     with database.read() as db:
         return users.list_api_tokens(db, user.id, clock())
 
 
-@router.delete("/me/tokens/{token_id}", status_code=204, responses=error_responses(401, 404, 422))
+@router.delete("/me/tokens/{token_id}", status_code=204, responses=error_responses(404, 422))
 def revoke_my_token(token_id: DbId, user: ApiUser, database: DatabaseDep):
     """Revokes one of your tokens at once (it may be the one making this call)."""
     with database.write() as db:
