@@ -14,7 +14,7 @@ from app.services.tasks import BwsSubmission, Progress, RatingSubmission, Submit
 from app.services.users import TokenInfo
 from app.validation import BoundedText, DbId
 
-router = APIRouter(prefix="/api/v1", tags=["annotate"], responses=error_responses(401))
+router = APIRouter(prefix="/api/v1", tags=["annotate"], responses=error_responses(401, 503))
 
 
 class TokenRequest(BaseModel):

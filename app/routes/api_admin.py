@@ -18,7 +18,7 @@ from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
 from app.validation import BoundedText, DbId, DbInt, IdList
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)],
-                   responses=error_responses(401, 403))
+                   responses=error_responses(401, 403, 503))
 
 
 # ---------------------------------------------------------------- bodies and views

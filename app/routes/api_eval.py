@@ -8,7 +8,7 @@ from app.services import evaluation
 from app.services.evaluation import CampaignCreate, CampaignInfo, Results
 from app.validation import DbId
 
-router = APIRouter(prefix="/api/v1/admin/campaigns", tags=["evaluation"], responses=error_responses(401, 403))
+router = APIRouter(prefix="/api/v1/admin/campaigns", tags=["evaluation"], responses=error_responses(401, 403, 503))
 
 
 @router.post("", response_model=CampaignInfo, status_code=201, responses=error_responses(404, 413, 422))

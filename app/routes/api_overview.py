@@ -10,7 +10,7 @@ from app.services import stats
 from app.services.stats import ContinuationScore, Overview
 from app.validation import DbId
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=error_responses(401, 403))
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=error_responses(401, 403, 503))
 
 
 @router.get("/overview", response_model=Overview)

@@ -8,7 +8,7 @@ from app.services import training
 from app.services.training import RoundView, TrainerStatus
 from app.validation import DbId
 
-router = APIRouter(prefix="/api/v1/admin/training", tags=["admin", "training"], responses=error_responses(401, 403))
+router = APIRouter(prefix="/api/v1/admin/training", tags=["admin", "training"], responses=error_responses(401, 403, 503))
 
 
 @router.post("/rounds", response_model=RoundView, status_code=201, responses=error_responses(409))

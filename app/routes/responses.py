@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 
 class ErrorBody(BaseModel):
-    """401, 403, 404, 409, 413 and 429. `errors` comes with refusals from the services (app/services/errors.py)."""
+    """401, 403, 404, 409, 413, 429 and 503. `errors` comes with refusals from the services (app/services/errors.py)."""
 
     detail: str = Field(description="what went wrong, for a person to read")
     errors: list[dict[str, Any]] = Field([], description="details, when there are any")
@@ -31,6 +31,8 @@ _WHAT = {
     413: "the request body is larger than the server's upload limit",
     422: "invalid request: `errors` names the fields",
     429: "too many failed logins for the account or from the address; see the Retry-After header",
+    503: "the database is briefly unavailable (restarting, disk full): retry after the Retry-After header's "
+         "seconds, with the same idempotency key",
 }
 
 
