@@ -16,8 +16,8 @@ What runs, and how it compares with storyloop's run:
   virtualenv (default `benchmarks/out/potato-venv`, git-ignored), started as its users start it:
   `potato start config.yaml -p PORT`, i.e. one process, Flask on Werkzeug's threaded server (a
   thread per connection; Potato keeps its item and user state in that process's memory, so more
-  worker processes are not an option). Logging is Potato's default (INFO, plus Werkzeug's access
-  line per request), sent to a file in the work directory.
+  worker processes are not an option). Logging is Potato's default (INFO; it writes no access line per
+  request), its console output sent to a file in the work directory.
 - Storage: Potato's own files. Every accepted save rewrites
   `annotation_output/<user>/user_state.json` (and appends to `annotation_history.jsonl`). The
   stored count is read back from those `user_state.json` files after the server stopped.
@@ -34,12 +34,15 @@ What runs, and how it compares with storyloop's run:
       "best" and "worst" (A-D).
   Both use the same seeded text as annotate_load.py's `seed` (prompts and 12 continuations per
   prompt, same sentences), the same number of tuples by default (`1500 * seconds / 3 +
-  annotators`), and Potato's `max_annotations_per_item: 3` for storyloop's R = 3 (random
-  assignment).
+  annotators`), and Potato's `num_annotators_per_item: 3` for storyloop's R = 3 (random
+  assignment). Potato enforces that cap when it assigns, not when it stores, so an
+  over-subscribed pool can end with items holding more than 3 judgements (its own docs say so):
+  `tasks_over_R` counts them from the stored files.
 - Accounts: password accounts in Potato's user file (`user_config.json`, pre-hashed with Potato's
   own salt$PBKDF2 format), `allow_all_users: false`. Every annotator logs in once (POST /auth)
   before the timed window, as storyloop's annotators hold API tokens before theirs; the login cost
-  is not in the figures.
+  is not in the figures. An extra account then annotates for 3 s, also untimed: Potato imports and
+  compiles a lot on its first page and save, which a server in use has long done.
 - Flow per judgement, as Potato 2.12's annotation.js does it when an annotator clicks Next:
   POST /updateinstance (JSON: instance id and the labels; the save: a judgement counts once this
   answers 200 with status "success") -> POST /annotate {action: next_instance} with
@@ -54,7 +57,11 @@ What runs, and how it compares with storyloop's run:
   URLs) and Potato's background telemetry beacons (/api/track_interactions and similar) are not
   sent, which flatters Potato. Werkzeug closes the connection after each answer, so the client
   reconnects for every request (as a browser would); storyloop's client keeps connections alive.
-  Potato is one process whatever storyloop's worker count is. The client is a raw-asyncio
+  Potato is one process whatever storyloop's worker count is. Potato's cost grows with the number
+  of items: with random assignment, each Next walks every remaining item (on a busy 2-core machine,
+  Next took 9 ms with 300 tuples and 51 ms with 10,050; a whole judgement 65 vs 106 ms of server
+  CPU). The default seeds as many tuples as annotate_load does, so both servers hold the same data;
+  storyloop seeds that many for headroom, so also look at Potato with a smaller `--tasks`. The client is a raw-asyncio
   HTTP/1.1 client like annotate_load's, so client CPU per request is comparable.
 """
 
@@ -147,7 +154,7 @@ def write_project(workdir: Path, tuples: int, annotators: int, scheme: str = "bw
         "require_password": True,
         "authentication": {"user_config_path": "user_config.json"},
         "user_config": {"allow_all_users": False},
-        "max_annotations_per_item": REQUIRED,
+        "num_annotators_per_item": REQUIRED,
         "assignment_strategy": "random",
         "secret_key": "benchmark-" + "x" * 32,
     }
@@ -192,12 +199,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def start_potato(workdir: Path, n_prompts: int, port: int, annotators: int = 200, scheme: str = "bws",
+def start_potato(workdir: Path, tasks: int, port: int, annotators: int = 200, scheme: str = "bws",
                  potato: Path | None = None) -> subprocess.Popen:
-    """Write the project (`n_prompts` BWS tuples) into workdir, start Potato on 127.0.0.1:port in its
-    own process group, and wait until /health answers 200."""
+    """Write the project into workdir (`tasks` BWS tuples, as annotate_load's --tasks: a prompt per 30
+    of them), start Potato on port `port` in its own process group, and wait until /health answers 200."""
     potato = potato or ensure_potato()
-    config = write_project(Path(workdir), n_prompts, annotators, scheme)
+    config = write_project(Path(workdir), tasks, annotators, scheme)
     log = open(Path(workdir) / "server.log", "ab")
     process = subprocess.Popen([str(potato), "start", str(config), "-p", str(port)], cwd=workdir,
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -210,7 +217,7 @@ def start_potato(workdir: Path, n_prompts: int, port: int, annotators: int = 200
             status, _, _ = asyncio.run(_one_request(port, "GET", "/health"))
             if status == 200:
                 return process
-        except OSError:
+        except (OSError, asyncio.TimeoutError):
             pass
         time.sleep(0.3)
     stop_server(process)
@@ -287,10 +294,10 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, data
 
 
-async def _one_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+async def _one_request(port: int, method: str, path: str, timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
     conn = PotatoConnection(port)
     try:
-        return await conn.request(method, path)
+        return await asyncio.wait_for(conn.request(method, path), timeout)
     finally:
         await conn.close()
 
@@ -342,6 +349,9 @@ async def annotator(conn: PotatoConnection, username: str, scheme: str, results:
                         status, answer = await conn.post_json(
                             "/annotate", {"action": "next_instance", "instance_id": navigate_from},
                             b"X-Potato-Navigation: 1\r\n")
+                        if status == 302:  # sent on to the end of the study: nothing left to assign
+                            results.ran_out += 1
+                            return
                         if status != 200:
                             results.error(f"next {status}")
                             navigate_from = None
@@ -352,12 +362,12 @@ async def annotator(conn: PotatoConnection, username: str, scheme: str, results:
                     await asyncio.sleep(0.05)
                     continue
                 results.fetch_ms.append((clock() - t0) * 1000)
-                found = INSTANCE_ID.search(page) if status == 200 else None
-                if status != 200 or found is None:
-                    results.error(f"fetch {status}" if status != 200 else "fetch no instance")
+                if status != 200:
+                    results.error(f"fetch {status}")
                     continue
-                if found.group(1).decode() == navigate_from:  # Next stayed put: nothing left to assign
-                    results.ran_out += 1
+                found = INSTANCE_ID.search(page)
+                if found is None or found.group(1).decode() == navigate_from:
+                    results.ran_out += 1  # no item on the page, or Next stayed put: nothing left
                     return
                 instance_id, navigate_from = found.group(1).decode(), None
             if think:
