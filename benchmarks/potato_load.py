@@ -5,10 +5,9 @@ Groundwork for the side-by-side mode of `annotate_load.py` (issue 11). Run alone
     python benchmarks/potato_load.py --annotators 50 200 --seconds 20
     python benchmarks/potato_load.py --annotators 1000 --seconds 30 --think 4
 
-or from `annotate_load.py`: `import potato_load` (a plain `import`, or inside a function: this
-module imports `annotate_load` for its helpers, so `from potato_load import ...` at the top of
-annotate_load would be a circular import) and call `potato_load.run_potato(...)`, which returns a
-row with annotate_load's keys.
+or from `annotate_load.py` (`from potato_load import run_potato` works at its top: this module
+imports annotate_load's helpers only when called) with `run_potato(...)`, which returns a row
+with annotate_load's keys.
 
 What runs, and how it compares with storyloop's run:
 
@@ -61,8 +60,9 @@ What runs, and how it compares with storyloop's run:
   of items: with random assignment, each Next walks every remaining item (on a busy 2-core machine,
   Next took 9 ms with 300 tuples and 51 ms with 10,050; a whole judgement 65 vs 106 ms of server
   CPU). The default seeds as many tuples as annotate_load does, so both servers hold the same data;
-  storyloop seeds that many for headroom, so also look at Potato with a smaller `--tasks`. The client is a raw-asyncio
-  HTTP/1.1 client like annotate_load's, so client CPU per request is comparable.
+  storyloop seeds that many for headroom, so also look at Potato with a smaller `--tasks`. The
+  client is a raw-asyncio HTTP/1.1 client like annotate_load's, so client CPU per request is
+  comparable.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# annotate_load's helpers are imported inside the functions that use them (`import annotate_load`),
+# never at the top: annotate_load may import this module from its own top lines.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from annotate_load import MAX_ANNOTATORS, MAX_SECONDS, children_cpu, free_port, percentile, stop_server  # noqa: E402
 
 POTATO_VERSION = "2.12.1"
 DEFAULT_VENV = Path(__file__).resolve().parent / "out" / "potato-venv"  # benchmarks/out/ is git-ignored
@@ -203,6 +204,8 @@ def start_potato(workdir: Path, tasks: int, port: int, annotators: int = 200, sc
                  potato: Path | None = None) -> subprocess.Popen:
     """Write the project into workdir (`tasks` BWS tuples, as annotate_load's --tasks: a prompt per 30
     of them), start Potato on port `port` in its own process group, and wait until /health answers 200."""
+    import annotate_load
+
     potato = potato or ensure_potato()
     config = write_project(Path(workdir), tasks, annotators, scheme)
     log = open(Path(workdir) / "server.log", "ab")
@@ -220,7 +223,7 @@ def start_potato(workdir: Path, tasks: int, port: int, annotators: int = 200, sc
         except (OSError, asyncio.TimeoutError):
             pass
         time.sleep(0.3)
-    stop_server(process)
+    annotate_load.stop_server(process)
     raise SystemExit(f"Potato did not start; see {Path(workdir) / 'server.log'}")
 
 
@@ -447,18 +450,20 @@ def stored_judgements(workdir: Path, scheme: str) -> tuple[set[tuple[str, str]],
 def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int = 0, scheme: str = "bws",
                retry_rate: float = 0.1, venv_dir: Path = DEFAULT_VENV, keep: bool = False) -> dict:
     """One Potato run; returns a row with annotate_load's keys (db is "potato-files", 1 process)."""
+    import annotate_load
+
     potato = ensure_potato(venv_dir)
     tasks = tasks or int(1500 * seconds / REQUIRED) + annotators
     workdir = Path(tempfile.mkdtemp(prefix="storyloop-potato-"))
     try:
-        port = free_port()
+        port = annotate_load.free_port()
         server = start_potato(workdir, tasks, port, annotators, scheme, potato)
         try:
-            cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+            cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
             results, elapsed = asyncio.run(run_load(port, annotators, seconds, scheme, retry_rate, think))
-            cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+            cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
         finally:
-            stop_server(server)
+            annotate_load.stop_server(server)
         stored, over = stored_judgements(workdir, scheme)
     finally:
         if keep:
@@ -474,10 +479,8 @@ def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int =
         "seconds": round(elapsed, 1),
         "judgements": judgements,
         "judgements_per_s": judgements / elapsed,
-        "fetch_p50": percentile(results.fetch_ms, 50), "fetch_p95": percentile(results.fetch_ms, 95),
-        "fetch_p99": percentile(results.fetch_ms, 99),
-        "submit_p50": percentile(results.submit_ms, 50), "submit_p95": percentile(results.submit_ms, 95),
-        "submit_p99": percentile(results.submit_ms, 99),
+        **{f"{kind}_p{p}": annotate_load.percentile(values, p)
+           for kind, values in (("fetch", results.fetch_ms), ("submit", results.submit_ms)) for p in (50, 95, 99)},
         "errors": sum(results.errors.values()), "error_kinds": results.errors,
         "ran_out": results.ran_out,
         "exact": stored == results.acknowledged, "stored": len(stored),
@@ -521,10 +524,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep Potato's project and output folder")
     parser.add_argument("--json", default="", help="also write the results as JSON to this file")
     args = parser.parse_args()
-    if not 0 < args.seconds <= MAX_SECONDS:
-        parser.error(f"--seconds must be in (0, {MAX_SECONDS}]")
-    if any(not 0 < n <= MAX_ANNOTATORS for n in args.annotators):
-        parser.error(f"--annotators must be in 1..{MAX_ANNOTATORS}")
+    import annotate_load
+
+    if not 0 < args.seconds <= annotate_load.MAX_SECONDS:
+        parser.error(f"--seconds must be in (0, {annotate_load.MAX_SECONDS}]")
+    if any(not 0 < n <= annotate_load.MAX_ANNOTATORS for n in args.annotators):
+        parser.error(f"--annotators must be in 1..{annotate_load.MAX_ANNOTATORS}")
     rows = []
     for n in args.annotators:
         row = run_potato(n, args.seconds, args.think, args.tasks, args.scheme, args.retry_rate, args.venv, args.keep)
