@@ -31,6 +31,13 @@ def submit_bws_by_ids(database: Database, user: User, task: LeasedTask, best_id:
     return asyncio.run(submit_bws(database, user, task.assignment_id, data, HANDLES))
 
 
+def handles_to_ids(database: Database, assignment_id: int) -> dict[str, int]:
+    """An assignment's item handles -> continuation ids (annotators are not told; tests look them up)."""
+    with database.read() as db:
+        item_order = db.get(Assignment, assignment_id).item_order
+    return HANDLES.continuations_by_handle(assignment_id, item_order)
+
+
 def task_of(database: Database, assignment_id: int) -> int:
     """The task behind an assignment (annotators are not told; tests look it up)."""
     with database.read() as db:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Rating
 from app.services import exports
 from tests.conftest import make_user, token_headers
-from tests.factories import seed_bws_batch, seed_rating_batch
+from tests.factories import handles_to_ids, seed_bws_batch, seed_rating_batch
 
 EXPORTS = "/api/v1/admin/exports"
 
@@ -27,9 +27,10 @@ def _judge_everything(client, database, annotators=("ann1", "ann2")) -> int:
         headers = token_headers(client, name)
         while (response := client.post("/api/v1/tasks/next", headers=headers, params={"kind": "bws"})).status_code == 200:
             task = response.json()
-            ids = [i["continuation_id"] for i in task["items"]]
+            ids = handles_to_ids(database, task["assignment_id"])  # handle -> continuation id
             submitted = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers,
-                                    json={"best_id": min(ids), "worst_id": max(ids), "idempotency_key": f"{name}-{n:08d}",
+                                    json={"best": min(ids, key=ids.get), "worst": max(ids, key=ids.get),
+                                          "idempotency_key": f"{name}-{n:08d}",
                                           "duration_ms": 1000 + n})
             assert submitted.status_code == 200, submitted.text
             n += 1

@@ -257,9 +257,10 @@ def test_prompts_model_versions_and_batches(client, database, admin_headers):
     make_user(database, "ann")
     ann = token_headers(client, "ann")
     task = client.post("/api/v1/tasks/next", headers=ann, params={"kind": "bws"}).json()
-    ids = [i["continuation_id"] for i in task["items"]]
-    client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=ann,
-                json={"best_id": ids[0], "worst_id": ids[1], "idempotency_key": "k" * 16})
+    handles = [i["handle"] for i in task["items"]]
+    submitted = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=ann,
+                            json={"best": handles[0], "worst": handles[1], "idempotency_key": "k" * 16})
+    assert submitted.status_code == 200, submitted.text
     batches = {b["name"]: b for b in client.get("/api/v1/admin/batches", headers=admin_headers).json()}
     assert list(batches) == ["rate 2", "rate", "round 1"]  # newest first
     first = batches["round 1"]
