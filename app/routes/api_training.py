@@ -1,6 +1,9 @@
 """Admin API for the trainer: ask for a round, see what it is doing, read a round's metrics."""
 
-from fastapi import APIRouter
+from typing import Literal
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, Field
 
 from app.deps import ApiAdmin, DatabaseDep
 from app.services import training
@@ -9,10 +12,19 @@ from app.services.training import RoundView, TrainerStatus
 router = APIRouter(prefix="/api/v1/admin/training", tags=["admin", "training"])
 
 
+class RoundRequest(BaseModel):
+    algorithm: Literal["ppo", "alol", "dpo", "kto"] | None = None  # None: the trainer's configured default
+    bakeoff: list[Literal["ppo", "alol", "dpo", "kto"]] | None = Field(None, min_length=2)  # a bake-off instead
+    bakeoff_required: int = Field(2, ge=1, le=100)  # evaluators per story in the bake-off's blind campaign
+
+
 @router.post("/rounds", response_model=RoundView, status_code=201)
-def request_round(_: ApiAdmin, database: DatabaseDep):
-    """Queue a training round; the trainer process picks it up at its next poll."""
-    return training.request_round(database, trigger="admin")
+def request_round(_: ApiAdmin, database: DatabaseDep, body: RoundRequest | None = Body(None)):
+    """Queue a training round (optionally with its algorithm, or a bake-off of several); the trainer
+    process picks it up at its next poll."""
+    body = body or RoundRequest()
+    return training.request_round(database, trigger="admin", algorithm=body.algorithm, bakeoff=body.bakeoff,
+                                  bakeoff_required=body.bakeoff_required)
 
 
 @router.get("/status", response_model=TrainerStatus)
