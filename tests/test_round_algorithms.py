@@ -134,6 +134,12 @@ def test_rounds_with_each_algorithm_and_a_bakeoff(tmp_path, sqlite_url, tiny_cfg
         compared = set(db.scalars(select(CampaignVersion.model_version_id).where(CampaignVersion.campaign_id == campaign.id)))
         assert compared == {base_id, versions["alol"].id, versions["dpo"].id}
         assert db.scalar(select(func.count()).select_from(Task).where(Task.batch_id == campaign.batch_id)) == 3 * 3
+    # the models page shows each algorithm's version with the compute it took
+    from app.services.model_versions import models_page
+
+    rows = {v.id: v for v in models_page(database).versions}
+    for algorithm, version_id in policies.items():
+        assert rows[version_id].algorithm == algorithm and rows[version_id].compute["seconds"] > 0
 
 
 def test_round_eta_follows_the_rounds_algorithm(database):

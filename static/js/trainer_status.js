@@ -205,7 +205,8 @@
       if (r.status === "running" && r.phase) status.push(" ", el("span", { "class": "muted small", text: "(" + r.phase + ")" }));
       return el("tr", { "data-round": String(r.id) }, [
         el("td", { text: String(r.id) }), el("td", {}, status), el("td", { text: r.trigger, title: r.trigger_label }),
-        el("td", { text: (r.algorithm || "") + (r.bakeoff ? " (" + r.bakeoff.algorithms.join(", ") + ")" : "") }),
+        el("td", { text: (r.algorithm || "") + (r.bakeoff ? " (" + r.bakeoff.algorithms.join(", ") +
+          (r.bakeoff.campaign_id ? "; campaign " + r.bakeoff.campaign_id : "") + ")" : "") }),
         el("td", { "class": "num", text: String(r.judgements_used) }),
         el("td", { text: r.reward_version_id ? String(r.reward_version_id) : "" }),
         el("td", { text: r.policy_version_id ? String(r.policy_version_id) : "" }),
