@@ -99,7 +99,7 @@ def train_one(algorithm: str, work: Path, args) -> dict:
             trainer.step([rng.choice(data["prompt_texts"]) for _ in range(cfg.batch_size)])
         policy = trainer.policy
     elif algorithm.startswith("alol"):
-        cfg = ALoLConfig(variant=algorithm, steps=args.alol_steps, learning_rate=args.alol_lr, batch_size=16,
+        cfg = ALoLConfig(variant=algorithm, epochs=args.alol_epochs, steps=args.alol_steps, learning_rate=args.alol_lr, batch_size=16,
                          max_new_tokens=args.max_new_tokens, value_temperature=args.temperature, seed=args.seed)
         trainer = ALoLTrainer(cfg, policy, tokenizer, reward, ref_policy=reference)
         trainer.prepare(data["prompts"], data["completions"])
@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--ppo-steps", type=int, default=20)
     parser.add_argument("--ppo-lr", type=float, default=1e-5)
-    parser.add_argument("--alol-steps", type=int, default=200)
+    parser.add_argument("--alol-epochs", type=float, default=2.0, help="passes over the positive-advantage rows")
+    parser.add_argument("--alol-steps", type=int, default=0, help="> 0: this many steps instead of --alol-epochs")
     parser.add_argument("--alol-lr", type=float, default=2e-5)
     parser.add_argument("--dpo-epochs", type=float, default=2.0)
     parser.add_argument("--dpo-lr", type=float, default=5e-6)

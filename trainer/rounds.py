@@ -292,9 +292,9 @@ def stored_rows(database: Database, cfg: TrainerSettings) -> tuple[list[str], li
 def _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, settings, device, reporter):
     _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
     prompts, completions = stored_rows(database, cfg)
-    reporter.phase("alol", cfg.alol.steps)
+    reporter.phase("alol")
     trainer = ALoLTrainer(cfg.alol, model, tokenizer, reward_model, ref_policy=ref_model,
-                          on_step=lambda step, stats: reporter.step(step, cfg.alol.steps, stats))
+                          on_step=lambda step, stats: reporter.step(step, trainer.total_steps, stats))
     reporter.log({k: float(v) for k, v in trainer.prepare(prompts, completions).items()})
     stats = trainer.train()
     return trainer.policy, {"alol": asdict(cfg.alol)}, stats
