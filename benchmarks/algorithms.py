@@ -1,4 +1,4 @@
-"""Round algorithms side by side: PPO, A-LoL (its variants), DPO and KTO on the same data and reward model.
+"""Round algorithms side by side: PPO, A-LoL (its variants) and DPO on the same data and reward model.
 
 One run on one machine:
   1. the base policy (the bootstrap demo preset by default, cached under data/corpus) writes K stories for
@@ -7,8 +7,8 @@ One run on one machine:
      plus Gaussian noise), and a reward model is trained on the implied pairs (TRL RewardTrainer), as a
      round would;
   3. each algorithm trains a policy from the base (the reference) on that same data: PPO samples fresh
-     text scored by the reward model, A-LoL learns from the stored stories, DPO/KTO from the pairs. Each
-     runs in a fresh process so its peak memory is its own;
+     text scored by the reward model, A-LoL learns from the stored stories, DPO from the pairs. Each runs
+     in a fresh process so its peak memory is its own;
   4. each policy writes fresh stories for every prompt, and we print: training wall time, peak memory
      (process RSS on CPU, allocated GPU memory on CUDA), the reward model's score and the preference's
      (noise-free) score of the stories with 95% bootstrap intervals over prompts, distinct-2, and KL to
@@ -42,12 +42,12 @@ from trainer import model_store  # noqa: E402
 from trainer.alol import ALoLConfig, ALoLTrainer  # noqa: E402
 from trainer.auto_metrics import distinct_n, kl_estimate  # noqa: E402
 from trainer.data import PreferencePairs  # noqa: E402
-from trainer.dpo import DPOSettings, train_preference_policy  # noqa: E402
+from trainer.dpo import DPOSettings, train_dpo  # noqa: E402
 from trainer.generate import generate_stories  # noqa: E402
 from trainer.ppo import PPOConfig, PPOTrainer, score_sequences  # noqa: E402
 from trainer.reward_model import RewardModelConfig, train_reward_model  # noqa: E402
 
-ALGORITHMS = ("base", "ppo", "alol", "alol_seq", "alol_ref_free", "alol_kl", "dpo", "kto")
+ALGORITHMS = ("base", "ppo", "alol", "alol_seq", "alol_ref_free", "alol_kl", "dpo")
 
 
 def stories(model, tokenizer, prompts, n, args) -> tuple[list[str], list[str]]:
@@ -105,10 +105,10 @@ def train_one(algorithm: str, work: Path, args) -> dict:
         trainer.prepare(data["prompts"], data["completions"])
         trainer.train()
         policy = trainer.policy
-    elif algorithm in ("dpo", "kto"):
+    elif algorithm == "dpo":
         cfg = DPOSettings(epochs=args.dpo_epochs, learning_rate=args.dpo_lr, batch_size=8, seed=args.seed)
         with tempfile.TemporaryDirectory() as out:
-            policy, _ = train_preference_policy(algorithm, policy, reference, tokenizer, data["pairs"], cfg, Path(out))
+            policy, _ = train_dpo(policy, reference, tokenizer, data["pairs"], cfg, Path(out))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started if algorithm != "base" else 0.0
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--base", default="bootstrap", help='"bootstrap" (the --preset) or a hub id / local folder')
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--algorithms", nargs="+", default=["base", "ppo", "alol", "alol_seq", "dpo", "kto"],
+    parser.add_argument("--algorithms", nargs="+", default=["base", "ppo", "alol", "alol_seq", "alol_ref_free", "alol_kl", "dpo"],
                         choices=ALGORITHMS)
     parser.add_argument("--prompts", type=int, default=24, help="demo prompts used (0 = all)")
     parser.add_argument("--stored-per-prompt", type=int, default=8, help="stored stories per prompt (the base's)")

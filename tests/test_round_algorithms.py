@@ -1,4 +1,4 @@
-"""The algorithm of a round (ppo | alol | dpo | kto) and the bake-off: asked for on the admin page and the
+"""The algorithm of a round (ppo | alol | dpo) and the bake-off: asked for on the admin page and the
 API, recorded on the round and its version, run end to end by the trainer with tiny models."""
 
 import pytest
@@ -23,7 +23,7 @@ def _rounds(database) -> int:
 # ----------------------------------------------------------------------------- asking for one
 def test_api_takes_an_algorithm_or_a_bakeoff_and_refuses_bad_ones(client, database, admin_headers):
     url = "/api/v1/admin/training/rounds"
-    for body, field in (({"algorithm": "sft"}, "algorithm"), ({"bakeoff": ["alol"]}, "bakeoff"),
+    for body, field in (({"algorithm": "kto"}, "algorithm"), ({"bakeoff": ["alol"]}, "bakeoff"),
                         ({"bakeoff": ["alol", "trpo"]}, "bakeoff"), ({"bakeoff": ["dpo", "alol"], "bakeoff_required": 0},
                                                                       "bakeoff_required")):
         refused = client.post(url, json=body, headers=admin_headers)
@@ -54,7 +54,7 @@ def test_admin_page_starts_a_round_with_an_algorithm_and_a_bakeoff(client, datab
     make_user(database, "root", "admin")
     login(client, "root")
     page = post_form(client, "/admin/training", "/admin/training/rounds", {"algorithm": "nonsense"})
-    assert "algorithm must be one of ppo, alol, dpo, kto" in text_of(page) and _rounds(database) == 0
+    assert "algorithm must be one of ppo, alol, dpo" in text_of(page) and _rounds(database) == 0
     page = post_form(client, "/admin/training", "/admin/training/rounds", {"algorithm": "dpo"})
     assert "Round 1 queued (dpo)" in text_of(page)
     with database.write() as db:
@@ -88,7 +88,7 @@ def test_rounds_with_each_algorithm_and_a_bakeoff(tmp_path, sqlite_url, tiny_cfg
         base_id = db.get(TrainingRound, round0).policy_version_id
 
     tiny_cfg.algorithm = "alol"  # the settings' default, used by a round that names none
-    for asked in (None, "dpo", "kto"):
+    for asked in (None, "dpo"):
         judge_directly(database, f"judge-{asked}", limit=4)
         round_id = training.request_round(database, trigger="test", algorithm=asked).id
         assert train_once(database, settings, tiny_cfg) == round_id

@@ -46,9 +46,9 @@ class TrainerSettings(BaseSettings):
     sft_base: bool = False
     sft_epochs: float = 1.0
     # What a round trains with unless the admin picks another for it: ppo (samples fresh text, scored by
-    # the reward model), alol (offline, from every stored continuation), dpo / kto (TRL, straight from the
+    # the reward model), alol (offline, from every stored continuation), dpo (TRL, straight from the
     # judgements' pairs). See README "Choosing a round algorithm".
-    algorithm: Literal["ppo", "alol", "dpo", "kto"] = "ppo"
+    algorithm: Literal["ppo", "alol", "dpo"] = "ppo"
     ppo_steps: int = 20  # PPO steps per round
     seed: int = 0
     # CPU threads for torch; 0 = all cores but one, which stays free for the web app beside the trainer.
@@ -62,5 +62,5 @@ class TrainerSettings(BaseSettings):
                                                              missing_eos_penalty=1.0))
     reward: RewardModelConfig = Field(default_factory=RewardModelConfig)
     alol: ALoLConfig = Field(default_factory=lambda: ALoLConfig(max_new_tokens=80, value_temperature=0.8))
-    dpo: DPOSettings = Field(default_factory=DPOSettings)  # DPO and KTO alike
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -12,7 +12,7 @@ Every later round (started once enough judgements arrived on the newest round's 
                    drift from the base cannot add up over rounds:
                      ppo   our PPO (trainer/ppo.py), sampling fresh text scored by the reward model
                      alol  A-LoL (trainer/alol.py) on every stored continuation of the active prompts
-                     dpo   TRL's DPOTrainer on the judgements' implied pairs (kto: TRL's KTOTrainer)
+                     dpo   TRL's DPOTrainer on the judgements' implied pairs
     generate       K continuations per active prompt from the new policy, and
     queue          BWS tuples mixing them with the base's, the best-scoring earlier ones and a random
                    earlier one, per prompt; the batch becomes the newest round's (served first)
@@ -53,7 +53,7 @@ from trainer import model_store
 from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
-from trainer.dpo import train_preference_policy
+from trainer.dpo import train_dpo
 from trainer.generate import generate_stories
 from trainer.alol import ALoLTrainer
 from trainer.ppo import PPOTrainer
@@ -237,7 +237,7 @@ def _peak_memory_mb(device) -> float:
 def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: ModelVersion, reference: ModelVersion,
                  reward_version_id: int, reporter, name: str | None = None) -> int:
     """Trains a new policy version from `policy` (the newest) with `algorithm`, leashed to `reference` (the
-    base): the reward model scores PPO's samples and A-LoL's stored rows; DPO/KTO read the judgements'
+    base): the reward model scores PPO's samples and A-LoL's stored rows; DPO reads the judgements'
     pairs directly. Records its settings, final metrics and the compute it took (wall time, peak memory)."""
     device = model_store.resolve_device(None)
     if str(device).startswith("cuda"):
@@ -252,8 +252,8 @@ def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: Mode
     elif algorithm == "alol":
         trained, used, stats = _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, settings,
                                            device, reporter)
-    elif algorithm in ("dpo", "kto"):
-        trained, used, stats = _train_preference(database, cfg, algorithm, model, ref_model, tokenizer, reporter)
+    elif algorithm == "dpo":
+        trained, used, stats = _train_dpo(database, cfg, model, ref_model, tokenizer, reporter)
     else:
         raise ValueError(f"unknown round algorithm {algorithm!r}; one of {', '.join(ROUND_ALGORITHMS)}")
     compute = {"seconds": time.monotonic() - started, "peak_memory_mb": _peak_memory_mb(device), "device": str(device)}
@@ -300,13 +300,12 @@ def _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, s
     return trainer.policy, {"alol": asdict(cfg.alol)}, stats
 
 
-def _train_preference(database, cfg, algorithm, model, ref_model, tokenizer, reporter):
+def _train_dpo(database, cfg, model, ref_model, tokenizer, reporter):
     pairs = load_pairs(database, cfg.reward.held_out_fraction, seed=cfg.seed).train_sample(None, seed=cfg.seed)
-    reporter.phase(algorithm)
+    reporter.phase("dpo")
     with tempfile.TemporaryDirectory() as work:
-        trained, stats = train_preference_policy(algorithm, model, ref_model, tokenizer, pairs, cfg.dpo, Path(work),
-                                                 reporter.step)
-    return trained, {algorithm: asdict(cfg.dpo)}, stats
+        trained, stats = train_dpo(model, ref_model, tokenizer, pairs, cfg.dpo, Path(work), reporter.step)
+    return trained, {"dpo": asdict(cfg.dpo)}, stats
 
 
 def _bws_tallies(db) -> dict[int, ItemTally]:

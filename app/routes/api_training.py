@@ -13,8 +13,8 @@ router = APIRouter(prefix="/api/v1/admin/training", tags=["admin", "training"])
 
 
 class RoundRequest(BaseModel):
-    algorithm: Literal["ppo", "alol", "dpo", "kto"] | None = None  # None: the trainer's configured default
-    bakeoff: list[Literal["ppo", "alol", "dpo", "kto"]] | None = Field(None, min_length=2)  # a bake-off instead
+    algorithm: Literal["ppo", "alol", "dpo"] | None = None  # None: the trainer's configured default
+    bakeoff: list[Literal["ppo", "alol", "dpo"]] | None = Field(None, min_length=2)  # a bake-off instead
     bakeoff_required: int = Field(2, ge=1, le=100)  # evaluators per story in the bake-off's blind campaign
 
 

@@ -28,14 +28,14 @@ from app.services.model_versions import VersionWarning
 
 TRAINER_LEASE = "trainer"
 LEASE_STALE_SECONDS = 90  # a trainer that has not renewed its lease for this long is presumed dead
-PHASES = ("base policy", "sft", "base generate", "reward model", "ppo", "alol", "dpo", "kto", "generate", "queue",
+PHASES = ("base policy", "sft", "base generate", "reward model", "ppo", "alol", "dpo", "generate", "queue",
           "metrics")  # in round order
 FIRST_ROUND_PHASES = frozenset({"base policy", "sft", "base generate"})  # only while there is no base policy yet
 FIRST_ROUND_PLAN = ("base policy", "sft", "base generate", "generate", "queue", "metrics")  # round 0: the base writes
 LATER_ROUND_PLAN = ("reward model", "ppo", "generate", "queue", "metrics")
 OPTIONAL_PHASES = frozenset({"sft", "base generate"})  # left out of the ETA when never timed
 TIMING_PHASE = "timing"  # training_log rows with {"phase": name, "seconds": duration} of a finished phase
-ROUND_ALGORITHMS = ("ppo", "alol", "dpo", "kto")  # what a round can train with (trainer/rounds.policy_phase)
+ROUND_ALGORITHMS = ("ppo", "alol", "dpo")  # what a round can train with (trainer/rounds.policy_phase)
 BAKEOFF = "bakeoff"  # a round that trains one policy per chosen algorithm and opens a blind campaign over them
 TRIGGERS = {"auto": "automatic (enough new judgements)", "admin": "an admin (Start a round now)",
             "cli": "command line (storyloop train once)"}

@@ -1,4 +1,4 @@
-"""round algorithm: what a training round trains with (ppo | alol | dpo | kto | bakeoff), and a bake-off's plan
+"""round algorithm: what a training round trains with (ppo | alol | dpo | bakeoff), and a bake-off's plan
 
 Revision ID: 0006
 Revises: 0004
