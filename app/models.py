@@ -329,6 +329,10 @@ class TrainingRound(Base):
     reward_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
     policy_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id"))
+    # ppo | alol | dpo | bakeoff; None until the trainer starts it with its configured default
+    algorithm: Mapped[str | None] = mapped_column(String(32))
+    # a bake-off's plan and progress: {"algorithms": [...], "policies": {algorithm: version id}, "campaign_id": id}
+    bakeoff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

@@ -5,10 +5,13 @@ STORYLOOP_TRAINER_BASE_POLICY=gpt2, STORYLOOP_TRAINER_BOOTSTRAP_PRESET=tiny.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainer.alol import ALoLConfig
+from trainer.dpo import DPOSettings
 from trainer.ppo import PPOConfig
 from trainer.reward_model import RewardModelConfig
 
@@ -42,6 +45,10 @@ class TrainerSettings(BaseSettings):
     # (a supervised baseline, TRL's SFTTrainer); PPO then starts from that version.
     sft_base: bool = False
     sft_epochs: float = 1.0
+    # What a round trains with unless the admin picks another for it: ppo (samples fresh text, scored by
+    # the reward model), alol (offline, from every stored continuation), dpo (TRL, straight from the
+    # judgements' pairs). See README "Choosing a round algorithm".
+    algorithm: Literal["ppo", "alol", "dpo"] = "ppo"
     ppo_steps: int = 20  # PPO steps per round
     seed: int = 0
     # CPU threads for torch; 0 = all cores but one, which stays free for the web app beside the trainer.
@@ -54,4 +61,6 @@ class TrainerSettings(BaseSettings):
                                                              learning_rate=1e-5, adaptive_kl=True,
                                                              missing_eos_penalty=1.0))
     reward: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    alol: ALoLConfig = Field(default_factory=lambda: ALoLConfig(max_new_tokens=80, value_temperature=0.8))
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -7,8 +7,12 @@ Round 0 (the first, started as soon as there are prompts, no judgements needed):
 Every later round (started once enough judgements arrived on the newest round's tuples):
     reward model   BWS judgements -> implied pairs -> TRL RewardTrainer, warm-started from the previous
                    reward model on the new pairs plus a sample of older ones
-    ppo            our PPO from the newest policy, KL-leashed to the REFERENCE (the base, or the SFT
-                   baseline) in every round, so drift from the base cannot add up over rounds
+    policy         the round's algorithm (cfg.algorithm unless the round names one) from the newest
+                   policy, leashed to the REFERENCE (the base, or the SFT baseline) in every round, so
+                   drift from the base cannot add up over rounds:
+                     ppo   our PPO (trainer/ppo.py), sampling fresh text scored by the reward model
+                     alol  A-LoL (trainer/alol.py) on every stored continuation of the active prompts
+                     dpo   TRL's DPOTrainer on the judgements' implied pairs
     generate       K continuations per active prompt from the new policy, and
     queue          BWS tuples mixing them with the base's, the best-scoring earlier ones and a random
                    earlier one, per prompt; the batch becomes the newest round's (served first)
@@ -18,10 +22,15 @@ A killed trainer leaves the round "running" with the ids of the phases it finish
 resumes from the first unfinished phase. Versions become visible only once completely written
 (model_store.save_version), and generate + queue commit in one transaction, so nothing is doubled.
 Each finished phase's wall time is logged (training_log phase "timing").
+
+A bake-off round (algorithm "bakeoff") trains one policy per algorithm of its plan from the same
+starting policy, judgements and reward model, writes each one's stories, queues ONE batch of BWS tuples
+mixing them with the base's, and opens a blind evaluation campaign over the base and the new versions.
 """
 
 import os
 import random
+import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -36,13 +45,17 @@ from app.config import Settings
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingLog, TrainingRound, utcnow
 from app.services.scoring import BwsAnnotation, ItemTally, counting_tallies
+from app.services.evaluation import CampaignCreate, create_campaign
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
+from app.services.training import BAKEOFF, ROUND_ALGORITHMS
 from trainer import model_store
 from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
+from trainer.dpo import train_dpo
 from trainer.generate import generate_stories
+from trainer.alol import ALoLTrainer
 from trainer.ppo import PPOTrainer
 from trainer.reward_model import train_reward_model
 
@@ -214,12 +227,45 @@ def train_reward_phase(database, settings, cfg, round_id, policy: ModelVersion, 
     return version_id
 
 
-def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reference: ModelVersion,
-              reward_version_id: int, reporter) -> int:
-    """PPO from `policy` (the newest), with the KL penalty measured against `reference` (the base)."""
+def _peak_memory_mb(device) -> float:
+    """Peak memory so far: the accelerator's since the last reset, else this process's resident set."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: ModelVersion, reference: ModelVersion,
+                 reward_version_id: int, reporter, name: str | None = None) -> int:
+    """Trains a new policy version from `policy` (the newest) with `algorithm`, leashed to `reference` (the
+    base): the reward model scores PPO's samples and A-LoL's stored rows; DPO reads the judgements'
+    pairs directly. Records its settings, final metrics and the compute it took (wall time, peak memory)."""
     device = model_store.resolve_device(None)
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.monotonic()
     _, model, tokenizer = model_store.load_version(database, settings.model_store, policy.id, device)
     _, ref_model, _ = model_store.load_version(database, settings.model_store, reference.id, device)
+    common = {"reward_version_id": reward_version_id, "reference_version_id": reference.id}
+    if algorithm == "ppo":
+        trained, used, stats = _train_ppo(database, cfg, round_id, model, ref_model, tokenizer, reward_version_id,
+                                          settings, device, reporter)
+    elif algorithm == "alol":
+        trained, used, stats = _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, settings,
+                                           device, reporter)
+    elif algorithm == "dpo":
+        trained, used, stats = _train_dpo(database, cfg, model, ref_model, tokenizer, reporter)
+    else:
+        raise ValueError(f"unknown round algorithm {algorithm!r}; one of {', '.join(ROUND_ALGORITHMS)}")
+    compute = {"seconds": time.monotonic() - started, "peak_memory_mb": _peak_memory_mb(device), "device": str(device)}
+    return model_store.save_version(
+        database, settings.model_store, kind="policy", name=name or f"policy-r{round_id}", parent_id=policy.id,
+        algorithm=algorithm, settings={**used, **common},
+        metrics={**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, "compute": compute},
+        model=trained, tokenizer=tokenizer,
+    )
+
+
+def _train_ppo(database, cfg, round_id, model, ref_model, tokenizer, reward_version_id, settings, device, reporter):
     _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
     prompts = [text for _, text in _active_prompts(database, cfg)]
     if not prompts:
@@ -230,15 +276,36 @@ def ppo_phase(database, settings, cfg, round_id, policy: ModelVersion, reference
     rng, stats = random.Random(cfg.seed + round_id), {}
     for _ in range(cfg.ppo_steps):
         stats = trainer.step([rng.choice(prompts) for _ in range(cfg.ppo.batch_size)])
-    version_id = model_store.save_version(
-        database, settings.model_store, kind="policy", name=f"policy-r{round_id}", parent_id=policy.id,
-        algorithm="ppo", settings={"ppo": asdict(cfg.ppo), "steps": cfg.ppo_steps, "reward_version_id": reward_version_id,
-                                   "reference_version_id": reference.id},
-        metrics={k: v for k, v in stats.items() if isinstance(v, (int, float))},
-        model=trainer.policy, tokenizer=tokenizer,
-    )
-    _set(database, round_id, policy_version_id=version_id)
-    return version_id
+    return trainer.policy, {"ppo": asdict(cfg.ppo), "steps": cfg.ppo_steps}, stats
+
+
+def stored_rows(database: Database, cfg: TrainerSettings) -> tuple[list[str], list[str]]:
+    """(prompts, completions) of every stored continuation of the active prompts, imported and generated."""
+    prompt_ids = dict(_active_prompts(database, cfg))
+    with database.read() as db:
+        rows = db.execute(select(Continuation.prompt_id, Continuation.text)
+                          .where(Continuation.prompt_id.in_(list(prompt_ids))).order_by(Continuation.id)).all()
+    rows = [(prompt_ids[p], completion_text(t)) for p, t in rows if t.strip()]
+    return [p for p, _ in rows], [c for _, c in rows]
+
+
+def _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, settings, device, reporter):
+    _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
+    prompts, completions = stored_rows(database, cfg)
+    reporter.phase("alol")
+    trainer = ALoLTrainer(cfg.alol, model, tokenizer, reward_model, ref_policy=ref_model,
+                          on_step=lambda step, stats: reporter.step(step, trainer.total_steps, stats))
+    reporter.log({k: float(v) for k, v in trainer.prepare(prompts, completions).items()})
+    stats = trainer.train()
+    return trainer.policy, {"alol": asdict(cfg.alol)}, stats
+
+
+def _train_dpo(database, cfg, model, ref_model, tokenizer, reporter):
+    pairs = load_pairs(database, cfg.reward.held_out_fraction, seed=cfg.seed).train_sample(None, seed=cfg.seed)
+    reporter.phase("dpo")
+    with tempfile.TemporaryDirectory() as work:
+        trained, stats = train_dpo(model, ref_model, tokenizer, pairs, cfg.dpo, Path(work), reporter.step)
+    return trained, {"dpo": asdict(cfg.dpo)}, stats
 
 
 def _bws_tallies(db) -> dict[int, ItemTally]:
@@ -266,16 +333,13 @@ def compose_tuples(candidates: list[tuple[int, int]], new_ids: list[int], base_v
     return list(new_ids) + picked
 
 
-def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_id: int, base_version_id: int,
-                             reporter) -> int:
-    """K stories per active prompt from `policy_version_id`, stored, then queued in tuples with the
-    base's, the best and a random earlier continuation of the same prompt (compose_tuples); the batch
-    becomes the newest round's, which annotators are served first."""
+def _generate(database, settings, cfg, version_id: int, reporter, phase: str = "generate"):
+    """K stories per active prompt from a version: (version, [(prompt id, text)], stories per prompt)."""
     gen = cfg.generation
     device = model_store.resolve_device(None)
-    version, model, tokenizer = model_store.load_version(database, settings.model_store, policy_version_id, device)
+    version, model, tokenizer = model_store.load_version(database, settings.model_store, version_id, device)
     prompts = _active_prompts(database, cfg)
-    reporter.phase("generate", len(prompts))
+    reporter.phase(phase, len(prompts))
     stories = []
     for i in range(0, len(prompts), gen.batch_size):
         chunk = prompts[i : i + gen.batch_size]
@@ -283,24 +347,46 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
                                     gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, gen.batch_size,
                                     min_new_tokens=gen.min_new_tokens)
         reporter.step(min(i + gen.batch_size, len(prompts)), len(prompts))
+    return version, prompts, stories
+
+
+def _store_stories(db, cfg, version_id: int, prompts, stories) -> dict[int, list[int]]:
+    """Stores a version's stories; returns the new continuation ids per prompt id."""
+    gen = cfg.generation
+    settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k")}
+    ids: dict[int, list[int]] = {}
+    for (prompt_id, _), written in zip(prompts, stories):
+        new = [Continuation(prompt_id=prompt_id, model_version_id=version_id, text=s.text,
+                            generation_settings={**settings_used, "ended": s.ended}) for s in written if s.text]
+        db.add_all(new)
+        db.flush()
+        ids[prompt_id] = [c.id for c in new]
+    return ids
+
+
+def _earlier_candidates(db, prompt_ids) -> dict[int, list[tuple[int, int]]]:
+    """(continuation id, version id) of each prompt's stored continuations, oldest first."""
+    candidates: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for cid, pid, vid in db.execute(select(Continuation.id, Continuation.prompt_id, Continuation.model_version_id)
+                                    .where(Continuation.prompt_id.in_(prompt_ids)).order_by(Continuation.id)):
+        candidates[pid].append((cid, vid))
+    return candidates
+
+
+def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_id: int, base_version_id: int,
+                             reporter) -> int:
+    """K stories per active prompt from `policy_version_id`, stored, then queued in tuples with the
+    base's, the best and a random earlier continuation of the same prompt (compose_tuples); the batch
+    becomes the newest round's, which annotators are served first."""
+    version, prompts, stories = _generate(database, settings, cfg, policy_version_id, reporter)
     reporter.phase("queue")
     rng = random.Random(cfg.seed + round_id)
-    settings_used = {k: getattr(gen, k) for k in ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k")}
     with database.write() as db:
         tallies = _bws_tallies(db)
-        candidates: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for cid, pid, vid in db.execute(select(Continuation.id, Continuation.prompt_id, Continuation.model_version_id)
-                                        .where(Continuation.prompt_id.in_([p for p, _ in prompts]))
-                                        .order_by(Continuation.id)):
-            candidates[pid].append((cid, vid))
-        ids_by_prompt: dict[int, list[int]] = {}
-        for (prompt_id, _), written in zip(prompts, stories):
-            new = [Continuation(prompt_id=prompt_id, model_version_id=policy_version_id, text=s.text,
-                                generation_settings={**settings_used, "ended": s.ended}) for s in written if s.text]
-            db.add_all(new)
-            db.flush()
-            ids_by_prompt[prompt_id] = compose_tuples(candidates[prompt_id], [c.id for c in new], base_version_id,
-                                                      tallies, gen, rng)
+        candidates = _earlier_candidates(db, [p for p, _ in prompts])
+        new_ids = _store_stories(db, cfg, policy_version_id, prompts, stories)
+        ids_by_prompt = {prompt_id: compose_tuples(candidates[prompt_id], new_ids[prompt_id], base_version_id,
+                                                   tallies, cfg.generation, rng) for prompt_id, _ in prompts}
         batch = build_bws_batch(db, f"round {round_id}: {version.name} vs base, best and earlier", ids_by_prompt,
                                 seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
                                 k=settings.tuple_size, factor=settings.design_factor)
@@ -342,6 +428,60 @@ def set_cpu_threads(cfg: TrainerSettings) -> None:
     torch.set_num_threads(threads)
 
 
+def _round_plan(database: Database, round_id: int) -> tuple[str | None, dict | None]:
+    with database.read() as db:
+        r = db.get(TrainingRound, round_id)
+        return r.algorithm, (dict(r.bakeoff) if r.bakeoff is not None else None)
+
+
+def bakeoff_phases(database, settings, cfg, round_id, reference: ModelVersion, reward_id: int | None, reporter) -> None:
+    """Trains one policy per algorithm of the plan (same start, judgements and reward model; each one's
+    compute recorded on its version), writes their stories, queues one BWS batch mixing them with the
+    base's and opens a blind evaluation campaign over the base and the new versions. Resumable: the plan
+    (round.bakeoff) records each version as it is saved."""
+    _, plan = _round_plan(database, round_id)
+    if "start_policy_id" not in plan:  # every algorithm starts from the policy that was newest at first
+        plan = {**plan, "start_policy_id": latest_policy(database).id}
+        _set(database, round_id, bakeoff=plan)
+    with database.read() as db:
+        start = db.get(ModelVersion, plan["start_policy_id"])
+    if reward_id is None:
+        reward_id = train_reward_phase(database, settings, cfg, round_id, start, reporter)
+    policies: dict[str, int] = dict(plan.get("policies", {}))
+    for algorithm in plan["algorithms"]:
+        if algorithm not in policies:
+            policies[algorithm] = policy_phase(database, settings, cfg, round_id, algorithm, start, reference,
+                                               reward_id, reporter, name=f"{algorithm}-r{round_id}")
+            plan = {**plan, "policies": policies}
+            _set(database, round_id, bakeoff=plan)
+    written = [_generate(database, settings, cfg, policies[a], reporter, phase=f"generate {a}") for a in plan["algorithms"]]
+    reporter.phase("queue")
+    gen, rng = cfg.generation, random.Random(cfg.seed + round_id)
+    with database.write() as db:
+        prompt_ids = [p for p, _ in written[0][1]]
+        candidates = _earlier_candidates(db, prompt_ids)
+        ids_by_prompt: dict[int, list[int]] = defaultdict(list)
+        for version, prompts, stories in written:
+            for prompt_id, ids in _store_stories(db, cfg, version.id, prompts, stories).items():
+                ids_by_prompt[prompt_id] += ids
+        for prompt_id in prompt_ids:  # and the base's, so every algorithm meets it in the same tuples
+            base = [c for c, v in candidates[prompt_id] if v == reference.id]
+            ids_by_prompt[prompt_id] += rng.sample(base, min(gen.base_per_prompt, len(base)))
+        names = ", ".join(plan["algorithms"])
+        batch = build_bws_batch(db, f"round {round_id}: bake-off of {names} and the base", dict(ids_by_prompt),
+                                seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
+                                k=settings.tuple_size, factor=settings.design_factor)
+        mark_newest_round_batch(db, batch.id)
+        campaign = create_campaign(db, CampaignCreate(
+            name=f"Bake-off round {round_id}: {names} vs base",
+            model_version_ids=[reference.id] + [policies[a] for a in plan["algorithms"]],
+            prompt_ids=prompt_ids, required=plan.get("required", 2), seed=cfg.seed + round_id))
+        r = db.get(TrainingRound, round_id)
+        r.batch_id, r.bakeoff = batch.id, {**plan, "campaign_id": campaign.id}
+    for algorithm in plan["algorithms"]:
+        metrics_phase(database, settings, cfg, policies[algorithm], reference.id, reward_id, reporter)
+
+
 def run_round(database: Database, settings: Settings, cfg: TrainerSettings, round_id: int, echo: bool = True) -> None:
     """Runs (or resumes) a round to the end. Raises on failure; the caller marks the round failed."""
     set_cpu_threads(cfg)
@@ -353,7 +493,16 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
         with database.read() as db:
             r = db.get(TrainingRound, round_id)
             reward_id, policy_id, batch_id = r.reward_version_id, r.policy_version_id, r.batch_id
+        algorithm, _ = _round_plan(database, round_id)
         reference = reference_policy(database)
+        if algorithm == BAKEOFF:
+            if reference is None or not _has_stories(database, reference.id):
+                raise RuntimeError("a bake-off needs a base policy with judged stories: run round 0 and annotate first")
+            if batch_id is None:
+                bakeoff_phases(database, settings, cfg, round_id, reference, reward_id, reporter)
+            _set(database, round_id, status="done", phase="done", finished_at=utcnow())
+            finished = True
+            return
         if reward_id is None and (reference is None or policy_id == reference.id or not _has_stories(database, reference.id)):
             # Round 0: the base writes its own stories, which enter the tuples (generate + queue are
             # one transaction, so a base without stories has no tuples either).
@@ -363,10 +512,13 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
             policy_id = reference.id
             _set(database, round_id, policy_version_id=policy_id)
         elif policy_id is None:
-            start = latest_policy(database)  # PPO continues from the newest policy
+            algorithm = algorithm or cfg.algorithm
+            _set(database, round_id, algorithm=algorithm)  # what this round trains with, shown with it
+            start = latest_policy(database)  # every round continues from the newest policy
             if reward_id is None:
                 reward_id = train_reward_phase(database, settings, cfg, round_id, start, reporter)
-            policy_id = ppo_phase(database, settings, cfg, round_id, start, reference, reward_id, reporter)
+            policy_id = policy_phase(database, settings, cfg, round_id, algorithm, start, reference, reward_id, reporter)
+            _set(database, round_id, policy_version_id=policy_id)
         if batch_id is None:
             generate_and_queue_phase(database, settings, cfg, round_id, policy_id, reference.id, reporter)
         metrics_phase(database, settings, cfg, policy_id, reference.id, reward_id, reporter)

@@ -1,6 +1,9 @@
 """Admin API for the trainer: ask for a round, see what it is doing, read a round's metrics."""
 
-from fastapi import APIRouter
+from typing import Literal
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, Field
 
 from app.deps import ApiAdmin, DatabaseDep
 from app.routes.responses import error_responses
@@ -11,10 +14,19 @@ from app.validation import DbId
 router = APIRouter(prefix="/api/v1/admin/training", tags=["admin", "training"], responses=error_responses(401, 403, 503))
 
 
-@router.post("/rounds", response_model=RoundView, status_code=201, responses=error_responses(409))
-def request_round(_: ApiAdmin, database: DatabaseDep):
-    """Queue a training round; the trainer process picks it up at its next poll."""
-    return training.request_round(database, trigger="admin")
+class RoundRequest(BaseModel):
+    algorithm: Literal["ppo", "alol", "dpo"] | None = None  # None: the trainer's configured default
+    bakeoff: list[Literal["ppo", "alol", "dpo"]] | None = Field(None, min_length=2)  # a bake-off instead
+    bakeoff_required: int = Field(2, ge=1, le=100)  # evaluators per story in the bake-off's blind campaign
+
+
+@router.post("/rounds", response_model=RoundView, status_code=201, responses=error_responses(409, 422))
+def request_round(_: ApiAdmin, database: DatabaseDep, body: RoundRequest | None = Body(None)):
+    """Queue a training round (optionally with its algorithm, or a bake-off of several); the trainer
+    process picks it up at its next poll."""
+    body = body or RoundRequest()
+    return training.request_round(database, trigger="admin", algorithm=body.algorithm, bakeoff=body.bakeoff,
+                                  bakeoff_required=body.bakeoff_required)
 
 
 @router.get("/status", response_model=TrainerStatus)

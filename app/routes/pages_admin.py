@@ -326,7 +326,8 @@ def _training_charts(page: training.TrainerPage) -> dict[str, Any]:
 def training_page(request: Request, user: PageAdmin, database: DatabaseDep):
     page = training.trainer_page(database)
     return _render(request, user, "admin/training.html", {
-        "status": page, "version_warnings": page.warnings, "phases": training.PHASES, **_training_charts(page)})
+        "status": page, "version_warnings": page.warnings, "phases": training.PHASES,
+        "round_algorithms": training.ROUND_ALGORITHMS, **_training_charts(page)})
 
 
 @router.get("/training/status.json")
@@ -337,10 +338,24 @@ def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.Tra
 
 
 @router.post("/training/rounds", dependencies=[Csrf])
-def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep):
+def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep,
+                           algorithm: Annotated[str, Form(max_length=32)] = ""):
     try:
-        queued = training.request_round(database, trigger="admin")
-        _flash(request, f"Round {queued.id} queued; the trainer starts it at its next poll.")
+        queued = training.request_round(database, trigger="admin", algorithm=algorithm or None)
+        _flash(request, f"Round {queued.id} queued ({queued.algorithm or 'the trainer’s default algorithm'}); "
+                        "the trainer starts it at its next poll.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin/training")
+
+
+@router.post("/training/bakeoff", dependencies=[Csrf])
+def training_request_bakeoff(request: Request, user: PageAdmin, database: DatabaseDep,
+                             algorithms: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+                             required: Annotated[int, Form(ge=1, le=100)] = 2):
+    try:
+        queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required)
+        _flash(request, f"Bake-off round {queued.id} ({', '.join(algorithms)}) queued; the trainer starts it at its next poll.")
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")

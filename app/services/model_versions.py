@@ -75,6 +75,7 @@ class VersionRow(BaseModel):
     auto: dict[str, Any]
     latest_rm_mean: float | None = None  # mean raw score under the newest reward model
     latest_rm_n: int = 0
+    compute: dict[str, Any] = {}  # what training it took: {"seconds", "peak_memory_mb", "device"} (rounds.policy_phase)
 
 
 class VersionWarning(BaseModel):
@@ -277,6 +278,7 @@ def models_page(database: Database) -> ModelsPage:
                 eval_n=int(e[2]["n"]) if e else 0,
                 eval_means={d: e[2][d] for d in evaluation.DIMENSIONS} if e else {},
                 auto=_auto(v), latest_rm_mean=scored.get("mean"), latest_rm_n=int(scored.get("n", 0)),
+                compute=(v.metrics or {}).get("compute") or {},
             ))
 
         reward_logs: dict[int, dict] = {}

@@ -23,17 +23,20 @@ from sqlalchemy import select
 from app.db import Database
 from app.models import ModelVersion, TrainerLease, TrainingLog, TrainingRound, utcnow
 from app.services import model_versions
-from app.services.errors import Conflict
+from app.services.errors import Conflict, Invalid
 from app.services.model_versions import VersionWarning
 
 TRAINER_LEASE = "trainer"
 LEASE_STALE_SECONDS = 90  # a trainer that has not renewed its lease for this long is presumed dead
-PHASES = ("base policy", "sft", "base generate", "reward model", "ppo", "generate", "queue", "metrics")  # in round order
+PHASES = ("base policy", "sft", "base generate", "reward model", "ppo", "alol", "dpo", "generate", "queue",
+          "metrics")  # in round order
 FIRST_ROUND_PHASES = frozenset({"base policy", "sft", "base generate"})  # only while there is no base policy yet
 FIRST_ROUND_PLAN = ("base policy", "sft", "base generate", "generate", "queue", "metrics")  # round 0: the base writes
 LATER_ROUND_PLAN = ("reward model", "ppo", "generate", "queue", "metrics")
 OPTIONAL_PHASES = frozenset({"sft", "base generate"})  # left out of the ETA when never timed
 TIMING_PHASE = "timing"  # training_log rows with {"phase": name, "seconds": duration} of a finished phase
+ROUND_ALGORITHMS = ("ppo", "alol", "dpo")  # what a round can train with (trainer/rounds.policy_phase)
+BAKEOFF = "bakeoff"  # a round that trains one policy per chosen algorithm and opens a blind campaign over them
 TRIGGERS = {"auto": "automatic (enough new judgements)", "admin": "an admin (Start a round now)",
             "cli": "command line (storyloop train once)"}
 PREVIOUS_ROUNDS = 10  # finished rounds searched for phase durations
@@ -55,6 +58,8 @@ class RoundView(BaseModel):
     reward_version_id: int | None
     policy_version_id: int | None
     batch_id: int | None
+    algorithm: str | None = None  # None: not started yet, the trainer's configured default will be used
+    bakeoff: dict | None = None  # a bake-off's plan: algorithms, the versions trained, its campaign
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -183,18 +188,32 @@ def _view(r: TrainingRound, now: datetime, done: dict[str, float] | None = None,
         id=r.id, status=r.status, trigger=r.trigger, phase=r.phase, step=r.step, total_steps=r.total_steps,
         eta_seconds=eta, round_eta_seconds=whole, trigger_label=trigger_label(r.trigger),
         judgements_used=r.judgements_used, reward_version_id=r.reward_version_id,
-        policy_version_id=r.policy_version_id, batch_id=r.batch_id, error=r.error, created_at=r.created_at,
+        policy_version_id=r.policy_version_id, batch_id=r.batch_id, algorithm=r.algorithm, bakeoff=r.bakeoff,
+        error=r.error, created_at=r.created_at,
         started_at=r.started_at, finished_at=r.finished_at, duration_seconds=total, phase_seconds=done or {},
     )
 
 
-def request_round(database: Database, trigger: str = "admin") -> RoundView:
-    """Queue a round for the trainer; refuses while one is already queued or running."""
+def request_round(database: Database, trigger: str = "admin", algorithm: str | None = None,
+                  bakeoff: list[str] | None = None, bakeoff_required: int = 2) -> RoundView:
+    """Queue a round for the trainer; refuses while one is already queued or running. `algorithm`: one of
+    ROUND_ALGORITHMS (None: the trainer's configured default). `bakeoff`: two or more of them instead, for
+    a bake-off round whose blind campaign asks `bakeoff_required` evaluators per story."""
+    if algorithm is not None and algorithm not in ROUND_ALGORITHMS:
+        raise Invalid(f"algorithm must be one of {', '.join(ROUND_ALGORITHMS)}")
+    plan = None
+    if bakeoff is not None:
+        chosen = list(dict.fromkeys(bakeoff))
+        if len(chosen) < 2 or any(a not in ROUND_ALGORITHMS for a in chosen):
+            raise Invalid(f"bakeoff: pick two or more different algorithms of {', '.join(ROUND_ALGORITHMS)}")
+        if algorithm is not None:
+            raise Invalid("algorithm: give either one algorithm or a bake-off's algorithms, not both")
+        algorithm, plan = BAKEOFF, {"algorithms": chosen, "policies": {}, "required": bakeoff_required}
     with database.write() as db:
         pending = db.scalar(select(TrainingRound).where(TrainingRound.status.in_(("requested", "running"))))
         if pending is not None:
             raise Conflict(f"round {pending.id} is already {pending.status}")
-        r = TrainingRound(status="requested", trigger=trigger)
+        r = TrainingRound(status="requested", trigger=trigger, algorithm=algorithm, bakeoff=plan)
         db.add(r)
         db.flush()
         return _view(r, utcnow())
@@ -218,6 +237,8 @@ def _status(db, now: datetime, history: int) -> TrainerStatus:
     previous, plan = {}, LATER_ROUND_PLAN
     if shown is not None:
         plan = round_plan(set(timings.get(shown.id, {})), shown.phase, first=not before)
+        if shown.algorithm in ROUND_ALGORITHMS:  # its policy phase is named after its algorithm
+            plan = tuple(shown.algorithm if name == "ppo" else name for name in plan)
         previous = previous_durations([timings[i] for i in before if i in timings], plan)
     views = {r.id: _view(r, now, timings.get(r.id), previous, plan) if r is shown else _view(r, now, timings.get(r.id))
              for r in rounds}

@@ -209,6 +209,8 @@
       if (r.status === "running" && r.phase) status.push(" ", el("span", { "class": "muted small", text: "(" + r.phase + ")" }));
       return el("tr", { "data-round": String(r.id) }, [
         el("td", { text: String(r.id) }), el("td", {}, status), el("td", { text: r.trigger, title: r.trigger_label }),
+        el("td", { text: (r.algorithm || "") + (r.bakeoff ? " (" + r.bakeoff.algorithms.join(", ") +
+          (r.bakeoff.campaign_id ? "; campaign " + r.bakeoff.campaign_id : "") + ")" : "") }),
         el("td", { "class": "num", text: String(r.judgements_used) }),
         el("td", { text: r.reward_version_id ? String(r.reward_version_id) : "" }),
         el("td", { text: r.policy_version_id ? String(r.policy_version_id) : "" }),
@@ -218,7 +220,7 @@
         el("td", { "class": "small", text: r.error ? r.error.split("\n")[0] : "" }),
       ]);
     });
-    if (!rows.length) rows = [el("tr", {}, [el("td", { colspan: "11", "class": "muted", text: "No rounds yet." })])];
+    if (!rows.length) rows = [el("tr", {}, [el("td", { colspan: "12", "class": "muted", text: "No rounds yet." })])];
     var body = document.querySelector("#rounds tbody");
     body.replaceChildren.apply(body, rows);
   }
