@@ -17,7 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 def make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+        # No pre-ping: it is one more round trip per checkout, several per judgement. A connection cut
+        # by a database restart fails its next statement instead; SQLAlchemy then drops every pooled
+        # connection made before it, and the request is answered 503 + Retry-After (app/main.py).
+        return create_engine(url, pool_size=20, max_overflow=40)
 
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -53,6 +56,9 @@ class Database:
 
     engine: Engine
     write_engine: Engine  # the same engine; its connections begin write transactions (BEGIN IMMEDIATE on SQLite)
+    # The same engine again; PostgreSQL: its connections run each statement as its own transaction,
+    # without the round trips of BEGIN and COMMIT (for reads, and for writes that are one statement).
+    autocommit_engine: Engine
     read: sessionmaker[Session]
     write_factory: sessionmaker[Session]
     # Per-process bookkeeping: writer lock, group-commit queues, caches, the last lease sweep.
@@ -62,9 +68,11 @@ class Database:
     def from_url(cls, url: str) -> "Database":
         engine = make_engine(url)
         write_engine = engine.execution_options(write=True)
+        autocommit_engine = engine if url.startswith("sqlite") else engine.execution_options(isolation_level="AUTOCOMMIT")
         return cls(
             engine=engine,
             write_engine=write_engine,
+            autocommit_engine=autocommit_engine,
             read=sessionmaker(engine, expire_on_commit=False),
             write_factory=sessionmaker(write_engine, expire_on_commit=False),
         )
@@ -104,6 +112,17 @@ class Database:
             queue.commit_scheduled = True
             queue.task = loop.create_task(self._group_commit(queue))
         return await future
+
+    async def run_statements(self, job: Callable[[Connection], T]) -> T:
+        """PostgreSQL only: job(conn) in a worker thread on an autocommit connection, each statement its
+        own transaction. For jobs that write in one statement at most (data-modifying CTEs), which is
+        atomic by itself: one round trip per statement, no BEGIN and no COMMIT."""
+        assert not self.is_sqlite, "SQLite writes go through run_write (one writer, group commit)"
+        return await asyncio.to_thread(self._run_statements_now, job)
+
+    def _run_statements_now(self, job: Callable[[Connection], T]) -> T:
+        with self.autocommit_engine.connect() as conn:
+            return job(conn)
 
     def _run_write_now(self, job: Callable[[Connection], T]) -> T:
         """The job in its own write transaction on a Core connection, in this thread."""

@@ -61,7 +61,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
 def _lookup_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
-    with database.engine.connect() as conn:
+    # PostgreSQL: outside a transaction, so the read is one round trip (no BEGIN, no ROLLBACK).
+    with database.autocommit_engine.connect() as conn:
         return users.user_for_token(conn, token, now)
 
 
