@@ -504,7 +504,8 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
             if args.profile:
                 profiler = subprocess.Popen(
                     [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                     str(server.pid), "--subprocesses", "--rate", "200", "--duration", str(int(seconds)),
+                     str(server.pid), "--subprocesses", "--gil", "--nonblocking", "--rate", "100",
+                     "--duration", str(int(seconds)),
                      "--format", "raw", "-o", f"{args.profile}-{kind}-{n}.folded"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
@@ -513,7 +514,10 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
             cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
             rss_mb = largest_rss_mb(server.pid)
             if profiler is not None:
-                profiler.wait(60)
+                try:
+                    profiler.wait(120)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
         finally:
             stop_server(server)
         stored, integrity = stored_judgement_ids(url)
@@ -544,7 +548,8 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=0.0,
                         help="mean seconds an annotator reads before submitting (0: submit at once, the most load)")
     parser.add_argument("--retry-rate", type=float, default=0.1, help="share of submissions sent twice (same key)")
-    parser.add_argument("--profile", default="", help="py-spy: record the server's stacks (collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
+    parser.add_argument("--profile", default="", help="py-spy: record the server's stacks while they hold the GIL, i.e. where its CPU goes "
+                        "(collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
     parser.add_argument("--json", default="", help="also write the results as JSON to this file")
     args = parser.parse_args()
     check_limits(parser, args)
