@@ -476,7 +476,11 @@ def _lease_statement_postgres(kinds: tuple[str, ...]):
     _take_slot_statement) and its assignment inserted, its items in the order of the permutation
     `shuffle` (drawn in Python from the OS: a position's rank in it is the item's place on screen)."""
     current = _current_lease_statement(kinds).cte("current_lease")
-    taken = (update(Task).where(Task.id == _first_free_task(kinds, skip_locked=True), _has_slot, ~exists(current.select()))
+    # Joined to the free task rather than `id = (subquery)` as in _take_slot_statement: inside this
+    # statement that form now and then updated nothing under concurrent leases while tasks were free
+    # (the annotator got 204); the join never did (tests/test_scale.py).
+    free = _first_free_task(kinds, skip_locked=True).element.where(~exists(current.select())).subquery("free")
+    taken = (update(Task).where(Task.id == free.c.id, _has_slot)
              .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id).cte("taken"))
     rank = func.array_position(bindparam("shuffle", type_=ARRAY(Integer)), TaskItem.position)
     shown_order = (select(func.json_agg(aggregate_order_by(TaskItem.continuation_id, rank)))
