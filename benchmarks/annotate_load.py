@@ -17,6 +17,8 @@ keep-alive and backlog settings). --potato runs Potato (benchmarks/potato_load.p
 PyPI into its own virtualenv) on the same load right after each storyloop run, interleaved, and
 prints storyloop's judgements/s over Potato's. --minutes N runs one long soak instead of --seconds
 and prints fetch/submit latency and errors per minute (does latency grow with history?).
+--server-cpus pins the server (not the load generator, not PostgreSQL) to some cores with taskset;
+its default worker count follows (one per core), e.g. 1 worker on "0" against 2 on "0,1".
 
 Each row: judgements/s, latency percentiles, connection errors (a request that failed on a fresh
 connection: reset, refused, closed before the answer) and 5xx answers, server CPU ms per judgement,
@@ -167,12 +169,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(url: str, workers: int | None, port: int, workdir: Path) -> subprocess.Popen:
-    """`storyloop serve` on port, as an operator starts it: its default worker count unless `workers`."""
+def start_server(url: str, workers: int | None, port: int, workdir: Path, cpus: str = "") -> subprocess.Popen:
+    """`storyloop serve` on port, as an operator starts it: its default worker count (one per core it
+    may run on) unless `workers`; with `cpus` (taskset's list, e.g. "0" or "0,1") pinned to those cores."""
     env = {**os.environ, "STORYLOOP_DATABASE_URL": url, "STORYLOOP_DATA_DIR": str(workdir / "data"),
            "STORYLOOP_SECRET_KEY": "benchmark-" + "x" * 32, "STORYLOOP_LEASE_SECONDS": "600", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               *(["--workers", str(workers)] if workers else [])]
+    command = [*(["taskset", "-c", cpus] if cpus else []), sys.executable, "-m", "app.cli", "serve",
+               "--host", "127.0.0.1", "--port", str(port), *(["--workers", str(workers)] if workers else [])]
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "ab"))  # noqa: SIM115
     deadline = time.monotonic() + 60
@@ -183,7 +186,7 @@ def start_server(url: str, workers: int | None, port: int, workdir: Path) -> sub
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 if s.recv(100).startswith(b"HTTP/1.1 200"):
-                    time.sleep(0.5 * (workers or os.cpu_count() or 1))  # let every worker finish starting
+                    time.sleep(0.5 * (workers or default_workers()))  # let every worker finish starting
                     return process
         except OSError:
             time.sleep(0.2)
@@ -480,6 +483,15 @@ def print_minutes(rows: list[dict]) -> None:
                   f"{m['submit_p50']:>8.1f}/{m['submit_p99']:<9.1f} {m['errors']:>6}")
 
 
+def parse_cpus(cpus: str) -> set[int]:
+    """taskset's core list ("0", "0,1", "0-3") as a set."""
+    found = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
 def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The bounds every load run keeps (also benchmarks/potato_load.py's)."""
     if not 0 < args.seconds <= MAX_SECONDS:
@@ -498,7 +510,7 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
         upgrade_to_head(url)
         tokens = seed(url, tasks, n, args.required)
         port = free_port()
-        server = start_server(url, args.workers, port, workdir)
+        server = start_server(url, args.workers, port, workdir, args.server_cpus)
         profiler = None
         try:
             if args.profile:
@@ -524,7 +536,8 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
     finally:
         drop()
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    setting = {"db": kind, "annotators": n, "workers": args.workers or default_workers(), "think_s": args.think, "chain": args.chain}
+    workers = args.workers or (len(parse_cpus(args.server_cpus)) if args.server_cpus else default_workers())
+    setting = {"db": kind, "annotators": n, "workers": workers, "server_cpus": args.server_cpus or "any", "think_s": args.think, "chain": args.chain}
     return result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity)
 
 
@@ -537,6 +550,8 @@ def main() -> None:
     parser.add_argument("--db", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite"])
     parser.add_argument("--workers", type=int, default=None,
                         help="uvicorn worker processes (default: storyloop serve's, one per core)")
+    parser.add_argument("--server-cpus", default="",
+                        help="pin the server to these cores (taskset -c, e.g. 0 or 0,1); its default worker count follows")
     parser.add_argument("--potato", action="store_true",
                         help="side by side: run Potato on the same load after each setting and print the ratio")
     parser.add_argument("--postgres-url", default=os.environ.get("STORYLOOP_BENCH_POSTGRES_URL", ""),
