@@ -53,8 +53,8 @@ def make_statement_engine(url: str) -> Engine:
     each statement its own transaction, and no pre-ping, which is one more round trip per checkout,
     several per judgement. A connection cut by a database restart fails its next statement instead;
     SQLAlchemy then drops every connection of this pool made before it, and the request is answered
-    503 + Retry-After (app/main.py). Sized for the threads that use it (asyncio's default executor and
-    anyio's thread pool of each worker), and kept apart from the main engine's pre-pinged pool."""
+    503 + Retry-After (app/main.py). Sized for the threads that use it (Database.in_thread), and kept
+    apart from the main engine's pre-pinged pool."""
     return create_engine(url, pool_size=HOT_PATH_THREADS, max_overflow=30, isolation_level="AUTOCOMMIT")
 
 

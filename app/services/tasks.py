@@ -467,7 +467,9 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
 # each (data-modifying CTEs), run outside an explicit transaction: a single statement is atomic.
 # Row locks are taken assignment first, then task, in every statement that takes both.
 
-SHUFFLED_POSITIONS = 16  # a lease's items are shown in the order of a random permutation of this many positions
+# A lease's items are shown in the order of a random permutation of this many positions: BWS tuples
+# hold 4 or 5 items, ratings 1. Items past it (a tuple_size above 16) would follow in stored order.
+SHUFFLED_POSITIONS = 16
 
 
 @cache
