@@ -12,4 +12,4 @@ RUN pip install --no-cache-dir "torch==2.13.0" && pip install --no-cache-dir -e 
 EXPOSE 8000
 # No key is baked in: pass STORYLOOP_SECRET_KEY at run time (docker run -e, or docker-compose.yml);
 # `storyloop serve` refuses to start without a proper one.
-CMD ["storyloop", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+CMD ["storyloop", "serve", "--host", "0.0.0.0", "--port", "8000"]

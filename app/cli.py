@@ -50,11 +50,26 @@ def _database_when_ready() -> Database:
             time.sleep(5)
 
 
+# Annotators pause between requests for as long as they read (seconds, now and then minutes).
+# uvicorn closes a kept-alive connection after 5 idle seconds by default, so many next requests met a
+# socket the server had just closed, and came back as connection resets (1,000 annotators with 4 s of
+# reading, benchmarks/annotate_load.py). Idle connections are cheap for the event loop; keep them a
+# while longer than a typical pause. Behind a proxy, its upstream keep-alive should be shorter than this.
+KEEP_ALIVE_SECONDS = 75
+# Connections waiting to be accepted (uvicorn's default 2048): bursts of logins and reconnects.
+BACKLOG = 4096
+
+
+def default_workers() -> int:
+    """One web worker per core this process may run on (taskset and container CPU sets count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _uvicorn(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=BACKLOG)
 
 
 @db_cli.command("upgrade")
@@ -65,7 +80,8 @@ def db_upgrade():
 
 
 @cli.command()
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[Optional[int], typer.Option(min=1, help="web worker processes (default: one per core)")] = None):
     """Upgrade the schema, then serve the web app."""
     try:
         checked_secret_key(get_settings())  # before migrating: a refused start changes nothing
@@ -73,7 +89,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1):
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     _database(migrate=True)
-    _uvicorn(host, port, workers)
+    _uvicorn(host, port, workers or default_workers())
 
 
 @cli.command()

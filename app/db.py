@@ -7,6 +7,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -42,6 +43,22 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# Threads per process for the annotation path's blocking database calls (Database.in_thread), as many
+# as make_statement_engine keeps pooled connections: each finds one ready.
+HOT_PATH_THREADS = 10
+
+
+def make_statement_engine(url: str) -> Engine:
+    """PostgreSQL's engine for the annotation hot path (token checks, leases, submissions): autocommit,
+    each statement its own transaction, and no pre-ping, which is one more round trip per checkout,
+    several per judgement. A connection cut by a database restart fails its next statement instead;
+    SQLAlchemy then drops every connection of this pool made before it, and the request is answered
+    503 + Retry-After (app/main.py). Sized for the threads that use it (Database.in_thread), and kept
+    apart from the main engine's pre-pinged pool."""
+    return create_engine(url, pool_size=HOT_PATH_THREADS, max_overflow=30, isolation_level="AUTOCOMMIT")
+
+
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -53,6 +70,10 @@ class Database:
 
     engine: Engine
     write_engine: Engine  # the same engine; its connections begin write transactions (BEGIN IMMEDIATE on SQLite)
+    # SQLite: the same engine. PostgreSQL: make_statement_engine's, whose connections run each statement
+    # as its own transaction, without the round trips of BEGIN and COMMIT (for reads, and for writes
+    # that are one statement).
+    autocommit_engine: Engine
     read: sessionmaker[Session]
     write_factory: sessionmaker[Session]
     # Per-process bookkeeping: writer lock, group-commit queues, caches, the last lease sweep.
@@ -62,9 +83,11 @@ class Database:
     def from_url(cls, url: str) -> "Database":
         engine = make_engine(url)
         write_engine = engine.execution_options(write=True)
+        autocommit_engine = engine if url.startswith("sqlite") else make_statement_engine(url)
         return cls(
             engine=engine,
             write_engine=write_engine,
+            autocommit_engine=autocommit_engine,
             read=sessionmaker(engine, expire_on_commit=False),
             write_factory=sessionmaker(write_engine, expire_on_commit=False),
         )
@@ -104,6 +127,25 @@ class Database:
             queue.commit_scheduled = True
             queue.task = loop.create_task(self._group_commit(queue))
         return await future
+
+    async def run_statements(self, job: Callable[[Connection], T]) -> T:
+        """PostgreSQL only: job(conn) in a worker thread on an autocommit connection, each statement its
+        own transaction. For jobs that write in one statement at most (data-modifying CTEs), which is
+        atomic by itself: one round trip per statement, no BEGIN and no COMMIT."""
+        assert not self.is_sqlite, "SQLite writes go through run_write (one writer, group commit)"
+        return await self.in_thread(self._run_statements_now, job)
+
+    async def in_thread(self, function: Callable[..., T], *args) -> T:
+        """function(*args) on one of this process's annotation-path threads. A plain executor: anyio's
+        thread pool (FastAPI's run_in_threadpool) cost several times more CPU per hand-off."""
+        if self.state.get("executor_pid") != os.getpid():  # a new process: its own threads
+            self.state.update(executor_pid=os.getpid(),
+                              executor=ThreadPoolExecutor(HOT_PATH_THREADS, thread_name_prefix="storyloop-db"))
+        return await asyncio.get_running_loop().run_in_executor(self.state["executor"], function, *args)
+
+    def _run_statements_now(self, job: Callable[[Connection], T]) -> T:
+        with self.autocommit_engine.connect() as conn:
+            return job(conn)
 
     def _run_write_now(self, job: Callable[[Connection], T]) -> T:
         """The job in its own write transaction on a Core connection, in this thread."""

@@ -8,8 +8,22 @@ simulated annotators over HTTP on loopback for a bounded time: fetch next task -
 It prints judgements/s, fetch and submit latency percentiles, errors, and whether the database holds
 exactly the judgements that were acknowledged.
 
-    python benchmarks/annotate_load.py --annotators 50 200 --seconds 20 --db sqlite postgresql --workers 2
-    python benchmarks/annotate_load.py --annotators 1000 --seconds 30 --workers 2 --think 10
+    python benchmarks/annotate_load.py --annotators 50 200 --seconds 20 --db sqlite postgresql
+    python benchmarks/annotate_load.py --annotators 200 --seconds 30 --db postgresql --potato
+    python benchmarks/annotate_load.py --annotators 1000 --think 4 --db postgresql --minutes 10
+
+The server is started as `storyloop serve` starts it (its worker count unless --workers, its
+keep-alive and backlog settings). --potato runs Potato (benchmarks/potato_load.py, installed from
+PyPI into its own virtualenv) on the same load right after each storyloop run, interleaved, and
+prints storyloop's judgements/s over Potato's. --minutes N runs one long soak instead of --seconds
+and prints fetch/submit latency and errors per minute (does latency grow with history?).
+--server-cpus pins the server (not the load generator, not PostgreSQL) to some cores with taskset;
+its default worker count follows (one per core), e.g. 1 worker on "0" against 2 on "0,1".
+
+Each row: judgements/s, latency percentiles, connection errors (a request that failed on a fresh
+connection: reset, refused, closed before the answer) and 5xx answers, server CPU ms per judgement,
+the largest RSS of a server process (each worker), and whether the database holds exactly the
+acknowledged judgements (and no task over R, none twice to one person).
 
 Without --think every annotator submits as soon as the server answers: the most load, and latency
 is then annotators / throughput. --think gives each annotator a reading pause before each submission.
@@ -17,6 +31,9 @@ is then annotators / throughput. --think gives each annotator a reading pause be
 The load generator speaks HTTP/1.1 on raw asyncio streams by default (--client raw): on a small
 machine it shares the CPUs with the server, and httpx costs several times more CPU per request.
 --client httpx uses httpx.AsyncClient instead. Client CPU is reported so its share is visible.
+Like a browser, the raw client sends a request again on a new connection when a kept-alive one
+turns out to have been closed by the server while idle; only a failure on a fresh connection
+counts as a connection error.
 """
 
 from __future__ import annotations
@@ -45,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from app.cli import default_workers  # noqa: E402
 from app.db import Database  # noqa: E402
 from app.migrate import upgrade_to_head  # noqa: E402
 from app.models import (  # noqa: E402
@@ -53,7 +71,9 @@ from app.models import (  # noqa: E402
 from app.security import hash_password, new_token, token_digest  # noqa: E402
 
 MAX_SECONDS = 120
+MAX_MINUTES = 60
 MAX_ANNOTATORS = 2000
+CONNECTION_ERRORS = (OSError, asyncio.IncompleteReadError)  # ConnectionResetError etc. are OSErrors
 
 
 # ---------------------------------------------------------------- databases
@@ -149,22 +169,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(url: str, workers: int, port: int, workdir: Path, extra: list[str]) -> subprocess.Popen:
+def start_server(url: str, workers: int | None, port: int, workdir: Path, cpus: str = "") -> subprocess.Popen:
+    """`storyloop serve` on port, as an operator starts it: its default worker count (one per core it
+    may run on) unless `workers`; with `cpus` (taskset's list, e.g. "0" or "0,1") pinned to those cores."""
     env = {**os.environ, "STORYLOOP_DATABASE_URL": url, "STORYLOOP_DATA_DIR": str(workdir / "data"),
            "STORYLOOP_SECRET_KEY": "benchmark-" + "x" * 32, "STORYLOOP_LEASE_SECONDS": "600", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-               "--backlog", "4096", *extra]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    command = [*(["taskset", "-c", cpus] if cpus else []), sys.executable, "-m", "app.cli", "serve",
+               "--host", "127.0.0.1", "--port", str(port), *(["--workers", str(workers)] if workers else [])]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "ab"))  # noqa: SIM115
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
+            raise SystemExit(f"the server exited with {process.returncode}; see {workdir / 'server.log'}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 if s.recv(100).startswith(b"HTTP/1.1 200"):
-                    time.sleep(0.5 * workers)  # let every worker finish starting
+                    time.sleep(0.5 * (workers or default_workers()))  # let every worker finish starting
                     return process
         except OSError:
             time.sleep(0.2)
@@ -191,22 +213,28 @@ class RawConnection:
     def __init__(self, port: int, token: str):
         self.port, self.reader, self.writer = port, None, None
         self.auth = f"Authorization: Bearer {token}\r\n".encode()
+        self.reconnects = 0  # idle keep-alive connections found closed (and sent again)
 
     async def post(self, path: str, body: dict | None = None) -> tuple[int, dict | None]:
         payload = json.dumps(body).encode() if body is not None else b""
         request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(payload)}\r\n").encode() + self.auth + b"\r\n" + payload
-        for attempt in range(2):
-            if self.writer is None:
+        while True:
+            reused = self.writer is not None
+            if not reused:
                 self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
             try:
                 self.writer.write(request)
                 head = await self.reader.readuntil(b"\r\n\r\n")
                 break
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except CONNECTION_ERRORS:
+                self.writer.close()
                 self.writer = None
-                if attempt:
+                # A kept-alive connection the server closed while we were idle: send again on a
+                # new one, as browsers do (these requests are idempotent). A fresh one failing is an error.
+                if not reused:
                     raise
+                self.reconnects += 1
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         length = 0
@@ -224,6 +252,7 @@ class RawConnection:
 class HttpxConnection:
     def __init__(self, client, token: str):
         self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+        self.reconnects = 0  # httpx retries a closed idle connection itself, unseen
 
     async def post(self, path: str, body: dict | None = None) -> tuple[int, dict | None]:
         response = await self.client.post(path, json=body, headers=self.headers)
@@ -238,14 +267,38 @@ class HttpxConnection:
 
 @dataclass
 class Results:
+    """Latencies and errors of one run, also per minute since `started` (for the soak mode)."""
+
+    started: float = field(default_factory=time.perf_counter)
     fetch_ms: list[float] = field(default_factory=list)
     submit_ms: list[float] = field(default_factory=list)
-    acknowledged: set[int] = field(default_factory=set)
+    acknowledged: set = field(default_factory=set)
     errors: dict[str, int] = field(default_factory=dict)
+    connection_errors: int = 0  # failed on a fresh connection
+    server_errors: int = 0  # 5xx answers
+    reconnects: int = 0  # kept-alive connections found closed while idle, sent again (not errors)
     ran_out: int = 0  # annotators that got 204
+    minutes: dict[int, dict] = field(default_factory=dict)
 
-    def error(self, what: str) -> None:
+    def _minute(self) -> dict:
+        return self.minutes.setdefault(int((time.perf_counter() - self.started) // 60),
+                                       {"fetch_ms": [], "submit_ms": [], "errors": 0, "acknowledged": 0})
+
+    def latency(self, kind: str, ms: float) -> None:
+        """kind: "fetch" or "submit"."""
+        getattr(self, f"{kind}_ms").append(ms)
+        self._minute()[f"{kind}_ms"].append(ms)
+
+    def acknowledge(self, judgement) -> None:
+        if judgement not in self.acknowledged:  # a retry answered with the same judgement counts once
+            self.acknowledged.add(judgement)
+            self._minute()["acknowledged"] += 1
+
+    def error(self, what: str, exc: BaseException | None = None, status: int = 0) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
+        self.connection_errors += isinstance(exc, CONNECTION_ERRORS)
+        self.server_errors += status >= 500
+        self._minute()["errors"] += 1
 
 
 async def annotator(conn, results: Results, deadline: float, rng: random.Random, retry_rate: float,
@@ -266,16 +319,16 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
                 try:
                     status, task = await conn.post("/api/v1/tasks/next")
                 except Exception as exc:  # noqa: BLE001
-                    results.error(f"fetch {type(exc).__name__}")
+                    results.error(f"fetch {type(exc).__name__}", exc)
                     task = None
                     await asyncio.sleep(0.05)
                     continue
-                results.fetch_ms.append((clock() - t0) * 1000)
+                results.latency("fetch", (clock() - t0) * 1000)
                 if status == 204:
                     results.ran_out += 1
                     return
                 if status != 200:
-                    results.error(f"fetch {status}")
+                    results.error(f"fetch {status}", status=status)
                     task = None
                     continue
             if think:
@@ -293,26 +346,27 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
                 try:
                     status, answer = await conn.post(path, body)
                 except Exception as exc:  # noqa: BLE001
-                    results.error(f"submit {type(exc).__name__}")
+                    results.error(f"submit {type(exc).__name__}", exc)
                     continue
-                results.submit_ms.append((clock() - t0) * 1000)
+                results.latency("submit", (clock() - t0) * 1000)
                 if status == 200:
-                    results.acknowledged.add(answer["judgement_id"])
+                    results.acknowledge(answer["judgement_id"])
                     next_task = answer.get("next_task") or next_task
                 else:
-                    results.error(f"submit {status}")
+                    results.error(f"submit {status}", status=status)
             task = next_task if chain else None
             if chain and task is None:
                 results.ran_out += 1
                 return
     finally:
+        results.reconnects += conn.reconnects
         await conn.close()
 
 
 async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float,
                    chain: bool = False, think: float = 0.0) -> tuple[Results, float]:
     results = Results()
-    started = time.perf_counter()
+    started = results.started
     deadline = started + seconds
     rngs = [random.Random(i) for i in range(len(tokens))]
     if client_kind == "httpx":
@@ -335,15 +389,20 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server's processes: its process group (the server was started in a session of its own)."""
+    try:
+        found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        found = []
+    return sorted({pid, *map(int, found)})
+
+
 def children_cpu(pid: int) -> float:
     """CPU seconds of a process tree (server + its workers), read from /proc."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    try:
-        pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()]
-    except FileNotFoundError:
-        pids = [pid]
-    for p in set(pids):
+    for p in server_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -352,12 +411,149 @@ def children_cpu(pid: int) -> float:
     return total
 
 
+def largest_rss_mb(pid: int) -> float:
+    """The largest resident set among the server's processes (a worker's, with several), in MB."""
+    largest = 0
+    for p in server_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    largest = max(largest, int(line.split()[1]))
+        except OSError:
+            pass
+    return largest / 1024
+
+
+def result_row(setting: dict, results: Results, elapsed: float, client_cpu: float, server_cpu: float,
+               rss_mb: float, stored: set, integrity: dict) -> dict:
+    """One row of the table, for storyloop's runs and Potato's (benchmarks/potato_load.py) alike."""
+    judgements = len(results.acknowledged)
+    return {
+        **setting, "seconds": round(elapsed, 1), "judgements": judgements, "judgements_per_s": judgements / elapsed,
+        **{f"{kind}_p{p}": percentile(values, p)
+           for kind, values in (("fetch", results.fetch_ms), ("submit", results.submit_ms)) for p in (50, 95, 99)},
+        "errors": sum(results.errors.values()), "error_kinds": results.errors,
+        "connection_errors": results.connection_errors, "server_errors": results.server_errors,
+        "reconnects": results.reconnects, "ran_out": results.ran_out,
+        "exact": stored == results.acknowledged, "stored": len(stored), **integrity,
+        "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu, 1),
+        # CPU per judgement is the figure that survives a busy machine: 1000 / it = judgements/s per core.
+        "server_cpu_ms_per_judgement": server_cpu * 1000 / max(1, judgements),
+        "rss_mb_per_worker": round(rss_mb, 1),
+        "load_average": os.getloadavg()[0],
+        "per_minute": [minute_row(m, results.minutes[m]) for m in sorted(results.minutes)],
+    }
+
+
+def minute_row(minute: int, bucket: dict) -> dict:
+    return {"minute": minute + 1, "judgements": bucket["acknowledged"], "errors": bucket["errors"],
+            **{f"{kind}_p{p}": percentile(bucket[f"{kind}_ms"], p) for kind in ("fetch", "submit") for p in (50, 99)}}
+
+
+def row_is_exact(row: dict) -> bool:
+    return row["exact"] and not row["tasks_over_R"] and not row["task_user_twice"] and not row["done_count_mismatch"]
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The table; with Potato rows, each storyloop row also shows its judgements/s over Potato's
+    in the same setting (annotators, think time) and database run right after it."""
+    header = (f"{'db':<12} {'ann':>4} {'think':>5} {'wrk':>3} {'judg/s':>7} {'x potato':>8} {'fetch p50/p95/p99 ms':>22} "
+              f"{'submit p50/p95/p99 ms':>22} {'conn err':>8} {'5xx':>4} {'exact':>5} {'stored/ack':>11} "
+              f"{'srv cpu ms/j':>12} {'rss MB/wrk':>10} {'load':>5}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = r.get("ratio_to_potato")
+        print(f"{r['db']:<12} {r['annotators']:>4} {r['think_s']:>5g} {r['workers']:>3} {r['judgements_per_s']:>7.0f} "
+              f"{(f'{ratio:.1f}x' if ratio else ''):>8} "
+              f"{r['fetch_p50']:>6.1f}/{r['fetch_p95']:>6.1f}/{r['fetch_p99']:>6.1f}  "
+              f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
+              f"{r['connection_errors']:>8} {r['server_errors']:>4} {'yes' if row_is_exact(r) else 'NO':>5} "
+              f"{r['stored']:>5}/{r['judgements']:<5} {r['server_cpu_ms_per_judgement']:>12.1f} "
+              f"{r['rss_mb_per_worker']:>10.0f} {r['load_average']:>5.1f}")
+
+
+def print_minutes(rows: list[dict]) -> None:
+    """Soak mode: latency and errors per minute of each run."""
+    for r in rows:
+        print(f"\n{r['db']}, {r['annotators']} annotators, think {r['think_s']:g} s: per minute")
+        print(f"{'min':>3} {'judgements':>10} {'fetch p50/p99 ms':>17} {'submit p50/p99 ms':>18} {'errors':>6}")
+        for m in r["per_minute"]:
+            print(f"{m['minute']:>3} {m['judgements']:>10} {m['fetch_p50']:>8.1f}/{m['fetch_p99']:<8.1f} "
+                  f"{m['submit_p50']:>8.1f}/{m['submit_p99']:<9.1f} {m['errors']:>6}")
+
+
+def parse_cpus(cpus: str) -> set[int]:
+    """taskset's core list ("0", "0,1", "0-3") as a set."""
+    found = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
+def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The bounds every load run keeps (also benchmarks/potato_load.py's)."""
+    if not 0 < args.seconds <= MAX_SECONDS:
+        parser.error(f"--seconds must be in (0, {MAX_SECONDS}]")
+    if any(not 0 < n <= MAX_ANNOTATORS for n in args.annotators):
+        parser.error(f"--annotators must be in 1..{MAX_ANNOTATORS}")
+    if getattr(args, "minutes", None) is not None and not 0 < args.minutes <= MAX_MINUTES:
+        parser.error(f"--minutes must be in (0, {MAX_MINUTES}]")
+
+
+def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, workdir: Path) -> dict:
+    """One storyloop run on a fresh database of `kind` with n annotators; returns its row."""
+    tasks = args.tasks or int(1500 * seconds / args.required) + n
+    url, drop = fresh_database(kind, args.postgres_url, workdir)
+    try:
+        upgrade_to_head(url)
+        tokens = seed(url, tasks, n, args.required)
+        port = free_port()
+        server = start_server(url, args.workers, port, workdir, args.server_cpus)
+        profiler = None
+        try:
+            if args.profile:
+                profiler = subprocess.Popen(
+                    [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                     str(server.pid), "--subprocesses", "--gil", "--nonblocking", "--rate", "100",
+                     "--duration", str(int(seconds)),
+                     "--format", "raw", "-o", f"{args.profile}-{kind}-{n}.folded"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+            results, elapsed = asyncio.run(run_load(port, tokens, seconds, args.client, args.retry_rate,
+                                                    args.chain, args.think))
+            cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
+            rss_mb = largest_rss_mb(server.pid)
+            if profiler is not None:
+                try:
+                    profiler.wait(120)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+        finally:
+            stop_server(server)
+        stored, integrity = stored_judgement_ids(url)
+    finally:
+        drop()
+    client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    workers = args.workers or (len(parse_cpus(args.server_cpus)) if args.server_cpus else default_workers())
+    setting = {"db": kind, "annotators": n, "workers": workers, "server_cpus": args.server_cpus or "any", "think_s": args.think, "chain": args.chain}
+    return result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotators", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="soak: one run of this many minutes per setting, latency printed per minute")
     parser.add_argument("--db", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite"])
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="uvicorn worker processes (default: storyloop serve's, one per core)")
+    parser.add_argument("--server-cpus", default="",
+                        help="pin the server to these cores (taskset -c, e.g. 0 or 0,1); its default worker count follows")
+    parser.add_argument("--potato", action="store_true",
+                        help="side by side: run Potato on the same load after each setting and print the ratio")
     parser.add_argument("--postgres-url", default=os.environ.get("STORYLOOP_BENCH_POSTGRES_URL", ""),
                         help="server URL whose role may CREATE DATABASE (default: $STORYLOOP_BENCH_POSTGRES_URL)")
     parser.add_argument("--required", type=int, default=3, help="R: judgements per task")
@@ -367,14 +563,12 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=0.0,
                         help="mean seconds an annotator reads before submitting (0: submit at once, the most load)")
     parser.add_argument("--retry-rate", type=float, default=0.1, help="share of submissions sent twice (same key)")
-    parser.add_argument("--uvicorn-arg", action="append", default=[], help="extra uvicorn arguments, e.g. --loop=asyncio")
-    parser.add_argument("--profile", default="", help="py-spy: record the server's stacks (collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
+    parser.add_argument("--profile", default="", help="py-spy: record the server's stacks while they hold the GIL, i.e. where its CPU goes "
+                        "(collapsed, for flamegraph.pl/speedscope) to PREFIX-db-n.folded")
     parser.add_argument("--json", default="", help="also write the results as JSON to this file")
     args = parser.parse_args()
-    if not 0 < args.seconds <= MAX_SECONDS:
-        parser.error(f"--seconds must be in (0, {MAX_SECONDS}]")
-    if any(not 0 < n <= MAX_ANNOTATORS for n in args.annotators):
-        parser.error(f"--annotators must be in 1..{MAX_ANNOTATORS}")
+    check_limits(parser, args)
+    seconds = args.minutes * 60 if args.minutes else args.seconds
 
     try:
         import uvloop
@@ -385,67 +579,24 @@ def main() -> None:
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="storyloop-bench-"))
     try:
-        for kind in args.db:
-            for n in args.annotators:
-                tasks = args.tasks or int(1500 * args.seconds / args.required) + n
-                url, drop = fresh_database(kind, args.postgres_url, workdir)
-                try:
-                    upgrade_to_head(url)
-                    tokens = seed(url, tasks, n, args.required)
-                    port = free_port()
-                    server = start_server(url, args.workers, port, workdir, args.uvicorn_arg)
-                    profiler = None
-                    try:
-                        if args.profile:
-                            profiler = subprocess.Popen(
-                                [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--subprocesses",
-                                 "--rate", "200", "--duration", str(int(args.seconds)), "--format", "raw",
-                                 "-o", f"{args.profile}-{kind}-{n}.folded"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                        cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
-                        results, elapsed = asyncio.run(run_load(port, tokens, args.seconds, args.client, args.retry_rate,
-                                                                args.chain, args.think))
-                        cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
-                        if profiler is not None:
-                            profiler.wait(60)
-                    finally:
-                        stop_server(server)
-                    stored, integrity = stored_judgement_ids(url)
-                finally:
-                    drop()
-                client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-                row = {
-                    "db": kind, "annotators": n, "workers": args.workers, "think_s": args.think, "chain": args.chain,
-                    "seconds": round(elapsed, 1),
-                    "judgements": len(results.acknowledged),
-                    "judgements_per_s": len(results.acknowledged) / elapsed,
-                    "fetch_p50": percentile(results.fetch_ms, 50), "fetch_p95": percentile(results.fetch_ms, 95),
-                    "fetch_p99": percentile(results.fetch_ms, 99),
-                    "submit_p50": percentile(results.submit_ms, 50), "submit_p95": percentile(results.submit_ms, 95),
-                    "submit_p99": percentile(results.submit_ms, 99),
-                    "errors": sum(results.errors.values()), "error_kinds": results.errors,
-                    "ran_out": results.ran_out,
-                    "exact": stored == results.acknowledged, "stored": len(stored), **integrity,
-                    "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu1 - server_cpu0, 1),
-                    # CPU per judgement is the figure that survives a busy machine: 1000 / it = judgements/s per core.
-                    "server_cpu_ms_per_judgement": (server_cpu1 - server_cpu0) * 1000 / max(1, len(results.acknowledged)),
-                    "load_average": os.getloadavg()[0],
-                }
+        for n in args.annotators:
+            for kind in args.db:
+                row = run_storyloop(kind, n, args, seconds, workdir)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+                if args.potato:  # interleaved: the same load on Potato right after, on the same busy machine
+                    from potato_load import run_potato
+
+                    potato = run_potato(n, seconds, args.think, args.tasks, retry_rate=args.retry_rate)
+                    row["ratio_to_potato"] = row["judgements_per_s"] / max(potato["judgements_per_s"], 1e-9)
+                    rows.append(potato)
+                    print(json.dumps(potato), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    header = (f"{'db':<10} {'ann':>4} {'wrk':>3} {'judg/s':>7} {'fetch p50/p95/p99 ms':>22} "
-              f"{'submit p50/p95/p99 ms':>22} {'errors':>6} {'exact':>5} {'cpu srv/cli s':>13} {'srv cpu ms/j':>12} {'load':>5}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['db']:<10} {r['annotators']:>4} {r['workers']:>3} {r['judgements_per_s']:>7.0f} "
-              f"{r['fetch_p50']:>6.1f}/{r['fetch_p95']:>6.1f}/{r['fetch_p99']:>6.1f}  "
-              f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
-              f"{r['errors']:>6} {'yes' if r['exact'] and not r['tasks_over_R'] and not r['task_user_twice'] and not r['done_count_mismatch'] else 'NO':>5} "
-              f"{r['server_cpu_s']:>6}/{r['client_cpu_s']:<6} {r['server_cpu_ms_per_judgement']:>12.1f} {r['load_average']:>5.1f}")
+    print_rows(rows)
+    if args.minutes:
+        print_minutes(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -1,13 +1,12 @@
 """Potato beside storyloop: the same annotation load, run against Potato (potato-annotation on PyPI).
 
-Groundwork for the side-by-side mode of `annotate_load.py` (issue 11). Run alone:
+The side-by-side half of `annotate_load.py --potato` (issue 11). Run alone:
 
     python benchmarks/potato_load.py --annotators 50 200 --seconds 20
     python benchmarks/potato_load.py --annotators 1000 --seconds 30 --think 4
 
-or from `annotate_load.py` (`from potato_load import run_potato` works at its top: this module
-imports annotate_load's helpers only when called) with `run_potato(...)`, which returns a row
-with annotate_load's keys.
+or side by side with storyloop: `annotate_load.py --potato` calls `run_potato(...)`, which returns a
+row with annotate_load's keys (this module shares annotate_load's results, rows, table and limits).
 
 What runs, and how it compares with storyloop's run:
 
@@ -81,12 +80,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-# annotate_load's helpers are imported inside the functions that use them (`import annotate_load`),
-# never at the top: annotate_load may import this module from its own top lines.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# annotate_load imports this module only inside main() (for --potato), so importing it here is no cycle.
+import annotate_load  # noqa: E402
+from annotate_load import CONNECTION_ERRORS, Results, check_limits, print_rows  # noqa: E402
 
 
 POTATO_VERSION = "2.12.1"
@@ -204,8 +204,6 @@ def start_potato(workdir: Path, tasks: int, port: int, annotators: int = 200, sc
                  potato: Path | None = None) -> subprocess.Popen:
     """Write the project into workdir (`tasks` BWS tuples, as annotate_load's --tasks: a prompt per 30
     of them), start Potato on port `port` in its own process group, and wait until /health answers 200."""
-    import annotate_load
-
     potato = potato or ensure_potato()
     config = write_project(Path(workdir), tasks, annotators, scheme)
     log = open(Path(workdir) / "server.log", "ab")
@@ -237,6 +235,7 @@ class PotatoConnection:
     def __init__(self, port: int):
         self.port, self.reader, self.writer = port, None, None
         self.cookie = b""
+        self.reconnects = 0
 
     async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "",
                       extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
@@ -246,17 +245,19 @@ class PotatoConnection:
         if self.cookie:
             head += b"Cookie: " + self.cookie + b"\r\n"
         message = head + extra + b"\r\n" + body
-        for attempt in range(2):
-            if self.writer is None:
+        while True:
+            reused = self.writer is not None
+            if not reused:
                 self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
             try:
                 self.writer.write(message)
                 status, headers, data = await _read_response(self.reader)
                 break
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except CONNECTION_ERRORS:
                 await self.close()
-                if attempt:
+                if not reused:  # as annotate_load.RawConnection: only a fresh connection failing is an error
                     raise
+                self.reconnects += 1
         if "set-cookie" in headers:
             self.cookie = headers["set-cookie"].split(";", 1)[0].encode()
         if headers.get("connection", "").lower() == "close":
@@ -308,18 +309,6 @@ async def _one_request(port: int, method: str, path: str, timeout: float = 5) ->
 # ---------------------------------------------------------------- the load
 
 
-@dataclass
-class Results:
-    fetch_ms: list[float] = field(default_factory=list)
-    submit_ms: list[float] = field(default_factory=list)
-    acknowledged: set[tuple[str, str]] = field(default_factory=set)  # (user, instance id)
-    errors: dict[str, int] = field(default_factory=dict)
-    ran_out: int = 0
-
-    def error(self, what: str) -> None:
-        self.errors[what] = self.errors.get(what, 0) + 1
-
-
 async def log_in(conn: PotatoConnection, username: str) -> None:
     """The login form (POST /auth): Potato answers 302 to /annotate with the session cookie."""
     body = f"email={username}&pass={PASSWORD.replace(' ', '+')}".encode()
@@ -356,17 +345,17 @@ async def annotator(conn: PotatoConnection, username: str, scheme: str, results:
                             results.ran_out += 1
                             return
                         if status != 200:
-                            results.error(f"next {status}")
+                            results.error(f"next {status}", status=status)
                             navigate_from = None
                             continue
                     status, _, page = await conn.request("GET", "/annotate")
                 except Exception as exc:  # noqa: BLE001
-                    results.error(f"fetch {type(exc).__name__}")
+                    results.error(f"fetch {type(exc).__name__}", exc)
                     await asyncio.sleep(0.05)
                     continue
-                results.fetch_ms.append((clock() - t0) * 1000)
+                results.latency("fetch", (clock() - t0) * 1000)
                 if status != 200:
-                    results.error(f"fetch {status}")
+                    results.error(f"fetch {status}", status=status)
                     continue
                 found = INSTANCE_ID.search(page)
                 if found is None or found.group(1).decode() == navigate_from:
@@ -386,15 +375,16 @@ async def annotator(conn: PotatoConnection, username: str, scheme: str, results:
                 try:
                     status, answer = await conn.post_json("/updateinstance", save)
                 except Exception as exc:  # noqa: BLE001
-                    results.error(f"submit {type(exc).__name__}")
+                    results.error(f"submit {type(exc).__name__}", exc)
                     continue
-                results.submit_ms.append((clock() - t0) * 1000)
+                results.latency("submit", (clock() - t0) * 1000)
                 if status == 200 and answer and answer.get("status") == "success":
-                    results.acknowledged.add((username, instance_id))
+                    results.acknowledge((username, instance_id))
                 else:
-                    results.error(f"submit {status}")
+                    results.error(f"submit {status}", status=status)
             navigate_from, instance_id = instance_id, None
     finally:
+        results.reconnects += conn.reconnects
         await conn.close()
 
 
@@ -421,7 +411,7 @@ async def run_load(port: int, annotators: int, seconds: float, scheme: str, retr
     await log_in(warm, WARMUP_USER)
     await annotator(warm, WARMUP_USER, scheme, Results(), time.perf_counter() + 3, random.Random(-1), 0.0)
     results = Results()
-    started = time.perf_counter()
+    started = results.started
     deadline = started + seconds
     await asyncio.gather(*(annotator(c, u, scheme, results, deadline, random.Random(i), retry_rate, think)
                            for i, (c, u) in enumerate(zip(connections, usernames))))
@@ -450,8 +440,6 @@ def stored_judgements(workdir: Path, scheme: str) -> tuple[set[tuple[str, str]],
 def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int = 0, scheme: str = "bws",
                retry_rate: float = 0.1, venv_dir: Path = DEFAULT_VENV, keep: bool = False) -> dict:
     """One Potato run; returns a row with annotate_load's keys (db is "potato-files", 1 process)."""
-    import annotate_load
-
     potato = ensure_potato(venv_dir)
     tasks = tasks or int(1500 * seconds / REQUIRED) + annotators
     workdir = Path(tempfile.mkdtemp(prefix="storyloop-potato-"))
@@ -462,6 +450,7 @@ def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int =
             cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
             results, elapsed = asyncio.run(run_load(port, annotators, seconds, scheme, retry_rate, think))
             cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
+            rss_mb = annotate_load.largest_rss_mb(server.pid)
         finally:
             annotate_load.stop_server(server)
         stored, over = stored_judgements(workdir, scheme)
@@ -471,42 +460,12 @@ def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int =
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    server_cpu = server_cpu1 - server_cpu0
-    judgements = len(results.acknowledged)
-    return {
-        "db": "potato-files", "annotators": annotators, "workers": 1, "think_s": think, "chain": False,
-        "potato": POTATO_VERSION, "scheme": scheme,
-        "seconds": round(elapsed, 1),
-        "judgements": judgements,
-        "judgements_per_s": judgements / elapsed,
-        **{f"{kind}_p{p}": annotate_load.percentile(values, p)
-           for kind, values in (("fetch", results.fetch_ms), ("submit", results.submit_ms)) for p in (50, 95, 99)},
-        "errors": sum(results.errors.values()), "error_kinds": results.errors,
-        "ran_out": results.ran_out,
-        "exact": stored == results.acknowledged, "stored": len(stored),
-        # Potato has no done counter to drift, and keeps one annotation per user and item.
-        "tasks_over_R": over, "done_count_mismatch": 0, "task_user_twice": 0,
-        "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu, 1),
-        "server_cpu_ms_per_judgement": server_cpu * 1000 / max(1, judgements),
-        "load_average": os.getloadavg()[0],
-    }
-
-
-def print_rows(rows: list[dict]) -> None:
-    """annotate_load's table, with stored-vs-acknowledged spelled out."""
-    header = (f"{'db':<12} {'ann':>4} {'wrk':>3} {'judg/s':>7} {'fetch p50/p95/p99 ms':>22} "
-              f"{'submit p50/p95/p99 ms':>22} {'errors':>6} {'exact':>5} {'stored/ack':>11} "
-              f"{'cpu srv/cli s':>13} {'srv cpu ms/j':>12} {'load':>5}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        exact = r["exact"] and not r["tasks_over_R"]
-        print(f"{r['db']:<12} {r['annotators']:>4} {r['workers']:>3} {r['judgements_per_s']:>7.0f} "
-              f"{r['fetch_p50']:>6.1f}/{r['fetch_p95']:>6.1f}/{r['fetch_p99']:>6.1f}  "
-              f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
-              f"{r['errors']:>6} {'yes' if exact else 'NO':>5} {r['stored']:>5}/{r['judgements']:<5} "
-              f"{r['server_cpu_s']:>6}/{r['client_cpu_s']:<6} {r['server_cpu_ms_per_judgement']:>12.1f} "
-              f"{r['load_average']:>5.1f}")
+    setting = {"db": "potato-files", "annotators": annotators, "workers": 1, "think_s": think, "chain": False,
+               "potato": POTATO_VERSION, "scheme": scheme}
+    # Potato has no done counter to drift, and keeps one annotation per user and item.
+    integrity = {"tasks_over_R": over, "done_count_mismatch": 0, "task_user_twice": 0}
+    return annotate_load.result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb,
+                                    stored, integrity)
 
 
 def main() -> None:
@@ -524,12 +483,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep Potato's project and output folder")
     parser.add_argument("--json", default="", help="also write the results as JSON to this file")
     args = parser.parse_args()
-    import annotate_load
-
-    if not 0 < args.seconds <= annotate_load.MAX_SECONDS:
-        parser.error(f"--seconds must be in (0, {annotate_load.MAX_SECONDS}]")
-    if any(not 0 < n <= annotate_load.MAX_ANNOTATORS for n in args.annotators):
-        parser.error(f"--annotators must be in 1..{annotate_load.MAX_ANNOTATORS}")
+    check_limits(parser, args)
     rows = []
     for n in args.annotators:
         row = run_potato(n, args.seconds, args.think, args.tasks, args.scheme, args.retry_rate, args.venv, args.keep)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -337,6 +339,13 @@ def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
     map, as before) kept neighbouring ids in order for most people. Those batches are small, a sort
     is cheap. Paused batches never go out. On PostgreSQL, concurrent requests skip a task that
     another request is leasing right now (SKIP LOCKED)."""
+    # The outer condition re-checks the slot on the row's newest version.
+    return (update(Task).where(Task.id == _first_free_task(kinds, skip_locked), _has_slot)
+            .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id))
+
+
+def _first_free_task(kinds: tuple[str, ...], skip_locked: bool):
+    """The id of the first task in serving order with a free slot that the user has not seen (see above)."""
     if "bws" in kinds:
         order_by = (Task.serve_rank, _filled, Task.serve_order, Task.id)
     else:
@@ -350,9 +359,7 @@ def _take_slot_statement(kinds: tuple[str, ...], skip_locked: bool):
             .order_by(*order_by).limit(1))
     if skip_locked:
         free = free.with_for_update(skip_locked=True)
-    # The outer condition re-checks the slot on the row's newest version.
-    return (update(Task).where(Task.id == free.scalar_subquery(), _has_slot)
-            .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id))
+    return free.scalar_subquery()
 
 
 TASK_ITEMS = select(TaskItem.continuation_id).where(TaskItem.task_id == bindparam("task_id")).order_by(TaskItem.position)
@@ -446,11 +453,70 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         return None
     for _attempt in range(3):
         try:
-            return await database.run_write(lambda conn: _leased_task(
-                conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
+            if database.is_sqlite:
+                return await database.run_write(lambda conn: _leased_task(
+                    conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
+            return await _lease_next_postgres(database, user.id, kinds, lease_seconds)
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
+
+
+# PostgreSQL: every statement is a network round trip (and BEGIN and COMMIT are two more), which cost
+# more server CPU than the statements' own work. So the lease and the submission are one statement
+# each (data-modifying CTEs), run outside an explicit transaction: a single statement is atomic.
+# Row locks are taken assignment first, then task, in every statement that takes both.
+
+# A lease's items are shown in the order of a random permutation of this many positions: BWS tuples
+# hold 4 or 5 items, ratings 1. Items past it (a tuple_size above 16) would follow in stored order.
+SHUFFLED_POSITIONS = 16
+
+
+@cache
+def _lease_statement_postgres(kinds: tuple[str, ...]):
+    """The user's running lease if any; else a slot of the first free task taken (as in
+    _take_slot_statement) and its assignment inserted, its items in the order of the permutation
+    `shuffle` (drawn in Python from the OS: a position's rank in it is the item's place on screen)."""
+    current = _current_lease_statement(kinds).cte("current_lease")
+    # Joined to the free task rather than `id = (subquery)` as in _take_slot_statement: inside this
+    # statement that form now and then updated nothing under concurrent leases while tasks were free
+    # (the annotator got 204); the join never did (tests/test_scale.py).
+    free = _first_free_task(kinds, skip_locked=True).element.where(~exists(current.select())).subquery("free")
+    taken = (update(Task).where(Task.id == free.c.id, _has_slot)
+             .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id).cte("taken"))
+    rank = func.array_position(bindparam("shuffle", type_=ARRAY(Integer)), TaskItem.position)
+    shown_order = (select(func.json_agg(aggregate_order_by(TaskItem.continuation_id, rank)))
+                   .where(TaskItem.task_id == taken.c.id).scalar_subquery())
+    new = (insert(Assignment)
+           .from_select(["task_id", "user_id", "item_order", "status", "leased_at", "expires_at"],
+                        select(taken.c.id, bindparam("user_id", type_=Integer), shown_order, literal("active"),
+                               bindparam("now", type_=Assignment.leased_at.type),
+                               bindparam("expires_at", type_=Assignment.expires_at.type)))
+           .returning(Assignment.id, Assignment.task_id, Assignment.item_order, Assignment.expires_at).cte("new_lease"))
+    return select(current).union_all(
+        select(new.c.id, new.c.task_id, taken.c.kind, taken.c.prompt_id, new.c.item_order, new.c.expires_at)
+        .join(taken, taken.c.id == new.c.task_id))
+
+
+async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int) -> LeasedTask | None:
+    now = utcnow()
+    if _sweep_due(database):
+        await database.run_write(lambda conn: expire_leases(conn, now))
+
+    def lease(conn: Connection) -> LeasedTask | None:
+        shuffle = list(range(SHUFFLED_POSITIONS))
+        # A fresh order per assignment, against position bias, and so that positions never follow the
+        # versions (a task's stored items follow the continuation ids).
+        _shuffler.shuffle(shuffle)
+        values = {"user_id": user_id, "now": now, "expires_at": now + timedelta(seconds=lease_seconds), "shuffle": shuffle}
+        row = conn.execute(_lease_statement_postgres(kinds), values).one_or_none()
+        return _leased_task(conn, database, Lease(*row) if row is not None else None)
+
+    leased = await database.run_statements(lease)
+    # Nothing free: maybe a lease just ran out.
+    if leased is None and await database.run_write(lambda conn: expire_leases(conn, now)):
+        leased = await database.run_statements(lease)
+    return leased
 
 
 def _lease_next(conn: Connection, database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int) -> Lease | None:
@@ -569,24 +635,72 @@ def _replay(database: Database, model, user: User, key: str, assignment_id: int)
     return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
 
 
-async def _submit(database: Database, user: User, model, assignment_id: int, key: str, values) -> SubmitResult:
+async def _submit(database: Database, user: User, model, assignment_id: int, kinds: str | tuple[str, ...],
+                  key: str, judgement) -> SubmitResult:
     """Stores a judgement exactly once per idempotency key, also when the same one races itself.
 
-    `values(conn)` checks the assignment, counts it and returns the judgement's columns. A repeated
-    key finds its assignment no longer open (or hits the unique key) and is answered from the stored
-    judgement, so the common first submission costs no extra lookup."""
-    def store(conn: Connection) -> SubmitResult:
-        row = values(conn)
-        judgement_id = conn.scalar(INSERT_JUDGEMENT[model], row)
-        return SubmitResult(judgement_id=judgement_id, counted=not row["is_surplus"], replayed=False)
+    `judgement(row, now)` checks the submission against the open assignment `row` and returns the
+    judgement's columns, is_surplus aside: whether it counts is settled here. A repeated key finds its
+    assignment no longer open (or hits the unique key) and is answered from the stored judgement, so
+    the common first submission costs no extra lookup."""
+    def store(conn: Connection) -> SubmitResult:  # SQLite: a job of the group commit
+        row = _open_assignment(conn, user, assignment_id, kinds)
+        now = utcnow()
+        columns = judgement(row, now)
+        counted = _count_judgement(conn, assignment_id, row, now)
+        judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
+        return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+
+    def store_in_one_statement(conn: Connection) -> SubmitResult:  # PostgreSQL: a read, then one write
+        row = _open_assignment(conn, user, assignment_id, kinds)
+        now = utcnow()
+        columns = judgement(row, now)
+        stored = conn.execute(_submit_statement_postgres(model, tuple(columns)),
+                              {**{f"new_{name}": value for name, value in columns.items()},
+                               "assignment_id": assignment_id, "old_status": row.status, "now": now}).one_or_none()
+        if stored is None:  # the assignment changed since it was read (a duplicate of this submission?)
+            raise Conflict("this task changed meanwhile; reload it")
+        return SubmitResult(judgement_id=stored.id, counted=not stored.is_surplus, replayed=False)
 
     try:
-        return await database.run_write(store)
+        if database.is_sqlite:
+            return await database.run_write(store)
+        return await database.run_statements(store_in_one_statement)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := _replay(database, model, user, key, assignment_id)) is not None:
             return replayed
         raise
+
+
+@cache
+def _submit_statement_postgres(model, columns: tuple[str, ...]):
+    """_count_judgement and the INSERT as one statement (PostgreSQL). The assignment is locked first
+    and only while still in the status it was read in (`old_status`): a concurrent duplicate waits
+    for that lock, then finds the status changed, and the statement stores nothing and returns no
+    row. Then the judgement counts if the lease still runs and the task has fewer than R counted
+    (one conditional UPDATE of the task row); a running lease that does not count gives its slot back;
+    the assignment becomes submitted or surplus; the judgement is inserted."""
+    locked = (select(Assignment.id, Assignment.task_id, Assignment.status, Assignment.expires_at)
+              .where(Assignment.id == bindparam("assignment_id"), Assignment.status == bindparam("old_status"))
+              .with_for_update(of=Assignment).cte("locked"))
+    now = bindparam("now", type_=Assignment.finished_at.type)
+    running = select(locked.c.task_id).where(locked.c.status == "active")
+    counted = (update(Task).where(Task.id == running.where(locked.c.expires_at > now).scalar_subquery(),
+                                  Task.done_count < Task.required)
+               .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
+               .returning(Task.id).cte("counted"))
+    released = (update(Task).where(Task.id == running.scalar_subquery(), ~exists(counted.select()))
+                .values(active_leases=Task.active_leases - 1).returning(Task.id).cte("released"))
+    finished = (update(Assignment).where(Assignment.id == select(locked.c.id).scalar_subquery())
+                .values(status=case((exists(counted.select()), "submitted"), else_="surplus"), finished_at=now)
+                .returning(Assignment.status).cte("finished"))
+    # Named apart from any column: SQLAlchemy would add a parameter named like a column to the SET
+    # of the UPDATEs above.
+    table = model.__table__
+    values = [bindparam(f"new_{name}", type_=table.c[name].type) for name in columns]
+    return (insert(model).from_select([*columns, "is_surplus"], select(*values, finished.c.status == "surplus"))
+            .returning(model.id, model.is_surplus).add_cte(released))
 
 
 def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: list[int], data: BwsSubmission) -> tuple[int, int]:
@@ -607,30 +721,24 @@ def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: 
 async def submit_bws(database: Database, user: User, assignment_id: int, data: BwsSubmission,
                      handles: ItemHandles) -> SubmitResult:
     """Stores best and worst, given as the handles this assignment's items were shown under."""
-    def values(conn: Connection) -> dict:
-        row = _open_assignment(conn, user, assignment_id, "bws")
+    def judgement(row, now: datetime) -> dict:
         best, worst = _chosen_continuations(handles, assignment_id, row.item_order, data)
-        now = utcnow()
-        counted = _count_judgement(conn, assignment_id, row, now)
         # Stored as continuation ids: admins and exports are not blind.
         return {"assignment_id": assignment_id, "task_id": row.task_id, "user_id": user.id, "best_id": best,
-                    "worst_id": worst, "shown_order": row.item_order, "duration_ms": data.duration_ms,
-                    "is_surplus": not counted, "idempotency_key": data.idempotency_key, "created_at": now}
+                "worst_id": worst, "shown_order": row.item_order, "duration_ms": data.duration_ms,
+                "idempotency_key": data.idempotency_key, "created_at": now}
 
-    return await _submit(database, user, BwsJudgement, assignment_id, data.idempotency_key, values)
+    return await _submit(database, user, BwsJudgement, assignment_id, "bws", data.idempotency_key, judgement)
 
 
 async def submit_rating(database: Database, user: User, assignment_id: int, data: RatingSubmission) -> SubmitResult:
-    def values(conn: Connection) -> dict:
-        row = _open_assignment(conn, user, assignment_id, RATING_KINDS)
-        now = utcnow()
-        counted = _count_judgement(conn, assignment_id, row, now)
+    def judgement(row, now: datetime) -> dict:
         return dict(assignment_id=assignment_id, task_id=row.task_id, user_id=user.id, continuation_id=row.item_order[0],
-                    comment=data.comment.strip(), duration_ms=data.duration_ms, is_surplus=not counted,
+                    comment=data.comment.strip(), duration_ms=data.duration_ms,
                     idempotency_key=data.idempotency_key, created_at=now,
                     **{dim: getattr(data, dim) for dim in RATING_DIMENSIONS})
 
-    return await _submit(database, user, Rating, assignment_id, data.idempotency_key, values)
+    return await _submit(database, user, Rating, assignment_id, RATING_KINDS, data.idempotency_key, judgement)
 
 
 # ---------------------------------------------------------------- progress

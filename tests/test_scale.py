@@ -1,0 +1,155 @@
+"""Production scale (issue 11): `storyloop serve`'s defaults, and PostgreSQL's annotation path in one
+statement per lease and per submission. The leasing guarantees under concurrency on both databases
+are tests/test_concurrency.py's."""
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from sqlalchemy import event, func, select, update
+from typer.testing import CliRunner
+
+from app import cli as cli_module
+from app.models import Assignment, BwsJudgement, Task, TaskItem, User
+from app.services import tasks, users
+from app.services.item_handles import ItemHandles
+from tests.conftest import TEST_SECRET_KEY
+from tests.factories import seed_bws_batch
+from tests.test_secret_key import clean_env  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def uvicorn_calls(clean_env, monkeypatch):  # noqa: F811
+    """serve's arguments to uvicorn.run, which is not started."""
+    import uvicorn
+
+    calls = []
+    clean_env.setenv("STORYLOOP_SECRET_KEY", TEST_SECRET_KEY)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    return calls
+
+
+def test_serve_runs_one_worker_per_core_with_a_long_keep_alive(uvicorn_calls, monkeypatch):
+    monkeypatch.setattr(cli_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    result = CliRunner().invoke(cli_module.cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    [call] = uvicorn_calls
+    assert call["workers"] == 3
+    # Longer than annotators' reading pauses: uvicorn's 5 s closed their idle connections under them.
+    assert call["timeout_keep_alive"] == cli_module.KEEP_ALIVE_SECONDS >= 60
+    assert call["backlog"] == cli_module.BACKLOG >= 4096
+
+    assert CliRunner().invoke(cli_module.cli, ["serve", "--workers", "1"]).exit_code == 0
+    assert uvicorn_calls[-1]["workers"] == 1
+
+
+def test_serve_refuses_zero_workers(uvicorn_calls, tmp_path):
+    result = CliRunner().invoke(cli_module.cli, ["serve", "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+    assert uvicorn_calls == []
+    assert not (tmp_path / "data" / "storyloop.db").exists()  # refused before migrating
+
+
+@pytest.fixture
+def statements(database):
+    """The SQL statements the database is sent, as they go."""
+    sent = []
+    for engine in {database.engine, database.autocommit_engine}:
+        event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    return sent
+
+
+def _annotator(database, name: str = "ann") -> User:
+    with database.write() as db:
+        user = users.create_user(db, name, "correct horse battery")
+    return user
+
+
+def test_postgresql_leases_and_submits_in_one_statement_each(database, statements):
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's path (SQLite groups its writers' statements into one commit instead)")
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
+    user, handles = _annotator(database), ItemHandles.from_secret(TEST_SECRET_KEY)
+    database.state["last_expiry_sweep"] = time.monotonic()  # no routine expiry sweep due
+    statements.clear()
+
+    leased = asyncio.run(tasks.next_task(database, user, 600))
+    lease_statements = len(statements)
+    again = asyncio.run(tasks.next_task(database, user, 600))  # the running lease, not a new one
+    assert again.assignment_id == leased.assignment_id
+    statements.clear()
+    items = [item.continuation_id for item in leased.items]
+    body = tasks.BwsSubmission(best=handles.handle(leased.assignment_id, items[0]),
+                               worst=handles.handle(leased.assignment_id, items[3]), idempotency_key=uuid.uuid4().hex)
+    stored = asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body, handles))
+    submit_statements = len(statements)
+    replayed = asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body, handles))
+
+    # The texts of a lease come from the process's cache after the first: then one statement per lease.
+    assert lease_statements == 3  # the lease, the prompt's text, the continuations' texts
+    assert submit_statements == 2  # the assignment read, then one write
+    assert stored.counted and not stored.replayed
+    assert replayed.replayed and replayed.judgement_id == stored.judgement_id
+    with database.read() as db:
+        assignment = db.get(Assignment, leased.assignment_id)
+        task = db.get(Task, assignment.task_id)
+        shown = sorted(db.scalars(select(TaskItem.continuation_id).where(TaskItem.task_id == task.id)))
+        assert sorted(assignment.item_order) == shown == sorted(items) and assignment.item_order == items
+        assert assignment.status == "submitted" and (task.done_count, task.active_leases) == (1, 0)
+        judgement = db.scalars(select(BwsJudgement)).one()
+        assert (judgement.best_id, judgement.worst_id, judgement.is_surplus) == (items[0], items[3], False)
+
+
+def test_postgresql_lease_statement_is_one_round_trip_once_texts_are_cached(database, statements):
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's path")
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=2)
+    first, second = _annotator(database, "first"), _annotator(database, "second")
+    database.state["last_expiry_sweep"] = time.monotonic()
+    asyncio.run(tasks.next_task(database, first, 600))  # loads the prompt's and continuations' texts
+    statements.clear()
+    leased = asyncio.run(tasks.next_task(database, second, 600))
+    assert len(statements) == 1
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Assignment)) == 2
+        assert db.scalar(select(Task.active_leases)) == 2
+    assert len(leased.items) == 4
+
+
+def test_postgresql_concurrent_leases_always_find_a_free_task(database):
+    """Many annotators leasing and submitting at once on the one-statement path: every lease finds a
+    task while plenty are free (a form of the statement once answered 204 now and then), and the
+    guarantees hold: no task over R, nobody twice on a task."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's path")
+    seed_bws_batch(database, prompts=20, per_prompt=8, required=3)  # 320 tuples
+    with database.write() as db:  # one spread for all: everybody competes for the same few tasks
+        db.execute(update(Task).values(serve_order=0))
+    annotators = [_annotator(database, f"ann{i}") for i in range(40)]
+    handles = ItemHandles.from_secret(TEST_SECRET_KEY)
+    empty = []
+
+    async def judge(user: User) -> None:
+        leased = await tasks.next_task(database, user, 600)
+        if leased is None:
+            empty.append(user.id)
+            return
+        items = [item.continuation_id for item in leased.items]
+        body = tasks.BwsSubmission(best=handles.handle(leased.assignment_id, items[0]),
+                                   worst=handles.handle(leased.assignment_id, items[1]), idempotency_key=uuid.uuid4().hex)
+        await tasks.submit_bws(database, user, leased.assignment_id, body, handles)
+
+    async def rounds() -> None:
+        for _ in range(10):
+            await asyncio.gather(*(judge(user) for user in annotators))
+
+    asyncio.run(rounds())
+    assert empty == []
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(BwsJudgement)) == 40 * 10
+        assert db.scalar(select(func.count()).select_from(Task).where(Task.done_count > Task.required)) == 0
+        assert db.scalar(select(func.max(Task.active_leases))) == 0
+        twice = (select(Assignment.task_id).group_by(Assignment.task_id, Assignment.user_id)
+                 .having(func.count() > 1).subquery())
+        assert db.scalar(select(func.count()).select_from(twice)) == 0
