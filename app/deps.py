@@ -1,7 +1,7 @@
 """Typed dependencies: the database, the settings, and the current user for pages and for the API."""
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request
@@ -54,9 +54,6 @@ ClientAddress = Annotated[str, Depends(client_address)]
 # ---------------------------------------------------------------- API: bearer tokens
 
 _bearer = HTTPBearer(auto_error=False)
-# last_used_at is written when it is at least this old: one write per token every few minutes, not
-# one per annotation request.
-LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
 def _lookup_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
@@ -76,7 +73,7 @@ async def api_user(database: DatabaseDep, clock: ClockDep,
     if found is None:
         raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
     user, token_id, last_used_at = found
-    if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
+    if last_used_at is None or now - last_used_at >= users.LAST_USED_RESOLUTION:
         await database.run_write(lambda conn: users.mark_token_used(conn, token_id, now))
     return user
 

@@ -77,7 +77,7 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(TOKEN_NAME_MAX), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]  # refused from then on (settings.token_max_days at most after creation)
-    # Written at most every LAST_USED_RESOLUTION (app/deps.py), not on every request of the hot path.
+    # Written at most every LAST_USED_RESOLUTION (app/services/users.py), not on every request of the hot path.
     last_used_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship()

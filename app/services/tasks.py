@@ -643,18 +643,15 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
     judgement's columns, is_surplus aside: whether it counts is settled here. A repeated key finds its
     assignment no longer open (or hits the unique key) and is answered from the stored judgement, so
     the common first submission costs no extra lookup."""
-    def store(conn: Connection) -> SubmitResult:  # SQLite: a job of the group commit
+    def store(conn: Connection) -> SubmitResult:
         row = _open_assignment(conn, user, assignment_id, kinds)
         now = utcnow()
         columns = judgement(row, now)
-        counted = _count_judgement(conn, assignment_id, row, now)
-        judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
-        return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
-
-    def store_in_one_statement(conn: Connection) -> SubmitResult:  # PostgreSQL: a read, then one write
-        row = _open_assignment(conn, user, assignment_id, kinds)
-        now = utcnow()
-        columns = judgement(row, now)
+        if database.is_sqlite:  # a job of the group commit: count, then insert
+            counted = _count_judgement(conn, assignment_id, row, now)
+            judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
+            return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+        # PostgreSQL: counting and inserting in one statement, after the read above
         stored = conn.execute(_submit_statement_postgres(model, tuple(columns)),
                               {**{f"new_{name}": value for name, value in columns.items()},
                                "assignment_id": assignment_id, "old_status": row.status, "now": now}).one_or_none()
@@ -665,7 +662,7 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
     try:
         if database.is_sqlite:
             return await database.run_write(store)
-        return await database.run_statements(store_in_one_statement)
+        return await database.run_statements(store)
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := _replay(database, model, user, key, assignment_id)) is not None:

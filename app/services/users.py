@@ -186,6 +186,11 @@ def user_for_token(conn: Connection, token: str, now: datetime) -> tuple[User, i
     return user, values["token_id"], values["token_last_used_at"]
 
 
+# last_used_at is written when it is at least this old: one write per token every few minutes, not
+# one per annotation request.
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
 def mark_token_used(conn: Session | Connection, token_id: int, now: datetime) -> None:
     conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
