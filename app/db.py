@@ -58,7 +58,6 @@ def make_statement_engine(url: str) -> Engine:
     return create_engine(url, pool_size=HOT_PATH_THREADS, max_overflow=30, isolation_level="AUTOCOMMIT")
 
 
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
