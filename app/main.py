@@ -5,11 +5,11 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -24,11 +24,13 @@ from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services.errors import ServiceError
 from app.services.item_handles import ItemHandles
-from app.templating import ROOT, templates
+from app.templating import ROOT, megabytes, templates
 
 
 class BodySizeLimit:
-    """Refuses bodies over the limit with 413 before the route reads them (declared or streamed)."""
+    """Refuses bodies over the limit before the route reads them (declared or streamed): an API client
+    gets 413 JSON; a browser's form post goes back to the page it came from, with the error as that
+    page's flash message, as for any other bad file (so this runs inside SessionMiddleware)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -67,8 +69,26 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        request = Request(scope)
+        message = (f"Nothing was imported or saved: the upload is larger than the {megabytes(self.max_bytes)} limit. "
+                   "Split a large file into smaller ones.")
+        if _wants_json(request):
+            response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        elif back := _same_site_referer(request):
+            request.session["flash"] = {"message": message, "kind": "bad"}
+            response = RedirectResponse(back, status_code=303)
+        else:
+            response = templates.TemplateResponse(request, "error.html", {"message": message, "errors": []},
+                                                  status_code=413)
         await response(scope, receive, send)
+
+
+def _same_site_referer(request: Request) -> str | None:
+    """The path (and query) of the page on this site the request came from; None if from elsewhere."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.url.netloc or not referer.path.startswith("/") or referer.path.startswith("//"):
+        return None
+    return referer.path + (f"?{referer.query}" if referer.query else "")
 
 
 class _TooLarge(Exception):
@@ -117,12 +137,12 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings, app.state.database = settings, database
     app.state.item_handles = ItemHandles.from_secret(secret_key)  # the same in every worker: one secret key
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)  # inside the session: its flash
     app.add_middleware(
         SessionMiddleware, secret_key=secret_key, same_site="lax",
         https_only=settings.secure_cookies, session_cookie="storyloop_session",
         max_age=settings.session_max_seconds,  # the cookie carries the session id; the row decides (deps.py)
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so also on 413s and error pages
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
@@ -186,6 +206,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, pages_stories,
                    api_eval, pages_eval, api_docs):
         app.include_router(module.router)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # pages link /static/favicon.ico; browsers and tools also ask the root for it
+        return FileResponse(ROOT / "static" / "favicon.ico", media_type="image/vnd.microsoft.icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

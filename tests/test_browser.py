@@ -8,7 +8,9 @@ import csv
 import io
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -37,17 +39,24 @@ def playwright_browser():
         browser.close()
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[LiveServer, Database]]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'browser.db'}", data_dir=tmp_path / "data",
-                        secret_key=TEST_SECRET_KEY, lease_seconds=600)
-    upgrade_to_head(settings.resolved_database_url)
-    database = Database.from_url(settings.resolved_database_url)
+@contextmanager
+def serve(tmp_path: Path, **settings: Any) -> Iterator[tuple[LiveServer, Database]]:
+    """A fresh SQLite database and the app on a live server; `settings` overrides the test defaults."""
+    config = Settings(**{"database_url": f"sqlite:///{tmp_path / 'browser.db'}", "data_dir": tmp_path / "data",
+                         "secret_key": TEST_SECRET_KEY, "lease_seconds": 600, **settings})
+    upgrade_to_head(config.resolved_database_url)
+    database = Database.from_url(config.resolved_database_url)
     from app.main import create_app
 
-    with LiveServer(create_app(settings, database)) as server:
+    with LiveServer(create_app(config, database)) as server:
         yield server, database
     database.engine.dispose()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[LiveServer, Database]]:
+    with serve(tmp_path) as server_and_database:
+        yield server_and_database
 
 
 @pytest.fixture

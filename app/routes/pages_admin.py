@@ -107,7 +107,7 @@ def scores(request: Request, user: PageAdmin, database: DatabaseDep,
 
 @router.get("/import")
 def import_page(request: Request, user: PageAdmin, settings: SettingsDep):
-    return _render(request, user, "admin/import.html", {"max_mb": settings.max_upload_bytes / 1024 / 1024})
+    return _render(request, user, "admin/import.html", {"max_bytes": settings.max_upload_bytes})
 
 
 @router.post("/import", dependencies=[Csrf])

@@ -3,7 +3,9 @@
  *
  * Everything works without this script (plain radio buttons and forms); it only adds:
  *   BWS:    1-4 mark best, Shift+1-4 mark worst, Enter submits, S skips.
- *   Rating: 1-5 score the highlighted scale and move to the next one, Enter submits, S skips.
+ *   Rating: 1-5 score the highlighted scale and move to the next one, Enter submits, S skips. After
+ *           the last scale the focus stays on it: Tab goes on to the comment, where Enter submits too.
+ *   Skip:   asks first when something is already marked, scored or typed, which a skip would lose.
  *   Both:   the form is sent with fetch; on a 503 or a network error the page stays as it is (the
  *           marked choices, the comment) and sends the same form again, with the same idempotency
  *           key, after the server's Retry-After, or at once with "Try again". The server stores a
@@ -21,6 +23,7 @@
   var skipForm = document.getElementById("skip-form");
   var durationInput = form.querySelector("[data-duration]");
   var retryBtn = document.getElementById("retry-btn");
+  var shortcuts = document.getElementById("shortcuts");
   var started = performance.now();
   var sending = false;
   var tried = false;
@@ -40,6 +43,11 @@
     if (!el || !el.tagName) return false;
     if (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT") return true;
     return el.tagName === "INPUT" && ["radio", "checkbox", "button", "submit", "reset"].indexOf(el.type) < 0;
+  }
+
+  // Key hints in messages only where the page shows its own (storyloop.css hides them on touch screens).
+  function keys(hint) {
+    return shortcuts && getComputedStyle(shortcuts).display !== "none" ? " (" + hint + ")" : "";
   }
 
   function show(text, bad) {
@@ -69,9 +77,9 @@
       card.classList.toggle("is-worst", card.querySelector('input[name="worst"]').checked);
     });
     if (best && worst && best === worst) return { text: "Best and worst must differ: pick two different continuations.", bad: true };
-    if (!best && !worst) return { text: "Mark one continuation as best (1–4) and one as worst (Shift+1–4)." };
-    if (!best) return { text: "Now mark the best continuation (1–4)." };
-    if (!worst) return { text: "Now mark the worst continuation (Shift+1–4)." };
+    if (!best && !worst) return { text: "Mark one continuation as best" + keys("1–4") + " and one as worst" + keys("Shift+1–4") + "." };
+    if (!best) return { text: "Now mark the best continuation" + keys("1–4") + "." };
+    if (!worst) return { text: "Now mark the worst continuation" + keys("Shift+1–4") + "." };
     return null;
   }
 
@@ -186,9 +194,18 @@
     if (e.persisted) { stopRetrying(); sending = false; update(); } // back/forward cache: the form is live again
   });
 
+  function answered() { // what a skip would throw away
+    var comment = form.querySelector("#comment");
+    return !!form.querySelector("input:checked") || !!(comment && comment.value.trim());
+  }
+
+  var SKIP_QUESTION = kind === "bws" ? "Skip this task? The best and worst you marked will be lost."
+    : "Skip this task? The scores and comment you entered will be lost.";
+
   if (skipForm) {
+    // The S key, the Skip button and Enter in the reason box all end here.
     skipForm.addEventListener("submit", function (e) {
-      if (sending) { e.preventDefault(); return; }
+      if (sending || (answered() && !window.confirm(SKIP_QUESTION))) { e.preventDefault(); return; }
       sending = true;
     });
   }
@@ -232,8 +249,7 @@
         setCurrent(current + 1);
         focusDim(current);
       } else {
-        choice.focus();
-        if (!submitBtn.disabled) submitBtn.focus();
+        choice.focus(); // Enter submits from here; Tab goes on to the comment
       }
     }
   });
