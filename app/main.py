@@ -24,7 +24,7 @@ from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services.errors import ServiceError
 from app.services.item_handles import ItemHandles
-from app.templating import ROOT, megabytes, templates
+from app.templating import ROOT, human_size, templates
 
 
 class BodySizeLimit:
@@ -70,7 +70,7 @@ class BodySizeLimit:
 
     async def _refuse(self, scope, receive, send):
         request = Request(scope)
-        message = (f"Nothing was imported or saved: the upload is larger than the {megabytes(self.max_bytes)} limit. "
+        message = (f"Nothing was imported or saved: the upload is larger than the {human_size(self.max_bytes)} limit. "
                    "Split a large file into smaller ones.")
         if _wants_json(request):
             response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)

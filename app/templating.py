@@ -11,9 +11,10 @@ templates = Jinja2Templates(directory=ROOT / "templates")
 templates.env.globals["csrf_token"] = lambda request: csrf_token(request.session)
 
 
-def megabytes(size: int) -> str:
-    """A byte count for people: "20 MB", "0.06 MB"."""
-    return f"{size / 1024 / 1024:.2f}".rstrip("0").rstrip(".") + " MB"
+def human_size(size: int) -> str:
+    """A byte count for people: "20 MB", "1.5 MB", "64 KB"."""
+    value, unit = (size / 1024 / 1024, "MB") if size >= 1024 * 1024 else (size / 1024, "KB")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
-templates.env.filters["megabytes"] = megabytes
+templates.env.filters["human_size"] = human_size

@@ -7,7 +7,9 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
+from app.models import Prompt
 from app.routes import api_overview
 from app.services import tasks
 from tests.conftest import PASSWORD
@@ -177,6 +179,36 @@ def test_import_through_the_page(admin):
 
     page = post_form(admin, "/admin/import", "/admin/import", files={"file": ("", b"", "text/plain")})
     assert "Choose a file" in page.text or 'class="flash bad"' in page.text
+
+
+def test_an_oversized_form_post_goes_back_to_its_page_with_the_error(settings, database):
+    """A browser's post over the body limit: back to the page it came from (on this site), with the
+    error shown there; without such a page, an error page; the API's 413 JSON is in test_imports.py."""
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(**{**settings.model_dump(), "max_upload_bytes": 2048}), database)
+    with TestClient(app) as browser:
+        make_user(database, "root", "admin")
+        login(browser, "root")
+        token = csrf_of(browser, "/admin/import")
+
+        def post(referer: str | None):
+            headers = {"accept": "text/html"} | ({"referer": referer} if referer else {})
+            return browser.post("/admin/import", data={"csrf": token}, headers=headers, follow_redirects=False,
+                                files={"file": ("big.jsonl", b'{"prompt": "A fox"}\n' * 200, "application/json")})
+
+        response = post("http://testserver/admin/import")
+        assert response.status_code == 303 and response.headers["location"] == "/admin/import"
+        text = text_of(browser.get("/admin/import"))
+        assert "Nothing was imported or saved: the upload is larger than the 2 KB limit." in text
+        assert "Import prompts and continuations" in text
+        for elsewhere in (None, "http://other.example/admin/import", "http://testserver//other.example/x"):
+            response = post(elsewhere)
+            assert response.status_code == 413 and response.headers["content-type"].startswith("text/html")
+            assert "larger than the 2 KB limit" in text_of(response)
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Prompt)) == 0
 
 
 # ---------------------------------------------------------------- batches

@@ -93,6 +93,17 @@ def _login_with_keyboard(page, username: str) -> None:
         page.keyboard.press("Enter")
 
 
+def _login_and_start_by_touch(page, username: str) -> None:
+    """On a phone: log in and tap "Next task"."""
+    page.goto("/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.locator("form.stack button").tap()
+    page.wait_for_url("**/annotate")
+    page.get_by_role("button", name="Next task").tap()
+    page.wait_for_url("**/task/*")
+
+
 def test_keyboard_only_bws_rating_and_skip(page, live):
     server, database = live
     seed_bws_batch(database, prompts=1, per_prompt=4, required=1)  # one BWS tuple, leased first
@@ -169,13 +180,7 @@ def test_bws_works_without_keyboard_shortcuts_on_a_phone(playwright_browser, liv
     context = playwright_browser.new_context(base_url=server.url, viewport={"width": 390, "height": 844},
                                              has_touch=True, is_mobile=True)
     page = context.new_page()
-    page.goto("/login")
-    page.fill("#username", "ann")
-    page.fill("#password", PASSWORD)
-    page.locator("form.stack button").tap()
-    page.wait_for_url("**/annotate")
-    page.get_by_role("button", name="Next task").tap()
-    page.wait_for_url("**/task/*")
+    _login_and_start_by_touch(page, "ann")
     # Nothing sticks out sideways.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.get_by_label("Continuation 4 is best").check()

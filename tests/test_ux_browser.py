@@ -15,12 +15,12 @@ from sqlalchemy import func, select, update
 from app.models import Assignment, Continuation, Prompt, Rating
 from app.services import evaluation
 from app.services.evaluation import CampaignCreate
-from tests.conftest import PASSWORD, make_user
+from tests.conftest import make_user
 from tests.factories import seed_bws_batch, seed_rating_batch
 from tests.test_browser import (  # noqa: F401 (fixtures)
+    _login_and_start_by_touch,
     _login_with_keyboard,
     _next_task_with_keyboard,
-    _wait_for_focus,
     live,
     page,
     playwright_browser,
@@ -87,6 +87,29 @@ def test_scores_tab_comment_enter_stores_the_rating_with_the_comment(playwright_
         assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.status == "skipped")) == 0
 
 
+def test_without_javascript_enter_in_the_comment_submits_the_rating(playwright_browser, live):
+    """The plain form post: the browser's own implicit submission from the one-line comment box."""
+    server, database = live
+    _seed_rating_task(database, "annotator")
+    context = playwright_browser.new_context(base_url=server.url, java_script_enabled=False)
+    page = context.new_page()
+    _login_with_keyboard(page, "rater")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Next task").click()
+    assignment_id = _task_id(page)
+    for dim, score in (("grammar", 2), ("creativity", 5), ("consistency", 4), ("plot", 1)):
+        page.locator(f'fieldset[data-dim="{dim}"] label.score').nth(score - 1).click()
+    page.locator("#comment").fill("plain form")
+    with page.expect_navigation():
+        page.locator("#comment").press("Enter")
+    assert "Saved." in page.locator(".flash").first.inner_text()
+    context.close()
+    with database.read() as db:
+        rating = db.scalar(select(Rating).where(Rating.assignment_id == assignment_id))
+        assert (rating.grammar, rating.creativity, rating.consistency, rating.plot) == (2, 5, 4, 1)
+        assert rating.comment == "plain form"
+
+
 def _record_dialogs(page, accept: list[bool]) -> list[str]:
     """Answers each dialog with the next of `accept` (dismissing once they run out); returns their messages."""
     messages: list[str] = []
@@ -99,6 +122,7 @@ def _record_dialogs(page, accept: list[bool]) -> list[str]:
     return messages
 
 
+# An untouched task is skipped without a question: test_browser.py's S key (a dialog would stop it).
 @pytest.mark.parametrize("role", ["annotator", "evaluator"])
 def test_skipping_a_half_filled_rating_asks_first(page, live, role):
     server, database = live
@@ -131,21 +155,6 @@ def test_skipping_a_half_filled_rating_asks_first(page, live, role):
         assert db.scalar(select(func.count()).select_from(Rating)) == 0
 
 
-def test_skipping_an_untouched_task_does_not_ask(page, live):
-    server, database = live
-    _seed_rating_task(database, "annotator")
-    _login_with_keyboard(page, "rater")
-    _next_task_with_keyboard(page)
-    assignment_id = _task_id(page)
-    page.wait_for_selector("fieldset.dim.current")  # annotate.js is ready
-    dialogs = _record_dialogs(page, [])
-    with page.expect_navigation():
-        page.keyboard.press("s")
-    assert dialogs == [] and "Skipped." in page.content()
-    with database.read() as db:
-        assert db.get(Assignment, assignment_id).status == "skipped"
-
-
 def test_skipping_a_half_marked_bws_task_asks_first(page, live):
     server, database = live
     seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
@@ -163,8 +172,9 @@ def test_skipping_a_half_marked_bws_task_asks_first(page, live):
 
 
 def _jsonl(records: int) -> bytes:
-    return "".join(json.dumps({"prompt": f"Prompt {i}: a fox", "continuation": f" ran {i} miles.", "source": "gpt2"}) + "\n"
-                   for i in range(records)).encode()
+    lines = (json.dumps({"prompt": f"Prompt {i}: a fox", "continuation": f" ran {i} miles.", "source": "gpt2"})
+             for i in range(records))
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def test_an_oversized_import_shows_the_import_page_with_the_error(playwright_browser, tmp_path):
@@ -184,7 +194,7 @@ def test_an_oversized_import_shows_the_import_page_with_the_error(playwright_bro
         assert page.url.endswith("/admin/import")
         assert page.locator("h1").inner_text() == "Import prompts and continuations"
         error = page.locator(".flash.bad").inner_text()
-        assert "larger than" in error and "0.06 MB" in error and "nothing was imported" in error.lower()
+        assert "larger than the 64 KB limit" in error and "nothing was imported" in error.lower()
         assert "detail" not in page.locator("body").inner_text()
         with database.read() as db:
             assert db.scalar(select(func.count()).select_from(Prompt)) == 0
@@ -229,13 +239,7 @@ def test_bws_task_on_a_phone_shows_no_keyboard_hints(playwright_browser, live):
     make_user(database, "ann")
     context = _context(playwright_browser, server, PHONE, touch=True)
     page = context.new_page()
-    page.goto("/login")
-    page.fill("#username", "ann")
-    page.fill("#password", PASSWORD)
-    page.locator("form.stack button").tap()
-    page.wait_for_url("**/annotate")
-    page.get_by_role("button", name="Next task").tap()
-    page.wait_for_url("**/task/*")
+    _login_and_start_by_touch(page, "ann")
     assert _no_sideways_scroll(page)
     page.get_by_label("Continuation 1 is best").check()  # the form's message now asks for the worst
     message = page.locator("#form-msg").inner_text()
