@@ -13,15 +13,9 @@ from app.services import crowd, tasks
 from app.services.errors import Invalid
 from tests.conftest import make_user, token_headers
 from tests.factories import seed_bws_batch, submit_bws_by_ids
+from tests.test_pages_annotate import HTML, csrf_of, login
 
-HTML = {"Accept": "text/html"}
 COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc=C0DE42"
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF field on the page"
-    return match.group(1)
 
 
 def new_link(client, headers, **fields) -> dict:
@@ -240,7 +234,7 @@ def test_api_refuses_a_new_task_once_the_quota_is_done(client, database):
     assert submitted.status_code == 200 and submitted.json()["next_task"] is None
     refused = client.post("/api/v1/tasks/next", headers=headers)
     assert refused.status_code == 403
-    assert refused.json() == {"detail": "you have done your quota of 1 tasks", "reason": "quota_reached"}
+    assert refused.json() == {"detail": "you have done your quota of 1 tasks", "errors": [{"reason": "quota_reached"}]}
     assert client.get("/api/v1/me/progress", headers=headers).json()["quota_left"] == 0
     with database.read() as db:
         assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) == 1
@@ -285,7 +279,5 @@ def test_time_up_lets_the_task_in_hand_finish_then_shows_a_page(client, database
 
 def test_finished_page_sends_others_back_to_work(client, database):
     make_user(database, "plain")
-    page = client.get("/login", headers=HTML)
-    client.post("/login", headers=HTML, data={"csrf": csrf_of(page.text), "username": "plain",
-                                              "password": "correct horse battery"})
+    login(client, "plain")
     assert client.get("/crowd/finished", headers=HTML, follow_redirects=False).headers["location"] == "/annotate"

@@ -4,7 +4,6 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.deps import ApiUser, ClientAddress, ClockDep, DatabaseDep, HandlesDep, SettingsDep
@@ -85,25 +84,19 @@ def my_progress(user: ApiUser, database: DatabaseDep):
     return tasks.progress(database, user)
 
 
-class WorkLimitBody(BaseModel):
-    detail: str
-    reason: Literal["quota_reached", "time_up"]
+_WORK_LIMIT = {**error_responses(403)[403],
+               "description": 'no new task for you: `errors` is `[{"reason": "quota_reached"}]` when your quota of '
+                              'tasks is done, `[{"reason": "time_up"}]` when your time is up'}
 
 
 @router.post("/tasks/next", response_model=TaskView | None,
-             responses={204: {"description": "nothing left for you"},
-                        403: {"model": WorkLimitBody, "description": "no new task for you: your quota of tasks is "
-                                                                     "done, or your time is up (`reason`)"},
-                        **error_responses(409, 422)})
+             responses={204: {"description": "nothing left for you"}, 403: _WORK_LIMIT, **error_responses(409, 422)})
 async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep, handles: HandlesDep,
                     kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
     """Lease the next task (or return the one already leased). 204 when nothing is left; 403 with a
-    `reason` when you have a quota that is done or a time limit that has passed.
+    reason when you have a quota that is done or a time limit that has passed.
     Items come under opaque handles that are valid in this assignment only (judging is blind)."""
-    try:
-        leased = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
-    except tasks.WorkLimitReached as exc:
-        return JSONResponse({"detail": exc.message, "reason": exc.reason}, status_code=403)
+    leased = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
     if leased is None:
         return Response(status_code=204)
     return tasks.blind_view(leased, handles)

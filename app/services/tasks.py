@@ -473,7 +473,7 @@ class WorkLimitReached(Forbidden):
     """No new task for this user: their quota of judgements is done, or their time is up."""
 
     def __init__(self, reason: str, message: str):
-        super().__init__(message)
+        super().__init__(message, [{"reason": reason}])  # the API's 403 body says which in `errors`
         self.reason = reason  # "quota_reached" | "time_up"
 
 
