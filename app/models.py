@@ -64,6 +64,11 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="annotator")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Crowd participants (app/services/crowd.py): no new task once task_quota judgements are done, nor
+    # after work_ends_at. Loaded with the user, so the lease path checks them without a query; None for
+    # everybody else, who pay nothing for them.
+    task_quota: Mapped[int | None] = mapped_column(Integer)
+    work_ends_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):
@@ -109,6 +114,55 @@ class Invite(Base):
     expires_at: Mapped[datetime]
     used_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     used_at: Mapped[datetime | None]
+
+
+CROWD_PLATFORMS = ("prolific", "mturk")
+
+
+class CrowdInvite(Base):
+    """A reusable sign-in link for a crowd platform's participants (app/services/crowd.py): each
+    participant id gets an annotator account without a password, a quota of tasks and a time limit,
+    and a completion code when the quota is done."""
+
+    __tablename__ = "crowd_invite"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    platform: Mapped[str] = mapped_column(String(16))  # CROWD_PLATFORMS
+    task_quota: Mapped[int] = mapped_column(Integer)  # judgements per participant
+    session_minutes: Mapped[int | None] = mapped_column(Integer)  # from the participant's first visit
+    completion_code: Mapped[str] = mapped_column(String(64))
+    completion_url: Mapped[str] = mapped_column(String(500))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]  # refused from then on
+
+
+class CrowdParticipant(Base):
+    """One platform participant on one crowd link, and the account made for them."""
+
+    __tablename__ = "crowd_participant"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invite_id: Mapped[int] = mapped_column(ForeignKey("crowd_invite.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), unique=True)
+    participant_id: Mapped[str] = mapped_column(String(64))  # PROLIFIC_PID or MTurk's workerId
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("invite_id", "participant_id", name="uq_crowd_participant_invite_pid"),)
+
+
+class CrowdVisit(Base):
+    """Each time a participant comes through the link, with the platform's ids of that visit."""
+
+    __tablename__ = "crowd_visit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("crowd_participant.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[str] = mapped_column(String(64))  # Prolific's STUDY_ID, MTurk's hitId
+    session_id: Mapped[str] = mapped_column(String(64))  # Prolific's SESSION_ID, MTurk's assignmentId
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LoginThrottle(Base):

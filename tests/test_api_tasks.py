@@ -39,7 +39,7 @@ def test_bws_flow_counts_once_and_never_repeats_a_task(client, database):
     # The only tuple was done by this annotator: nothing left for them.
     assert client.post("/api/v1/tasks/next", headers=headers).status_code == 204
     progress = client.get("/api/v1/me/progress", headers=headers).json()
-    assert progress == {"done_today": 1, "done_total": 1, "tasks_left": 0}
+    assert progress == {"done_today": 1, "done_total": 1, "tasks_left": 0, "quota": None, "quota_left": None}
     with database.read() as db:
         assert db.scalar(select(func.count()).select_from(BwsJudgement)) == 1
         assert db.scalar(select(Task.done_count)) == 1

@@ -84,11 +84,17 @@ def my_progress(user: ApiUser, database: DatabaseDep):
     return tasks.progress(database, user)
 
 
+_WORK_LIMIT = {**error_responses(403)[403],
+               "description": 'no new task for you: `errors` is `[{"reason": "quota_reached"}]` when your quota of '
+                              'tasks is done, `[{"reason": "time_up"}]` when your time is up'}
+
+
 @router.post("/tasks/next", response_model=TaskView | None,
-             responses={204: {"description": "nothing left for you"}, **error_responses(409, 422)})
+             responses={204: {"description": "nothing left for you"}, 403: _WORK_LIMIT, **error_responses(409, 422)})
 async def next_task(user: ApiUser, database: DatabaseDep, settings: SettingsDep, handles: HandlesDep,
                     kind: Annotated[Literal["bws", "rating"] | None, Query()] = None):
-    """Lease the next task (or return the one already leased). 204 when nothing is left.
+    """Lease the next task (or return the one already leased). 204 when nothing is left; 403 with a
+    reason when you have a quota that is done or a time limit that has passed.
     Items come under opaque handles that are valid in this assignment only (judging is blind)."""
     leased = await tasks.next_task(database, user, settings.lease_seconds, [kind] if kind else None)
     if leased is None:
@@ -106,7 +112,13 @@ NextQuery = Annotated[bool, Query(description="also lease the next task and retu
 
 
 async def _with_next(result: SubmitResult, want_next: bool, user, database, settings, handles) -> SubmitResult:
-    if want_next and (leased := await tasks.next_task(database, user, settings.lease_seconds)) is not None:
+    if not want_next:
+        return result
+    try:
+        leased = await tasks.next_task(database, user, settings.lease_seconds)
+    except tasks.WorkLimitReached:  # POST /tasks/next says why
+        leased = None
+    if leased is not None:
         result.next_task = tasks.blind_view(leased, handles)
     return result
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from app.deps import ApiAdmin, ClockDep, DatabaseDep, SettingsDep, api_admin
 from app.models import Batch, BwsJudgement, Rating, Task
 from app.routes.responses import error_responses
-from app.services import exports, imports, tasks, users
+from app.services import crowd, exports, imports, tasks, users
 from app.services import stories as stories_service
 from app.services.errors import Invalid, TooLarge
 from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
@@ -102,6 +102,16 @@ class InviteOut(BaseModel):
     url: str  # path of the sign-up page; prepend the site's origin
     role: str
     expires_at: datetime
+
+
+class CrowdInviteRequest(BaseModel):
+    name: BoundedText(200) = Field("", description="for you: which study this link is for")
+    platform: Literal["prolific", "mturk"]
+    task_quota: int = Field(ge=1, le=crowd.MAX_QUOTA, description="tasks per participant")
+    session_minutes: int | None = Field(None, ge=1, le=crowd.MAX_SESSION_MINUTES,
+                                        description="minutes from a participant's first visit; null: no limit")
+    completion_code: BoundedText(64, min_length=1) = Field(description="letters, digits, '-' or '_'")
+    completion_url: BoundedText(500, min_length=1) = Field(description="http(s) URL participants are sent to when done")
 
 
 def _user_out(user) -> UserOut:
@@ -248,6 +258,39 @@ def create_invite(body: InviteRequest, database: DatabaseDep, admin: ApiAdmin):
         invite = users.create_invite(db, body.role, admin, days=body.days)
         return InviteOut(token=invite.token, url=f"/invite/{invite.token}", role=invite.role,
                          expires_at=invite.expires_at)
+
+
+# ---------------------------------------------------------------- crowd links
+
+
+@router.post("/crowd-links", response_model=crowd.CrowdInviteInfo, status_code=201, responses=error_responses(413, 422))
+def create_crowd_link(body: CrowdInviteRequest, database: DatabaseDep, admin: ApiAdmin):
+    """A reusable sign-in link for Prolific or MTurk participants, with a quota of tasks each."""
+    with database.write() as db:
+        invite = crowd.create_crowd_invite(db, admin, **body.model_dump())
+        invite_id = invite.id
+    return _crowd_link(database, invite_id)
+
+
+@router.get("/crowd-links", response_model=list[crowd.CrowdInviteInfo])
+def list_crowd_links(database: DatabaseDep):
+    """Every crowd link, newest first, with its participants, how many finished and their judgements."""
+    with database.read() as db:
+        return crowd.list_crowd_invites(db)
+
+
+@router.post("/crowd-links/{link_id}/close", response_model=crowd.CrowdInviteInfo, responses=error_responses(404, 422))
+def close_crowd_link(link_id: DbId, database: DatabaseDep, clock: ClockDep):
+    """Refuses the link from now on, to new and returning participants alike."""
+    with database.write() as db:
+        crowd.close_crowd_invite(db, link_id, clock())
+    return _crowd_link(database, link_id)
+
+
+def _crowd_link(database, link_id: int) -> crowd.CrowdInviteInfo:
+    with database.read() as db:
+        [info] = crowd.list_crowd_invites(db, only_id=link_id)
+        return info
 
 
 # ---------------------------------------------------------------- exports

@@ -11,8 +11,8 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
-from app.models import BATCH_PRIORITIES, ROLES, utcnow
-from app.services import charts, exports, imports, stats, tasks, training, users
+from app.models import BATCH_PRIORITIES, CROWD_PLATFORMS, ROLES, utcnow
+from app.services import charts, crowd, exports, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
@@ -280,6 +280,52 @@ def create_invite(request: Request, user: PageAdmin, database: DatabaseDep,
     except ServiceError as exc:
         _flash(request, f"No invite created: {exc.message}", "bad")
     return _back("/admin/users")
+
+
+# ---------------------------------------------------------------- crowd links (Prolific, MTurk)
+
+
+@router.get("/crowd")
+def crowd_page(request: Request, user: PageAdmin, database: DatabaseDep):
+    with database.read() as db:
+        links = crowd.list_crowd_invites(db)
+    return _render(request, user, "admin/crowd.html", {
+        "links": links, "platforms": CROWD_PLATFORMS, "platform_names": crowd.PLATFORM_NAMES,
+        "origin": str(request.base_url).rstrip("/"), "max_quota": crowd.MAX_QUOTA,
+        "max_minutes": crowd.MAX_SESSION_MINUTES,
+    })
+
+
+@router.post("/crowd", dependencies=[Csrf])
+def create_crowd_link(request: Request, user: PageAdmin, database: DatabaseDep,
+                      name: Annotated[BoundedText(200), Form()] = "",
+                      platform: Annotated[BoundedText(16), Form()] = "prolific",
+                      task_quota: Annotated[DbInt, Form()] = 40,
+                      session_minutes: Annotated[BoundedText(10), Form()] = "",
+                      completion_code: Annotated[BoundedText(64), Form()] = "",
+                      completion_url: Annotated[BoundedText(500), Form()] = ""):
+    try:
+        minutes = session_minutes.strip()
+        if minutes and not minutes.isdigit():
+            raise Invalid("session_minutes: a whole number of minutes, or empty for no limit")
+        with database.write() as db:
+            invite = crowd.create_crowd_invite(
+                db, user, name=name, platform=platform, task_quota=task_quota,
+                session_minutes=int(minutes) if minutes else None,
+                completion_code=completion_code, completion_url=completion_url)
+            url = str(request.base_url).rstrip("/") + crowd.link_template(invite)
+        _flash(request, f"Crowd link created; paste it into {crowd.PLATFORM_NAMES[platform]}:", invite_url=url)
+    except ServiceError as exc:
+        _flash(request, f"No crowd link created: {exc.message}", "bad")
+    return _back("/admin/crowd")
+
+
+@router.post("/crowd/{link_id}/close", dependencies=[Csrf])
+def close_crowd_link(request: Request, link_id: DbId, user: PageAdmin, database: DatabaseDep):
+    with database.write() as db:
+        crowd.close_crowd_invite(db, link_id, utcnow())  # unknown id: 404 page
+    _flash(request, f"Crowd link #{link_id} is closed: nobody can start or resume through it.")
+    return _back("/admin/crowd")
 
 
 # ---------------------------------------------------------------- exports

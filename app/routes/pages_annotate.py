@@ -75,7 +75,10 @@ def _queue_of(request: Request, user: User) -> str:
 def _next_or_done(request: Request, database, settings, user: User) -> RedirectResponse:
     queue = _queue_of(request, user)
     kinds = QUEUES[queue]["kinds"]
-    view = from_thread.run(tasks.next_task, database, user, settings.lease_seconds, list(kinds) if kinds else None)
+    try:
+        view = from_thread.run(tasks.next_task, database, user, settings.lease_seconds, list(kinds) if kinds else None)
+    except tasks.WorkLimitReached:  # a crowd participant's quota is done or their time is up
+        return _redirect("/crowd/finished")
     if view is None:
         return _redirect(f"/done?queue={queue}")
     return _redirect(f"/task/{view.assignment_id}")

@@ -38,7 +38,7 @@ def home_of(user: User) -> str:
     return HOME_OF_ROLE.get(user.role, "/guidelines")
 
 
-def _sign_in(request: Request, database: Database, settings: Settings, now: datetime, user: User) -> None:
+def sign_in(request: Request, database: Database, settings: Settings, now: datetime, user: User) -> None:
     # Rotate the session: nothing from before the login (CSRF token included) survives it. The cookie
     # carries only the new server-side session's id.
     request.session.clear()
@@ -96,7 +96,7 @@ def login(
     except logins.WrongCredentials:
         return _login_page(request, safe_next(next), "Wrong username or password (or the account is deactivated).",
                            username, status_code=401)
-    _sign_in(request, database, settings, clock(), user)
+    sign_in(request, database, settings, clock(), user)
     return _redirect(safe_next(next) or home_of(user))
 
 
@@ -152,7 +152,7 @@ def invite_accept(
             user = users.accept_invite(db, token, username, password)
     except ServiceError as exc:
         return _invite_page(request, token, role, exc.message, username, status_code=exc.status_code)
-    _sign_in(request, database, settings, clock(), user)
+    sign_in(request, database, settings, clock(), user)
     return _redirect(home_of(user))
 
 

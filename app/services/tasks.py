@@ -59,7 +59,7 @@ from app.models import (
     utcnow,
 )
 from app.services.bws_design import design_stats, design_tuples
-from app.services.errors import Conflict, Invalid, NotFound
+from app.services.errors import Conflict, Forbidden, Invalid, NotFound
 from app.services.item_handles import ItemHandles
 from app.validation import BoundedText, DbId
 
@@ -148,6 +148,8 @@ class Progress(BaseModel):
     done_today: int
     done_total: int
     tasks_left: int
+    quota: int | None = Field(None, description="your quota of judgements, if you have one")
+    quota_left: int | None = Field(None, description="judgements left to do in your quota")
 
 
 # ---------------------------------------------------------------- building batches
@@ -453,6 +455,8 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         return None
     for _attempt in range(3):
         try:
+            if user.task_quota is not None or user.work_ends_at is not None:  # crowd participants only
+                return await _next_task_within_limits(database, user, kinds, lease_seconds)
             if database.is_sqlite:
                 return await database.run_write(lambda conn: _leased_task(
                     conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
@@ -460,6 +464,47 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         except IntegrityError:
             continue  # the same user fetched twice at once; the next attempt returns that lease
     raise Conflict("could not lease a task, please retry")
+
+
+# ---------------------------------------------------------------- quotas and time limits
+
+
+class WorkLimitReached(Forbidden):
+    """No new task for this user: their quota of judgements is done, or their time is up."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message, [{"reason": reason}])  # the API's 403 body says which in `errors`
+        self.reason = reason  # "quota_reached" | "time_up"
+
+
+LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update()
+# A quota counts judgements (submitted, or stored as surplus: the work was done), not skips, plus the
+# lease running now; an abandoned lease stops counting when it expires.
+TAKEN_FROM_QUOTA = select(func.count()).select_from(Assignment).where(
+    Assignment.user_id == bindparam("user_id"),
+    or_(Assignment.status == "submitted", Assignment.status == "surplus",
+        and_(Assignment.status == "active", Assignment.expires_at > bindparam("now"))))
+
+
+async def _next_task_within_limits(database: Database, user: User, kinds: tuple[str, ...],
+                                   lease_seconds: int) -> LeasedTask | None:
+    """next_task for a user with a quota or a time limit: the running lease if any (also past the
+    limits: work in hand can be finished), else a new one while under both. One write transaction
+    that first locks the user's row, so that concurrent requests of one user cannot both take the
+    last place of the quota. Users without limits never come here."""
+    def lease(conn: Connection) -> LeasedTask | None:
+        now = utcnow()
+        conn.execute(LOCK_USER, {"user_id": user.id})  # PostgreSQL; SQLite has one writer anyway
+        current = conn.execute(_current_lease_statement(kinds), {"user_id": user.id, "now": now}).one_or_none()
+        if current is not None:
+            return _leased_task(conn, database, Lease(*current))
+        if user.work_ends_at is not None and now >= user.work_ends_at:
+            raise WorkLimitReached("time_up", "your time for this session is up")
+        if user.task_quota is not None and conn.scalar(TAKEN_FROM_QUOTA, {"user_id": user.id, "now": now}) >= user.task_quota:
+            raise WorkLimitReached("quota_reached", f"you have done your quota of {user.task_quota} tasks")
+        return _leased_task(conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds))
+
+    return await database.run_write(lease)
 
 
 # PostgreSQL: every statement is a network round trip (and BEGIN and COMMIT are two more), which cost
@@ -751,6 +796,9 @@ def progress(database: Database, user: User) -> Progress:
         seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
         left = db.scalar(select(func.count()).select_from(Task).where(
             Task.kind.in_(kinds), Task.done_count < Task.required, Task.serve_rank < PAUSED_RANK, ~seen))
-    return Progress(done_today=done_today or 0, done_total=done_total or 0, tasks_left=left or 0)
+    done_total = done_total or 0
+    quota_left = max(0, user.task_quota - done_total) if user.task_quota is not None else None
+    return Progress(done_today=done_today or 0, done_total=done_total, tasks_left=left or 0,
+                    quota=user.task_quota, quota_left=quota_left)
 
 

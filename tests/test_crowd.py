@@ -1,0 +1,283 @@
+"""Crowd-platform sign-in (app/services/crowd.py): links, ids, resuming, quotas and time limits, on
+SQLite and PostgreSQL. The browser test is in tests/test_crowd_browser.py."""
+
+import asyncio
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.models import Assignment, CrowdParticipant, CrowdVisit, User, utcnow
+from app.services import crowd, tasks
+from app.services.errors import Invalid
+from tests.conftest import make_user, token_headers
+from tests.factories import seed_bws_batch, submit_bws_by_ids
+from tests.test_pages_annotate import HTML, csrf_of, login
+
+COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc=C0DE42"
+
+
+def new_link(client, headers, **fields) -> dict:
+    body = {"platform": "prolific", "task_quota": 2, "completion_code": "C0DE42", "completion_url": COMPLETION_URL,
+            **fields}
+    response = client.post("/api/v1/admin/crowd-links", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def prolific_query(pid: str = "5f1a2b3c4d5e6f7a8b9c0d1e", study: str = "study1", session: str = "sess1") -> str:
+    return f"PROLIFIC_PID={pid}&STUDY_ID={study}&SESSION_ID={session}"
+
+
+def join(client, token: str, query: str):
+    """Opens the link as the platform would, then presses Start."""
+    welcome = client.get(f"/join/{token}?{query}", headers=HTML)
+    assert welcome.status_code == 200, welcome.text
+    ids = dict(re.findall(r'name="(participant|study|session)" value="([^"]*)"', welcome.text))
+    return client.post(f"/join/{token}", headers=HTML, data={"csrf": csrf_of(welcome.text), **ids})
+
+
+def next_task(client):
+    page = client.get("/annotate", headers=HTML)
+    return client.post("/annotate/next", headers=HTML, data={"csrf": csrf_of(page.text)})
+
+
+def participant_user(database, pid: str) -> User:
+    with database.read() as db:
+        return db.scalar(select(User).join(CrowdParticipant, CrowdParticipant.user_id == User.id)
+                         .where(CrowdParticipant.participant_id == pid))
+
+
+# ---------------------------------------------------------------- making links
+
+
+@pytest.mark.parametrize("url", ["ftp://example.org/done", "javascript:alert(1)", "/submissions/complete",
+                                 "https://", "https://example.org/a b", "https://example.org/\x07", ""])
+def test_completion_url_must_be_absolute_http(url):
+    with pytest.raises(Invalid) as refused:
+        crowd.check_completion_url(url)
+    assert refused.value.details[0]["loc"] == ["body", "completion_url"]
+
+
+def test_completion_urls_that_pass():
+    assert crowd.check_completion_url(COMPLETION_URL) == COMPLETION_URL
+    assert crowd.check_completion_url(" http://127.0.0.1:8000/thanks ") == "http://127.0.0.1:8000/thanks"
+
+
+def test_bad_links_are_refused_naming_the_field(client, admin_headers):
+    for fields, name in [({"completion_url": "javascript:alert(1)"}, "completion_url"),
+                         ({"completion_code": "has space"}, "completion_code"),
+                         ({"task_quota": 0}, "task_quota"),
+                         ({"session_minutes": 0}, "session_minutes"),
+                         ({"platform": "upwork"}, "platform")]:
+        body = {"platform": "prolific", "task_quota": 2, "completion_code": "C0DE42", "completion_url": COMPLETION_URL,
+                **fields}
+        response = client.post("/api/v1/admin/crowd-links", headers=admin_headers, json=body)
+        assert response.status_code == 422, fields
+        assert any(name in error["loc"] for error in response.json()["errors"]), response.json()
+    assert client.get("/api/v1/admin/crowd-links", headers=admin_headers).json() == []
+
+
+def test_link_tokens_are_unguessable_and_listed_with_placeholders(client, admin_headers):
+    first, second = new_link(client, admin_headers), new_link(client, admin_headers, platform="mturk")
+    assert len(first["token"]) >= 40 and first["token"] != second["token"]
+    assert first["link"].endswith("PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}")
+    assert "workerId=" in second["link"] and "assignmentId=" in second["link"]
+    assert [link["id"] for link in client.get("/api/v1/admin/crowd-links", headers=admin_headers).json()] == \
+        [second["id"], first["id"]]
+
+
+# ---------------------------------------------------------------- signing in through a link
+
+
+def test_participant_signs_in_without_password_and_resumes(client, database, admin_headers):
+    link = new_link(client, admin_headers, session_minutes=30)
+    seed_bws_batch(database, required=3)
+    response = join(client, link["token"], prolific_query(session="sess1"))
+    assert str(response.url).endswith("/annotate")
+    user = participant_user(database, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    assert (user.role, user.task_quota) == ("annotator", 2)
+    assert user.work_ends_at - user.created_at == timedelta(minutes=30)
+    first = next_task(client)
+    assert "/task/" in str(first.url)
+
+    # A second visit (another browser, another platform session) resumes the same account and task.
+    client.cookies.clear()
+    again = join(client, link["token"], prolific_query(session="sess2"))
+    assert str(again.url).endswith("/annotate")
+    assert participant_user(database, "5f1a2b3c4d5e6f7a8b9c0d1e").id == user.id
+    assert next_task(client).url == first.url
+    with database.read() as db:
+        visits = db.scalars(select(CrowdVisit.session_id).order_by(CrowdVisit.id)).all()
+        assert visits == ["sess1", "sess2"]
+        assert db.scalar(select(func.count()).select_from(User).where(User.task_quota.is_not(None))) == 1
+
+    # Another participant gets an account of their own; nobody can log in with a password.
+    client.cookies.clear()
+    join(client, link["token"], prolific_query(pid="other-participant"))
+    assert participant_user(database, "other-participant").id != user.id
+    login = client.post("/api/v1/auth/token", json={"username": user.username, "password": crowd.NO_PASSWORD})
+    assert login.status_code == 401
+
+
+@pytest.mark.parametrize("query, named", [
+    ("STUDY_ID=s&SESSION_ID=x", "PROLIFIC_PID"),
+    ("PROLIFIC_PID=&STUDY_ID=s&SESSION_ID=x", "PROLIFIC_PID"),
+    ("PROLIFIC_PID=abc&SESSION_ID=x", "STUDY_ID"),
+    ("PROLIFIC_PID=%3Cscript%3E&STUDY_ID=s&SESSION_ID=x", "PROLIFIC_PID"),
+    ("PROLIFIC_PID=a%20b&STUDY_ID=s&SESSION_ID=x", "PROLIFIC_PID"),
+    ("PROLIFIC_PID=" + "a" * 41 + "&STUDY_ID=s&SESSION_ID=x", "PROLIFIC_PID"),
+    ("PROLIFIC_PID=abc&STUDY_ID=s&SESSION_ID=x%00", "SESSION_ID"),
+])
+def test_missing_or_bad_ids_get_an_error_page_and_no_account(client, database, admin_headers, query, named):
+    link = new_link(client, admin_headers)
+    page = client.get(f"/join/{link['token']}?{query}", headers=HTML)
+    assert page.status_code == 422
+    assert named in page.text and "Start" not in page.text
+    assert "<script>" not in page.text
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(CrowdParticipant)) == 0
+
+
+def test_forged_start_form_is_checked_too(client, database, admin_headers):
+    link = new_link(client, admin_headers)
+    welcome = client.get(f"/join/{link['token']}?{prolific_query()}", headers=HTML)
+    response = client.post(f"/join/{link['token']}", headers=HTML,
+                           data={"csrf": csrf_of(welcome.text), "participant": "x y", "study": "s", "session": "t"})
+    assert response.status_code == 422 and "PROLIFIC_PID" in response.text
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(CrowdParticipant)) == 0
+
+
+def test_mturk_link_and_its_preview(client, database, admin_headers):
+    link = new_link(client, admin_headers, platform="mturk")
+    preview = client.get(f"/join/{link['token']}?assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE&hitId=H1", headers=HTML)
+    assert preview.status_code == 422 and "accept the HIT first" in preview.text
+    join(client, link["token"], "workerId=A1B2C3D4E5&hitId=3ABCHIT&assignmentId=3XYZASSIGN")
+    user = participant_user(database, "A1B2C3D4E5")
+    assert user.username == f"mturk-{link['id']}-A1B2C3D4E5"
+    with database.read() as db:
+        visit = db.scalar(select(CrowdVisit))
+        assert (visit.study_id, visit.session_id) == ("3ABCHIT", "3XYZASSIGN")
+
+
+def test_unknown_and_closed_links_are_refused(client, database, admin_headers):
+    assert client.get(f"/join/not-a-token?{prolific_query()}", headers=HTML).status_code == 404
+    link = new_link(client, admin_headers)
+    welcome = client.get(f"/join/{link['token']}?{prolific_query()}", headers=HTML)
+    closed = client.post(f"/api/v1/admin/crowd-links/{link['id']}/close", headers=admin_headers)
+    assert closed.status_code == 200 and closed.json()["closed_at"] is not None
+    page = client.get(f"/join/{link['token']}?{prolific_query()}", headers=HTML)
+    assert page.status_code == 410 and "closed" in page.text
+    start = client.post(f"/join/{link['token']}", headers=HTML,
+                        data={"csrf": csrf_of(welcome.text), "participant": "abc", "study": "s", "session": "t"})
+    assert start.status_code == 410  # a Start page left open before the closing does not get in either
+    assert client.post("/api/v1/admin/crowd-links/999/close", headers=admin_headers).status_code == 404
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(CrowdParticipant)) == 0
+
+
+# ---------------------------------------------------------------- quota and time limit
+
+
+def test_quota_counts_down_then_the_completion_code(client, database, admin_headers):
+    link = new_link(client, admin_headers, task_quota=2)
+    seed_bws_batch(database, required=3)
+    queue = join(client, link["token"], prolific_query())
+    assert "<strong>2</strong> of 2 tasks left" in queue.text
+    user = participant_user(database, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    for left in (1, 0):
+        page = next_task(client)
+        leased = tasks.get_task(database, user, int(str(page.url).rsplit("/", 1)[1]))
+        submit_bws_by_ids(database, user, leased, leased.items[0].continuation_id, leased.items[1].continuation_id)
+        if left:
+            assert f"<strong>{left}</strong> of 2 tasks left" in client.get("/annotate", headers=HTML).text
+    done = next_task(client)
+    assert str(done.url).endswith("/crowd/finished")
+    assert "C0DE42" in done.text and f'content="5;url={COMPLETION_URL}"' in done.text.replace("&amp;", "&")
+    listed = client.get("/api/v1/admin/crowd-links", headers=admin_headers).json()[0]
+    assert (listed["participants"], listed["finished"], listed["judgements"]) == (1, 1, 2)
+    # Resuming after the end shows the code again, and no third task is leased.
+    client.cookies.clear()
+    join(client, link["token"], prolific_query(session="later"))
+    assert str(next_task(client).url).endswith("/crowd/finished")
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) == 2
+
+
+def test_skips_do_not_count_towards_the_quota(database):
+    seed_bws_batch(database, required=3)
+    user = _user_with_quota(database, "skipper", 1)
+    leased = asyncio.run(tasks.next_task(database, user, 600))
+    asyncio.run(tasks.skip_task(database, user, leased.assignment_id))
+    assert asyncio.run(tasks.next_task(database, user, 600)) is not None
+    assert tasks.progress(database, user).quota_left == 1
+
+
+def _user_with_quota(database, username: str, quota: int | None, ends=None) -> User:
+    make_user(database, username)
+    with database.write() as db:
+        db.execute(update(User).where(User.username == username).values(task_quota=quota, work_ends_at=ends))
+        return db.scalar(select(User).where(User.username == username))
+
+
+def test_api_refuses_a_new_task_once_the_quota_is_done(client, database):
+    seed_bws_batch(database, required=3)
+    user = _user_with_quota(database, "counted", 1)
+    headers = token_headers(client, "counted")
+    task = client.post("/api/v1/tasks/next", headers=headers).json()
+    assert client.post("/api/v1/tasks/next", headers=headers).json()["assignment_id"] == task["assignment_id"]
+    handles = [item["handle"] for item in task["items"]]
+    submitted = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws?next=true", headers=headers,
+                            json={"best": handles[0], "worst": handles[1], "idempotency_key": "crowd-key-1"})
+    assert submitted.status_code == 200 and submitted.json()["next_task"] is None
+    refused = client.post("/api/v1/tasks/next", headers=headers)
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "you have done your quota of 1 tasks", "errors": [{"reason": "quota_reached"}]}
+    assert client.get("/api/v1/me/progress", headers=headers).json()["quota_left"] == 0
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) == 1
+
+
+def test_concurrent_leases_of_one_participant_stay_within_the_quota(database):
+    """Eight requests at once for a participant with one place left get the same single task."""
+    seed_bws_batch(database, required=3)
+    user = _user_with_quota(database, "eager", 2)
+    first = asyncio.run(tasks.next_task(database, user, 600))
+    submit_bws_by_ids(database, user, first, first.items[0].continuation_id, first.items[1].continuation_id)
+
+    async def many():
+        return await asyncio.gather(*(tasks.next_task(database, user, 600) for _ in range(8)), return_exceptions=True)
+
+    results = asyncio.run(many())
+    assert {r.assignment_id for r in results} == {results[0].assignment_id}, results
+    submit_bws_by_ids(database, user, results[0], results[0].items[0].continuation_id,
+                      results[0].items[1].continuation_id)
+    refused = asyncio.run(many())
+    assert all(isinstance(r, tasks.WorkLimitReached) and r.reason == "quota_reached" for r in refused), refused
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) == 2
+
+
+def test_time_up_lets_the_task_in_hand_finish_then_shows_a_page(client, database, admin_headers):
+    link = new_link(client, admin_headers, task_quota=5, session_minutes=10)
+    seed_bws_batch(database, required=3)
+    join(client, link["token"], prolific_query())
+    in_hand = next_task(client).url
+    with database.write() as db:
+        db.execute(update(User).where(User.task_quota.is_not(None)).values(work_ends_at=utcnow() - timedelta(seconds=1)))
+    assert next_task(client).url == in_hand  # the running lease is still shown
+    user = participant_user(database, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    leased = tasks.get_task(database, user, int(str(in_hand).rsplit("/", 1)[1]))
+    submit_bws_by_ids(database, user, leased, leased.items[0].continuation_id, leased.items[1].continuation_id)
+    page = next_task(client)
+    assert str(page.url).endswith("/crowd/finished")
+    assert "Your time is up" in page.text and "<strong>1</strong> of 5" in page.text
+    assert "C0DE42" not in page.text
+
+
+def test_finished_page_sends_others_back_to_work(client, database):
+    make_user(database, "plain")
+    login(client, "plain")
+    assert client.get("/crowd/finished", headers=HTML, follow_redirects=False).headers["location"] == "/annotate"
