@@ -297,7 +297,8 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
     return StreamingResponse(
         exports.stream_export(database, name, fmt),
         media_type=exports.media_type(fmt),
-        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"'},
+        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"',
+                 **exports.metadata_header(database)},
     )
 
 
