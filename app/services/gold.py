@@ -99,6 +99,20 @@ class GoldItemView(BaseModel):
     correct: int
 
 
+class TaskSummary(BaseModel):
+    task_id: int
+    kind: str
+    prompt: str
+    is_gold: bool
+
+
+def batch_tasks(db: Session, batch_id: int, limit: int = 100) -> list[TaskSummary]:
+    """A batch's first tasks, to pick gold ones from on the admin page."""
+    golds = set(db.scalars(select(GoldItem.task_id).join(Task, Task.id == GoldItem.task_id).where(Task.batch_id == batch_id)))
+    tasks = db.scalars(select(Task).where(Task.batch_id == batch_id).order_by(Task.id).limit(limit)).all()
+    return [TaskSummary(task_id=t.id, kind=t.kind, prompt=t.prompt.text, is_gold=t.id in golds) for t in tasks]
+
+
 def _invalid(field: str, message: str) -> Invalid:
     return Invalid(f"{field}: {message}", [{"loc": ["body", field], "msg": message}])
 
