@@ -295,3 +295,44 @@ def test_api_marks_gold_serves_it_blind_scores_and_excludes(client, database, ad
     assert client.delete(f"/api/v1/admin/gold/items/{gold_task.id}", headers=admin_headers).status_code == 204
     assert client.delete(f"/api/v1/admin/gold/items/{gold_task.id}", headers=admin_headers).status_code == 404
     assert client.get("/api/v1/admin/gold/items", headers=ann).status_code == 403
+
+
+# ---------------------------------------------------------------- import
+
+
+GOLD_IMPORT = "\n".join(json.dumps(record) for record in [
+    {"prompt_id": "g", "prompt": "The fox.", "continuation": "A fine ending.", "source": "s", "gold_tuple": "t1", "gold": "best"},
+    {"prompt_id": "g", "prompt": "The fox.", "continuation": "An ending.", "source": "s", "gold_tuple": "t1"},
+    {"prompt_id": "g", "prompt": "The fox.", "continuation": "Another ending.", "source": "s", "gold_tuple": "t1"},
+    {"prompt_id": "g", "prompt": "The fox.", "continuation": "fox fox fox fox", "source": "s", "gold_tuple": "t1", "gold": "worst"},
+    {"prompt_id": "g", "prompt": "The fox.", "continuation": "asdf qwer", "source": "s", "gold_rating": "grammar=1-2; plot=1-2"},
+]).encode()
+
+
+def test_import_makes_gold_tuples_and_rating_items(database):
+    from app.services import imports
+
+    summary = imports.import_file(database, GOLD_IMPORT, "gold.jsonl")
+    assert summary.gold_items_created == 2 and summary.continuations_created == 5
+    with database.read() as db:
+        items = {item.kind: item for item in gold.list_items(db)}
+    texts = dict(items["bws"].items)
+    assert (texts[items["bws"].best_id], texts[items["bws"].worst_id]) == ("A fine ending.", "fox fox fox fox")
+    assert items["rating"].rating_ranges == {"grammar": (1, 2), "plot": (1, 2)}
+
+
+@pytest.mark.parametrize(("record", "field"), [
+    ({"gold": "best"}, "gold"),  # without a gold_tuple
+    ({"gold_tuple": "t", "gold": "middle"}, "gold"),
+    ({"gold_rating": "6-7"}, "gold_rating"),
+    ({"gold_tuple": "t"}, "gold_tuple"),  # one continuation is no tuple (and no known pick)
+])
+def test_import_refuses_bad_gold_fields_naming_them(database, record, field):
+    from app.services import imports
+
+    data = json.dumps({"prompt": "P", "continuation": "C", "source": "s", **record}).encode()
+    with pytest.raises(gold.Invalid) as refused:
+        imports.import_file(database, data, "bad.jsonl")
+    assert field in {error["field"] for error in refused.value.details}
+    with database.read() as db:
+        assert gold.list_items(db) == []
