@@ -203,9 +203,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     from app.routes import pages_stories  # what each version wrote, side by side
     from app.routes import api_docs  # /api/docs from our own static files
     from app.routes import pages_crowd  # crowd-platform sign-in (Prolific, MTurk)
+    from app.routes import api_gold  # gold checks and excluding annotators
 
     for module in (api, api_admin, api_overview, api_training, pages_auth, pages_annotate, pages_admin, pages_stories,
-                   api_eval, pages_eval, api_docs, pages_crowd):
+                   api_eval, pages_eval, api_docs, pages_crowd, api_gold):
         app.include_router(module.router)
 
     @app.get("/favicon.ico", include_in_schema=False)

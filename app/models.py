@@ -355,6 +355,45 @@ class Rating(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+# ---------------------------------------------------------------- gold checks (app/services/gold.py)
+
+
+class GoldItem(Base):
+    """A task whose answer is known, to check annotators with: served to everyone once, at the gold
+    rate, instead of by the serving order (its task's serve_rank is GOLD_RANK meanwhile). A BWS
+    tuple names its known best and/or worst; a rating item names a range per dimension."""
+
+    __tablename__ = "gold_item"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    best_id: Mapped[int | None] = mapped_column(ForeignKey("continuation.id"))
+    worst_id: Mapped[int | None] = mapped_column(ForeignKey("continuation.id"))
+    rating_ranges: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {dimension: [low, high]}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AnnotatorExclusion(Base):
+    """An annotator whose judgements exports and training leave out, until an admin includes them again
+    (the row is deleted then)."""
+
+    __tablename__ = "annotator_exclusion"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True)
+    excluded_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="SET NULL"))
+    excluded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str] = mapped_column(String(500), default="")  # e.g. the gold accuracy at the time
+
+
+class AppSetting(Base):
+    """Settings an admin changes at run time (the gold checks' rate and thresholds), as JSON by key."""
+
+    __tablename__ = "app_setting"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # ---------------------------------------------------------------- trainer
 
 

@@ -125,7 +125,8 @@ def test_dashboard_shows_the_numbers(admin, database):
     # Annotator rows: a has 2 BWS, median 2.0 s, agreement 50 % / 50 %.
     row_a = re.search(r"<tr><td>a</td>.*?</tr>", body, re.S).group(0)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row_a, re.S)
-    assert [html.unescape(c).strip() for c in cells] == ["a", "annotator", "2", "0", "0", "0", "2.0 s", "–", "50 %", "50 %", "1"]
+    assert [html.unescape(c).strip() for c in cells[:12]] == ["a", "annotator", "2", "0", "0", "0", "2.0 s", "–", "50 %", "50 %", "1", "–"]
+    assert ">Exclude</button>" in cells[12]  # no gold answers yet; their judgements are used
     # Chart: an SVG with labelled axes and 24 bars.
     assert "<svg" in body and "hour of day (UTC)" in body and ">judgements</text>" in body
     assert body.count('class="bar-bws"') == 24

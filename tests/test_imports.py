@@ -38,7 +38,7 @@ def test_jsonl_import_dedups_prompts_and_records_provenance(client, database, ad
     response = _upload(client, admin_headers, data, "stories.jsonl")
     assert response.status_code == 201, response.text
     assert response.json() == {"prompts_created": 3, "prompts_existing": 0, "continuations_created": 4,
-                               "sources_created": 2}
+                               "sources_created": 2, "gold_items_created": 0}
     with database.read() as db:
         prompts = {p.text: p for p in db.scalars(select(Prompt))}
         assert set(prompts) == {"Once upon a time", "Long ago", "In a small town"}
@@ -62,7 +62,7 @@ def test_jsonl_import_dedups_prompts_and_records_provenance(client, database, ad
     )
     response = _upload(client, admin_headers, again, "more.jsonl")
     assert response.json() == {"prompts_created": 0, "prompts_existing": 2, "continuations_created": 2,
-                               "sources_created": 0}
+                               "sources_created": 0, "gold_items_created": 0}
     with database.read() as db:
         version = db.scalar(select(ModelVersion).where(ModelVersion.name == "policy-v3"))
         assert version.kind == "policy"
@@ -78,7 +78,7 @@ def test_csv_import_with_quoted_multiline_text_and_sniffing(client, database, ad
     response = _upload(client, admin_headers, data, "upload.bin")  # no telling extension: sniffed as CSV
     assert response.status_code == 201, response.text
     assert response.json() == {"prompts_created": 2, "prompts_existing": 0, "continuations_created": 2,
-                               "sources_created": 1}
+                               "sources_created": 1, "gold_items_created": 0}
     with database.read() as db:
         texts = set(db.scalars(select(Continuation.text)))
         assert texts == {" first line\nsecond line", " caf\u00e9"}
@@ -90,7 +90,7 @@ def test_json_array_and_sniffed_jsonl(client, database, admin_headers):
     assert _upload(client, admin_headers, array, "stories.json").json()["prompts_created"] == 2
     lines = _jsonl({"prompt": "C", "continuation": " c", "source": "s"})
     assert _upload(client, admin_headers, lines, "upload").json() == {
-        "prompts_created": 1, "prompts_existing": 0, "continuations_created": 1, "sources_created": 0}
+        "prompts_created": 1, "prompts_existing": 0, "continuations_created": 1, "sources_created": 0, "gold_items_created": 0}
     assert _counts(database) == (3, 2, 1)
 
 

@@ -1,7 +1,8 @@
 """From stored judgements to training data: implied preference pairs with a held-out split.
 
 Every BWS judgement (surplus ones too: nothing a person did is thrown away) becomes its 2k-3 implied
-pairs. The held-out split is by judgement, not by pair, and fixed per judgement across rounds, so no
+pairs, except those an admin left out: judgements by excluded annotators, and those on gold tasks
+(app/services/gold.py, as in the exports). The held-out split is by judgement, not by pair, and fixed per judgement across rounds, so no
 pair of a held-out judgement leaks into training, not even through a warm-started reward model.
 Training pairs are split into those of judgements new since the previous reward model and the rest,
 so a round can train on the new pairs plus a sample of the old (a cost that does not grow with history).
@@ -14,6 +15,7 @@ from sqlalchemy import select
 
 from app.db import Database
 from app.models import BwsJudgement, Continuation, Prompt, Task
+from app.services.gold import usable
 from app.services.scoring import BwsAnnotation, counting_scores, implied_pairs, pair_margin
 from app.services.story_text import completion_text
 
@@ -69,6 +71,7 @@ def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0
         judgements = db.execute(
             select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id, Task.prompt_id)
             .join(Task, Task.id == BwsJudgement.task_id)
+            .where(usable(BwsJudgement))
             .order_by(BwsJudgement.id)
         ).all()
         needed = {c for j in judgements for c in j.shown_order}

@@ -46,6 +46,7 @@ from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingLog, TrainingRound, utcnow
 from app.services.scoring import BwsAnnotation, ItemTally, counting_tallies
 from app.services.evaluation import CampaignCreate, create_campaign
+from app.services.gold import usable
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from app.services.training import BAKEOFF, ROUND_ALGORITHMS
@@ -310,7 +311,8 @@ def _train_dpo(database, cfg, model, ref_model, tokenizer, reporter):
 
 def _bws_tallies(db) -> dict[int, ItemTally]:
     """Counting score, appearances, best and worst of every judged continuation."""
-    rows = db.execute(select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id)).all()
+    rows = db.execute(select(BwsJudgement.id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id)
+                      .where(usable(BwsJudgement))).all()
     return counting_tallies(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in rows)
 
 
@@ -531,7 +533,7 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
 def judgements_since_last_round(database: Database) -> tuple[int, int]:
     """(judgements now, judgements the last finished round used)."""
     with database.read() as db:
-        now = db.scalar(select(func.count()).select_from(BwsJudgement)) or 0
+        now = db.scalar(select(func.count()).select_from(BwsJudgement).where(usable(BwsJudgement))) or 0
         used = db.scalar(select(func.max(TrainingRound.judgements_used)).where(TrainingRound.status == "done")) or 0
     return now, used
 
@@ -545,4 +547,4 @@ def newest_round_judgements(database: Database) -> int | None:
         if batch_id is None:
             return None
         return db.scalar(select(func.count()).select_from(BwsJudgement).join(Task, Task.id == BwsJudgement.task_id)
-                         .where(Task.batch_id == batch_id)) or 0
+                         .where(Task.batch_id == batch_id, usable(BwsJudgement))) or 0

@@ -302,6 +302,13 @@ def list_exports() -> dict[str, Any]:
     return {"formats": list(exports.FORMATS), "exports": exports.describe()}
 
 
+@router.get("/exports/metadata")
+def export_metadata(database: DatabaseDep) -> dict[str, Any]:
+    """What exports leave out now: excluded annotators and gold tasks (also each download's
+    X-Storyloop-Export-Metadata header, and a Parquet file's schema metadata)."""
+    return exports.export_metadata(database)
+
+
 @router.get("/exports/{name}.{fmt}", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/vnd.apache.parquet": {}}},
                        **error_responses(404, 422)})
@@ -311,7 +318,7 @@ def download_export(name: str, fmt: str, database: DatabaseDep):
     return StreamingResponse(
         body, media_type=exports.media_type(fmt),
         headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"',
-                 "Cache-Control": "no-store"},
+                 "Cache-Control": "no-store", **exports.metadata_header(database)},
     )
 
 

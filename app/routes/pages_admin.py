@@ -5,14 +5,14 @@ answers with a 303 redirect back to its page, with a flash message kept in the s
 next page render pops it. All text is rendered by autoescaping Jinja templates.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.deps import Csrf, DatabaseDep, PageAdmin, SettingsDep
-from app.models import BATCH_PRIORITIES, CROWD_PLATFORMS, ROLES, utcnow
-from app.services import charts, crowd, exports, imports, stats, tasks, training, users
+from app.models import BATCH_PRIORITIES, CROWD_PLATFORMS, RATING_DIMENSIONS, ROLES, utcnow
+from app.services import charts, crowd, exports, gold, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
@@ -92,7 +92,10 @@ def _nice_steps():
 @router.get("")
 def dashboard(request: Request, user: PageAdmin, database: DatabaseDep):
     data = stats.overview(database)
-    return _render(request, user, "admin/dashboard.html", {"o": data, "chart": bar_chart(data.per_hour)})
+    gold_report = gold.annotator_report(database)
+    return _render(request, user, "admin/dashboard.html", {
+        "o": data, "chart": bar_chart(data.per_hour),
+        "gold_by_user": {a.user_id: a for a in gold_report.annotators}, "gold_items": gold_report.gold_items})
 
 
 @router.get("/scores")
@@ -343,7 +346,8 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
     return StreamingResponse(
         exports.stream_export(database, name, fmt),
         media_type=exports.media_type(fmt),
-        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"'},
+        headers={"Content-Disposition": f'attachment; filename="{exports.filename(name, fmt)}"',
+                 **exports.metadata_header(database)},
     )
 
 
@@ -405,3 +409,107 @@ def training_request_bakeoff(request: Request, user: PageAdmin, database: Databa
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")
+
+
+# ---------------------------------------------------------------- gold checks
+
+
+@router.get("/gold")
+def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
+              task_id: Annotated[DbId | None, Query()] = None, batch_id: Annotated[DbId | None, Query()] = None):
+    report = gold.annotator_report(database)
+    with database.read() as db:
+        items = gold.list_items(db)
+        marking = None
+        if task_id is not None:
+            try:
+                marking = gold.task_for_marking(db, task_id)
+            except ServiceError as exc:
+                request.session["flash"] = {"message": exc.message, "kind": "bad"}
+        candidates = gold.batch_tasks(db, batch_id) if batch_id is not None else []
+        batches = stats.batch_progress(db)
+    return _render(request, user, "admin/gold.html", {
+        "report": report, "items": items, "marking": marking, "dimensions": RATING_DIMENSIONS,
+        "batches": batches, "batch_id": batch_id, "candidates": candidates})
+
+
+def _gold_form_answer(kind: str, form) -> gold.GoldAnswer:
+    """The known answer from the marking form: best/worst radios, or a low and high per dimension."""
+    def number(name: str) -> int | None:
+        value = (form.get(name) or "").strip()
+        if not value:
+            return None
+        if not value.isdigit() or len(value) > 9:
+            raise Invalid(f"{name}: a whole number", [{"loc": ["body", name], "msg": "a whole number"}])
+        return int(value)
+
+    if kind == "bws":
+        return gold.GoldAnswer(best_id=number("best_id"), worst_id=number("worst_id"))
+    ranges = {}
+    for dimension in RATING_DIMENSIONS:
+        low, high = number(f"low_{dimension}"), number(f"high_{dimension}")
+        if low is not None or high is not None:
+            ranges[dimension] = (low or 1, high or 5)
+    return gold.GoldAnswer(rating_ranges=ranges)
+
+
+@router.post("/gold/items/{task_id}", dependencies=[Csrf])
+async def gold_mark(request: Request, user: PageAdmin, database: DatabaseDep, task_id: DbId):
+    form = await request.form()
+    try:
+        with database.write() as db:
+            kind = gold.task_for_marking(db, task_id).kind
+            gold.mark(db, task_id, _gold_form_answer(kind, form))
+        gold.forget_serving(database)
+        _flash(request, f"Task #{task_id} is gold now.")
+    except ServiceError as exc:
+        _flash(request, f"Not marked: {exc.message}", "bad")
+        return _back(f"/admin/gold?task_id={task_id}")
+    return _back("/admin/gold")
+
+
+@router.post("/gold/items/{task_id}/unmark", dependencies=[Csrf])
+def gold_unmark(request: Request, user: PageAdmin, database: DatabaseDep, task_id: DbId):
+    try:
+        with database.write() as db:
+            gold.unmark(db, task_id)
+        gold.forget_serving(database)
+        _flash(request, f"Task #{task_id} is a normal task again.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin/gold")
+
+
+@router.post("/gold/settings", dependencies=[Csrf])
+def gold_settings(request: Request, user: PageAdmin, database: DatabaseDep,
+                  rate_percent: Annotated[str, Form(max_length=20)] = "",
+                  threshold_percent: Annotated[str, Form(max_length=20)] = "",
+                  min_answers: Annotated[str, Form(max_length=20)] = ""):
+    try:
+        settings = gold.GoldSettings(rate=float(rate_percent) / 100, accuracy_threshold=float(threshold_percent) / 100,
+                                     min_answers=int(min_answers))
+    except ValueError:  # pydantic's ValidationError is one too
+        _flash(request, "Settings not changed: the gold rate and the threshold are percentages from 0 to 100, "
+                        "the minimum of gold answers a whole number from 1.", "bad")
+        return _back("/admin/gold")
+    gold.set_settings(database, settings)
+    _flash(request, f"Gold checks: {settings.rate:.0%} of tasks; flagged below {settings.accuracy_threshold:.0%} "
+                    f"after {settings.min_answers} gold answers.")
+    return _back("/admin/gold")
+
+
+@router.post("/users/{user_id}/exclusion", dependencies=[Csrf])
+def set_exclusion(request: Request, user: PageAdmin, database: DatabaseDep, user_id: DbId,
+                  exclude: Annotated[bool, Form()] = False, note: Annotated[BoundedText(gold.NOTE_MAX), Form()] = "",
+                  back: Annotated[Literal["dashboard", "gold"], Form()] = "gold"):
+    try:
+        with database.write() as db:
+            name = users.get_user(db, user_id).username
+            if exclude:
+                gold.exclude(db, user_id, user, note)
+            else:
+                gold.include(db, user_id)
+        _flash(request, f"{name}'s judgements are {'left out of' if exclude else 'back in'} exports and training.")
+    except ServiceError as exc:
+        _flash(request, exc.message, "bad")
+    return _back("/admin" if back == "dashboard" else "/admin/gold")

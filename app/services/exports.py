@@ -22,6 +22,11 @@ Exports (columns in order):
   are never compared, so one global fit would only join disconnected components arbitrarily) and
   centred to mean 0 within each prompt: compare bt_scores within a prompt, not across prompts.
 
+Left out of every export (app/services/gold.py): judgements by annotators an admin excluded, and
+judgements on gold tasks (quality checks). The export's metadata says so and names the excluded
+annotators: `export_metadata` (the API's X-Storyloop-Export-Metadata header, and `storyloop` in a
+Parquet file's schema metadata).
+
 Surplus judgements (late, or beyond R) are exported and counted in scores like any other; filter on
 `is_surplus` to leave them out. CSV: lists are JSON-encoded strings, booleans `true`/`false`, nulls
 empty, and a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading
@@ -48,6 +53,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Rating, Task, User
+from app.services import gold
 from app.services.errors import NotFound
 from app.services.scoring import BwsAnnotation, bradley_terry_scores, counting_scores, implied_pairs, pair_margin
 from app.services.story_text import completion_text
@@ -119,6 +125,7 @@ def _bws_stats(db: Session) -> _BwsStats:
         select(BwsJudgement.id, BwsJudgement.task_id, Task.prompt_id, BwsJudgement.shown_order,
                BwsJudgement.best_id, BwsJudgement.worst_id)
         .join(Task, Task.id == BwsJudgement.task_id)
+        .where(gold.usable(BwsJudgement))
     )
     for page in _pages(db, query, BwsJudgement.id):
         for _id, task_id, prompt_id, shown, best_id, worst_id in page:
@@ -150,6 +157,7 @@ def _pairs(db: Session) -> Iterator[list[Row]]:
                BwsJudgement.best_id, BwsJudgement.worst_id, BwsJudgement.is_surplus)
         .join(Task, Task.id == BwsJudgement.task_id)
         .join(User, User.id == BwsJudgement.user_id)
+        .where(gold.usable(BwsJudgement))
     )
     for page in _pages(db, query, BwsJudgement.id, size=max(1, CHUNK // 5)):  # ~5 pairs per judgement
         continuation_ids = {c for row in page for c in row.shown_order}
@@ -196,6 +204,7 @@ def _judgements(db: Session) -> Iterator[list[Row]]:
                BwsJudgement.is_surplus, BwsJudgement.created_at)
         .join(Task, Task.id == BwsJudgement.task_id)
         .join(User, User.id == BwsJudgement.user_id)
+        .where(gold.usable(BwsJudgement))
     )
     for page in _pages(db, query, BwsJudgement.id):
         yield [
@@ -226,6 +235,7 @@ def _ratings(db: Session) -> Iterator[list[Row]]:
                Rating.duration_ms, Rating.is_surplus, Rating.created_at)
         .join(Continuation, Continuation.id == Rating.continuation_id)
         .join(User, User.id == Rating.user_id)
+        .where(gold.usable(Rating))
     )
     for page in _pages(db, query, Rating.id):
         yield [
@@ -384,9 +394,21 @@ def stream_export(database: Database, name: str, fmt: str) -> Iterator[bytes]:
 
     def generate() -> Iterator[bytes]:
         with database.read() as db:
-            yield from _WRITERS[fmt](export.chunks(db), export.schema)
+            schema = export.schema.with_metadata({"storyloop": json.dumps({"export": name, **gold.export_metadata(db)})})
+            yield from _WRITERS[fmt](export.chunks(db), schema)
 
     return generate()
+
+
+def export_metadata(database: Database) -> dict[str, Any]:
+    """What exports leave out right now (excluded annotators, gold tasks), as their metadata records it."""
+    with database.read() as db:
+        return gold.export_metadata(db)
+
+
+def metadata_header(database: Database) -> dict[str, str]:
+    """The metadata as an HTTP header of a download (JSON in ASCII, which headers can carry)."""
+    return {"X-Storyloop-Export-Metadata": json.dumps(export_metadata(database), ensure_ascii=True)}
 
 
 def media_type(fmt: str) -> str:

@@ -10,6 +10,12 @@ One record (JSONL object or CSV row) per continuation:
     prompt_id        optional external id of the prompt. Prompts are de-duplicated by external id, else
                      (rows without one) by exact text.
     continuation_id  optional external id of the continuation, unique in the file and in the database.
+    gold_tuple       optional: records with the same gold_tuple (any text) form one gold BWS tuple
+                     (app/services/gold.py): 3 to 16 continuations of one prompt, served as a gold check.
+    gold             "best" or "worst" in a gold tuple: its known best and worst (one of each at most,
+                     at least one of them per tuple).
+    gold_rating      optional: this continuation becomes a gold rating item with a known range,
+                     "1-2" (every dimension) or "grammar=1-2; plot=1-3".
 
 Other keys / columns are ignored. In CSV an empty cell means "absent"; in JSON use null or leave the key
 out (an empty or blank string is an error). Texts are stored exactly as given (no stripping: GPT-2 style
@@ -35,14 +41,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Database
-from app.models import Continuation, ModelVersion, Prompt
+from app.models import Batch, Continuation, ModelVersion, Prompt, Task, TaskItem
+from app.services import gold
 from app.services.errors import Conflict, Invalid
+from app.services.tasks import build_rating_batch
 from app.validation import storable_text
 
 MAX_TEXT = 20_000
 MAX_NAME = 200  # ModelVersion.name, Prompt.external_id and Continuation.external_id are String(200)
 MAX_ERRORS = 50
-FIELDS = ("prompt", "continuation", "source", "prompt_id", "continuation_id")
+FIELDS = ("prompt", "continuation", "source", "prompt_id", "continuation_id", "gold_tuple", "gold", "gold_rating")
+GOLD_TUPLE_SIZES = (3, 16)  # a BWS tuple needs 3 items; the lease shows at most 16 in shuffled order
 _IN_CHUNK = 500  # ids per IN (...) query
 
 
@@ -57,8 +66,11 @@ class ImportRow(BaseModel):
     source: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     prompt_id: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     continuation_id: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    gold_tuple: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    gold: str | None = None
+    gold_rating: str | None = Field(None, min_length=1, max_length=MAX_NAME)
 
-    @field_validator("prompt", "continuation", "source", "prompt_id", "continuation_id")
+    @field_validator("prompt", "continuation", "source", "prompt_id", "continuation_id", "gold_tuple", "gold_rating")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -71,6 +83,16 @@ class ImportRow(BaseModel):
             raise _FieldError("source", "is required when a continuation is given (the model or source that wrote it)")
         if self.continuation is None and self.continuation_id is not None:
             raise _FieldError("continuation_id", "given without a continuation")
+        for field in ("gold_tuple", "gold_rating"):
+            if self.continuation is None and getattr(self, field) is not None:
+                raise _FieldError(field, "given without a continuation")
+        if self.gold is not None and (self.gold not in ("best", "worst") or self.gold_tuple is None):
+            raise _FieldError("gold", 'is "best" or "worst" in a gold_tuple')
+        if self.gold_rating is not None:
+            try:
+                gold.parse_rating_ranges(self.gold_rating)
+            except ValueError as exc:
+                raise _FieldError("gold_rating", str(exc)) from None
         return self
 
 
@@ -79,6 +101,7 @@ class ImportSummary(BaseModel):
     prompts_existing: int = 0
     continuations_created: int = 0
     sources_created: int = 0
+    gold_items_created: int = 0
 
 
 class _FieldError(ValueError):
@@ -251,10 +274,29 @@ def parse_upload(data: bytes, filename: str = "") -> list[ImportRow]:
         delimiter = "\t" if (filename or "").lower().endswith(".tsv") else ","
         rows = _parse_csv(text, errors, delimiter)
     _check_duplicate_ids(rows, errors)
+    _check_gold_tuples(rows, errors)
     errors.raise_if_any()
     if not rows:
         _fail(None, None, "the file has no records")
     return rows
+
+
+def _check_gold_tuples(rows: Sequence[ImportRow], errors: _Errors) -> None:
+    """Each gold tuple: one prompt, 3 to 16 continuations, at most one best and one worst, one of them at least."""
+    groups: dict[str, list[ImportRow]] = {}
+    for row in rows:
+        if row.gold_tuple is not None:
+            groups.setdefault(row.gold_tuple, []).append(row)
+    low, high = GOLD_TUPLE_SIZES
+    for name, members in groups.items():
+        first = members[0]
+        if len({(row.prompt_id, row.prompt) for row in members}) > 1:
+            errors.add(first.line, "gold_tuple", f"gold tuple {name!r} mixes prompts; a tuple is of one prompt")
+        if not low <= len(members) <= high:
+            errors.add(first.line, "gold_tuple", f"gold tuple {name!r} has {len(members)} continuations, not {low} to {high}")
+        picks = [row.gold for row in members if row.gold is not None]
+        if not picks or picks.count("best") > 1 or picks.count("worst") > 1:
+            errors.add(first.line, "gold", f"gold tuple {name!r} needs one known best and/or one known worst")
 
 
 def _check_duplicate_ids(rows: Sequence[ImportRow], errors: _Errors) -> None:
@@ -283,11 +325,13 @@ def _chunks(values: Iterable, size: int = _IN_CHUNK) -> Iterable[list]:
         yield values[i : i + size]
 
 
-def import_rows(db: Session, rows: Sequence[ImportRow]) -> ImportSummary:
+def import_rows(db: Session, rows: Sequence[ImportRow], name: str = "") -> ImportSummary:
     """Stores validated rows in the caller's transaction; raises Invalid (nothing stored by the caller's
-    rollback) on duplicate continuation ids or prompt ids whose stored text differs."""
+    rollback) on duplicate continuation ids or prompt ids whose stored text differs. Gold tuples and
+    gold rating items go into a batch each, named after the import (`name`)."""
     errors = _Errors()
     _check_duplicate_ids(rows, errors)
+    _check_gold_tuples(rows, errors)
     errors.raise_if_any()
     summary = ImportSummary()
 
@@ -331,6 +375,7 @@ def import_rows(db: Session, rows: Sequence[ImportRow]) -> ImportSummary:
     created_by_ext: dict[str, int] = {}
     created_by_text: dict[str, int] = {}
     pending: list[Continuation] = []
+    gold_rows: list[tuple[ImportRow, Continuation]] = []
     for row in rows:
         if row.prompt_id is not None:
             if row.prompt_id in by_ext:
@@ -355,6 +400,8 @@ def import_rows(db: Session, rows: Sequence[ImportRow]) -> ImportSummary:
         if row.continuation is not None:
             pending.append(Continuation(prompt_id=prompt_id, model_version_id=versions[row.source], text=row.continuation,
                                         external_id=row.continuation_id, generation_settings={}))
+            if row.gold_tuple is not None or row.gold_rating is not None:
+                gold_rows.append((row, pending[-1]))
             if len(pending) >= 1000:
                 db.add_all(pending)
                 db.flush()
@@ -364,7 +411,35 @@ def import_rows(db: Session, rows: Sequence[ImportRow]) -> ImportSummary:
     db.flush()
     summary.continuations_created += len(pending)
     summary.prompts_existing = len(existing_used)
+    summary.gold_items_created = _store_gold(db, gold_rows, name)
     return summary
+
+
+def _store_gold(db: Session, gold_rows: list[tuple[ImportRow, Continuation]], name: str) -> int:
+    """The gold tuples and gold rating items of an import, each kind in a batch of its own (R = 1: gold
+    tasks go to everyone once whatever R is). Returns how many."""
+    label = f"Gold checks from {name or 'an import'}"[:200]
+    tuples: dict[str, list[tuple[ImportRow, Continuation]]] = {}
+    for row, continuation in gold_rows:
+        if row.gold_tuple is not None:
+            tuples.setdefault(row.gold_tuple, []).append((row, continuation))
+    if tuples:
+        batch = Batch(name=label, kind="bws", annotations_per_task=1, design={"gold": True})
+        db.add(batch)
+        db.flush()
+        for members in tuples.values():
+            task = Task(batch_id=batch.id, kind="bws", prompt_id=members[0][1].prompt_id, required=1)
+            task.items = [TaskItem(position=p, continuation_id=c.id) for p, (_row, c) in enumerate(members)]
+            db.add(task)
+            db.flush()
+            known = {row.gold: c.id for row, c in members if row.gold is not None}
+            gold.mark(db, task.id, gold.GoldAnswer(best_id=known.get("best"), worst_id=known.get("worst")))
+    rated = [(row, c) for row, c in gold_rows if row.gold_rating is not None]
+    if rated:
+        batch = build_rating_batch(db, label, [c.id for _row, c in rated], required=1)
+        for (row, _c), task_id in zip(rated, db.scalars(select(Task.id).where(Task.batch_id == batch.id).order_by(Task.id)), strict=True):
+            gold.mark(db, task_id, gold.GoldAnswer(rating_ranges=gold.parse_rating_ranges(row.gold_rating)))
+    return len(tuples) + len(rated)
 
 
 def _new_prompt(db: Session, text: str, external_id: str | None) -> int:
@@ -379,10 +454,13 @@ def import_file(database: Database, data: bytes, filename: str = "") -> ImportSu
     rows = parse_upload(data, filename)
     try:
         with database.write() as db:
-            return import_rows(db, rows)
+            summary = import_rows(db, rows, filename)
     except IntegrityError as exc:  # a concurrent import took an external id or source name meanwhile
         raise Conflict("the import collided with a concurrent change (an external id or source name was "
                        "taken meanwhile); nothing was imported, please retry") from exc
+    if summary.gold_items_created:
+        gold.forget_serving(database)
+    return summary
 
 
 # ---------------------------------------------------------------- choosing prompts (admin pages and API)

@@ -377,7 +377,7 @@ def judgements_per_hour(db: Session, now: datetime | None = None, hours: int = 2
 # ---------------------------------------------------------------- annotators
 
 
-def _medians(db: Session) -> dict[tuple[int, str], float]:
+def median_durations(db: Session) -> dict[tuple[int, str], float]:
     """Median duration_ms per (user, kind). PostgreSQL computes it; SQLite has no median, so the
     durations come back sorted and Python takes the middle."""
     parts = [
@@ -412,7 +412,7 @@ def _annotators(db: Session, bws: _BwsData) -> list[AnnotatorStats]:
         select(Assignment.user_id, func.count()).where(Assignment.status == "skipped").group_by(Assignment.user_id)
     ):
         per_user[user_id]["skips"] += n
-    medians = _medians(db)
+    medians = median_durations(db)
     agreement = _agreement_by_user(bws)
     people = db.execute(
         select(User.id, User.username, User.role, User.is_active)

@@ -58,6 +58,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.services import gold_serving
 from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Forbidden, Invalid, NotFound
 from app.services.item_handles import ItemHandles
@@ -247,11 +248,12 @@ def serve_rank(priority: str, is_newest_round: bool) -> int:
 def _refresh_serve_ranks(db: Session, batch_ids: Sequence[int]) -> None:
     """Copies each batch's rank onto its tasks. Rows already right are not written, nor complete
     tasks (never served again): on PostgreSQL each written row stays locked until the commit, and
-    annotators counting a judgement on it would wait."""
+    annotators counting a judgement on it would wait. Gold tasks keep their own rank (gold_serving.py)."""
     for batch_id, priority, newest in db.execute(
             select(Batch.id, Batch.priority, Batch.is_newest_round).where(Batch.id.in_(sorted(set(batch_ids))))):
         rank = serve_rank(priority, newest)
         db.execute(update(Task).where(Task.batch_id == batch_id, Task.serve_rank != rank,
+                                      Task.serve_rank != gold_serving.GOLD_RANK,
                                       Task.done_count < Task.required).values(serve_rank=rank))
 
 
@@ -455,8 +457,13 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
         return None
     for _attempt in range(3):
         try:
+            gold_due = await gold_serving.due(database, kinds)  # a cached flag: no query when there is no gold
             if user.task_quota is not None or user.work_ends_at is not None:  # crowd participants only
-                return await _next_task_within_limits(database, user, kinds, lease_seconds)
+                return await _next_task_within_limits(database, user, kinds, lease_seconds, gold_due)
+            if gold_due:
+                gold = await database.run_write(lambda conn: _lease_gold(conn, database, user.id, kinds, lease_seconds))
+                if gold is not None:
+                    return gold
             if database.is_sqlite:
                 return await database.run_write(lambda conn: _leased_task(
                     conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds)))
@@ -487,7 +494,7 @@ TAKEN_FROM_QUOTA = select(func.count()).select_from(Assignment).where(
 
 
 async def _next_task_within_limits(database: Database, user: User, kinds: tuple[str, ...],
-                                   lease_seconds: int) -> LeasedTask | None:
+                                   lease_seconds: int, gold_due: bool) -> LeasedTask | None:
     """next_task for a user with a quota or a time limit: the running lease if any (also past the
     limits: work in hand can be finished), else a new one while under both. One write transaction
     that first locks the user's row, so that concurrent requests of one user cannot both take the
@@ -502,9 +509,32 @@ async def _next_task_within_limits(database: Database, user: User, kinds: tuple[
             raise WorkLimitReached("time_up", "your time for this session is up")
         if user.task_quota is not None and conn.scalar(TAKEN_FROM_QUOTA, {"user_id": user.id, "now": now}) >= user.task_quota:
             raise WorkLimitReached("quota_reached", f"you have done your quota of {user.task_quota} tasks")
+        gold = _lease_gold(conn, database, user.id, kinds, lease_seconds) if gold_due else None
+        if gold is not None:
+            return gold
         return _leased_task(conn, database, _lease_next(conn, database, user.id, kinds, lease_seconds))
 
     return await database.run_write(lease)
+
+
+def _lease_gold(conn: Connection, database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int) -> LeasedTask | None:
+    """Leases a gold check (app/services/gold_serving.py) unless the user holds a running lease (that
+    one comes back first) or has had every gold task. Not capped by R: the slot is taken whatever the
+    task's count (judgements beyond R are stored as surplus, as always), and the assignment is like
+    any other, so nothing tells the annotator it is gold."""
+    now = utcnow()
+    if conn.execute(_current_lease_statement(kinds), {"user_id": user_id, "now": now}).first() is not None:
+        return None
+    gold = gold_serving.pick(conn, user_id, kinds)
+    if gold is None:
+        return None
+    conn.execute(update(Task).where(Task.id == gold.id).values(active_leases=Task.active_leases + 1))
+    order = _task_items(conn, database, gold.id).copy()
+    _shuffler.shuffle(order)
+    expires_at = now + timedelta(seconds=lease_seconds)
+    assignment_id = conn.scalar(NEW_LEASE, {"task_id": gold.id, "user_id": user_id, "item_order": order,
+                                            "status": "active", "leased_at": now, "expires_at": expires_at})
+    return _leased_task(conn, database, Lease(assignment_id, gold.id, gold.kind, gold.prompt_id, order, expires_at))
 
 
 # PostgreSQL: every statement is a network round trip (and BEGIN and COMMIT are two more), which cost

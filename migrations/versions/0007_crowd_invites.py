@@ -1,6 +1,6 @@
 """crowd-platform sign-in: reusable crowd invites, their participants and visits; per-user quota and time limit
 
-Revision ID: 0007_crowd_invites
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 06:00:00.000000
 """
@@ -8,7 +8,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0007_crowd_invites'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None
