@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.models import Assignment, Task, User
 from app.services import exports, gold, gold_serving
-from app.services.tasks import RatingSubmission, next_task, submit_rating
+from app.services.tasks import RatingSubmission, WorkLimitReached, next_task, submit_rating
 from tests.conftest import make_user, token_headers
 from tests.factories import judge_directly, seed_bws_batch, seed_rating_batch, submit_bws_by_ids
 from trainer.data import load_pairs
@@ -336,3 +336,25 @@ def test_import_refuses_bad_gold_fields_naming_them(database, record, field):
     assert field in {error["field"] for error in refused.value.details}
     with database.read() as db:
         assert gold.list_items(db) == []
+
+
+def test_crowd_participants_get_gold_checks_within_their_quota(database):
+    """Crowd participants (a quota on their account) are who gold checks are for: they get gold at the
+    rate, and a gold task counts towards the quota like any other."""
+    batch_id = seed_bws_batch(database, prompts=4, per_prompt=4, required=1)
+    gold_task, *normal_tasks = _bws_tasks(database, batch_id)
+    best, worst = _mark_bws(database, gold_task)
+    _set(database, rate=1.0)
+    participant = make_user(database, "crowd-p1")
+    with database.write() as db:
+        db.get(User, participant.id).task_quota = 2
+    with database.read() as db:
+        participant = db.get(User, participant.id)
+    first = _lease(database, participant)
+    assert first.task_id == gold_task.id
+    submit_bws_by_ids(database, participant, first, best, worst)
+    second = _lease(database, participant)
+    assert second.task_id in {t.id for t in normal_tasks}
+    submit_bws_by_ids(database, participant, second, second.items[0].continuation_id, second.items[-1].continuation_id)
+    with pytest.raises(WorkLimitReached):
+        _lease(database, participant)
