@@ -155,10 +155,18 @@ def import_file(path: Path):
         summary = run_import(_database(), path.read_bytes(), path.name)
     except ServiceError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        for detail in exc.details[:20]:
-            typer.echo(f"  {detail}", err=True)
+        typer.echo(_error_table(exc.details), err=True, nl=False)
         raise typer.Exit(1)
     typer.echo(summary.model_dump_json(indent=2))
+
+
+def _error_table(details: list[dict]) -> str:
+    """An import's errors ({"line", "field", "message"}, either may be None) as aligned lines."""
+    rows = [("line", "field", "message")] + [
+        (str(d.get("line") or "-"), d.get("field") or "-", d.get("message", "")) for d in details]
+    line_width = max(len(row[0]) for row in rows)
+    field_width = max(len(row[1]) for row in rows)
+    return "".join(f"  {line:>{line_width}}  {field:<{field_width}}  {message}\n" for line, field, message in rows)
 
 
 @cli.command()

@@ -140,22 +140,12 @@ def test_demo_report_is_true_on_first_and_later_runs(database, settings, tmp_pat
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_demo_command_prints_the_same_on_both_runs(settings, monkeypatch):
+def test_demo_command_prints_the_same_on_both_runs(cli_runner, monkeypatch):
     """`storyloop demo` itself (without serving): the printed passwords log in, on both runs."""
-    from typer.testing import CliRunner
-
     from app import cli
-    from app.config import get_settings
 
-    monkeypatch.setenv("STORYLOOP_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("STORYLOOP_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("STORYLOOP_SECRET_KEY", settings.secret_key)
     monkeypatch.setattr(cli, "_uvicorn", lambda *args: None)
-    get_settings.cache_clear()
-    try:
-        outputs = [CliRunner().invoke(cli.cli, ["demo", "--no-trainer"]) for _ in range(2)]
-    finally:
-        get_settings.cache_clear()
+    outputs = [cli_runner("demo", "--no-trainer") for _ in range(2)]
     for result in outputs:
         assert result.exit_code == 0, result.output
         assert "--no-trainer" in result.output
