@@ -165,3 +165,6 @@ def test_readme_demo_paragraph_matches_the_demo(database, settings):
     assert f"{info.continuations} continuations from {len(SOURCES)} deliberately different" in paragraph
     assert f"{info.bws_tuples} balanced BWS tuples and {info.rating_tasks} rating tasks" in paragraph
     assert "data/demo-accounts.txt" in paragraph
+    roles = Counter(role for _, role in DEMO_ACCOUNTS)
+    assert roles == {"admin": 1, "annotator": 2, "evaluator": 1}, "the README says: admin, two annotators, an evaluator"
+    assert f"later round starts once {settings.trainer_min_newest_judgements} judgements" in paragraph
