@@ -79,20 +79,22 @@ def keep_accounts(info: DemoInfo, path: Path) -> None:
     """Writes the passwords of the accounts this run created to `path` (owner-only), one
     "username password" a line, so that a later `storyloop demo` can show them again."""
     if info.created:
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # before the passwords go in (touch leaves an existing file's mode alone)
         path.write_text("".join(f"{username} {password}\n" for username, password in info.new_accounts.items()))
-        path.chmod(0o600)
 
 
 def demo_report(info: DemoInfo, accounts_path: Path) -> str:
     """What `storyloop demo` prints: the summary and where the passwords are, true on every run."""
     lines = [info.summary()]
+    kept = _read_accounts(accounts_path) if accounts_path.exists() else None
     if info.created and info.new_accounts:
         lines.append(f"  These passwords are also kept in {accounts_path} (readable by you only).")
-    elif not info.created and accounts_path.exists():
+    elif not info.created and kept:
         lines.append(f"Demo accounts, as kept in {accounts_path} when the demo was seeded "
                      "(a password changed since then is not updated there):")
-        lines.extend(f"  {username} password: {password}" for username, password in _read_accounts(accounts_path))
-    elif not info.created:
+        lines.extend(f"  {username} password: {password}" for username, password in kept)
+    elif not info.created and kept is None:
         lines.append(f"  {accounts_path} is missing, and the database keeps only password hashes: to start "
                      "afresh with new passwords, remove the database and run `storyloop demo` again.")
     return "\n".join(lines)
