@@ -95,7 +95,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 @cli.command()
 def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
     """Seed demo prompts, continuations, tuples and accounts; start the trainer and the web app."""
-    from app.demo import seed_demo
+    from app.demo import demo_report, keep_accounts, seed_demo
 
     # Demo mode for this process and, through the environment, for uvicorn's and the trainer's: the
     # app signs sessions with a random key made once and kept in the data folder (unless
@@ -106,21 +106,19 @@ def demo(host: str = "127.0.0.1", port: int = 8000, trainer: bool = True):
     checked_secret_key(settings)  # makes the demo key file now, before the app's workers start
     database = _database(migrate=True)
     info = seed_demo(database, settings)
-    # Demo passwords are kept in the data folder (readable by its owner only), so a second
-    # `make demo` can print them again.
     accounts_file = settings.data_dir / "demo-accounts.txt"
-    if info.created:
-        accounts = {"admin": info.admin_password, **info.accounts} if info.admin_password else dict(info.accounts)
-        accounts_file.write_text("".join(f"{u} {p}\n" for u, p in accounts.items()))
-        accounts_file.chmod(0o600)
+    keep_accounts(info, accounts_file)
     typer.echo("\n=== storyloop demo ===")
-    typer.echo(info.summary())
-    if not info.created and accounts_file.exists():
-        typer.echo(f"demo accounts (from {accounts_file}):")
-        typer.echo("".join(f"  {line}\n" for line in accounts_file.read_text().splitlines()), nl=False)
-    typer.echo(f"\nopen http://{host}:{port}/ and log in. The trainer first makes the base model and queues its "
-               f"stories (round 0); each later round starts once {settings.trainer_min_newest_judgements} "
-               f"judgements are in on the newest round's tuples (or from the admin page)\n")
+    typer.echo(demo_report(info, accounts_file))
+    typer.echo(f"\nopen http://{host}:{port}/ and log in.")
+    if trainer:
+        trigger = (f"{settings.trainer_min_newest_judgements} judgements are in on the newest round's tuples"
+                   if settings.trainer_trigger == "newest"
+                   else f"{settings.trainer_min_new_judgements} new judgements are in")
+        typer.echo(f"The trainer first makes the base model and queues its stories (round 0); each later "
+                   f"round starts once {trigger} (or from the admin page).\n")
+    else:
+        typer.echo("No trainer runs (--no-trainer): start one with `storyloop trainer`.\n")
     child = None
     if trainer:
         # The trainer is its own process: the web app never imports torch.
@@ -157,10 +155,18 @@ def import_file(path: Path):
         summary = run_import(_database(), path.read_bytes(), path.name)
     except ServiceError as exc:
         typer.echo(f"error: {exc.message}", err=True)
-        for detail in exc.details[:20]:
-            typer.echo(f"  {detail}", err=True)
+        typer.echo(_error_table(exc.details), err=True, nl=False)
         raise typer.Exit(1)
     typer.echo(summary.model_dump_json(indent=2))
+
+
+def _error_table(details: list[dict]) -> str:
+    """An import's errors ({"line", "field", "message"}, either may be None) as aligned lines."""
+    rows = [("line", "field", "message")] + [
+        (str(d.get("line") or "-"), d.get("field") or "-", d.get("message", "")) for d in details]
+    line_width = max(len(row[0]) for row in rows)
+    field_width = max(len(row[1]) for row in rows)
+    return "".join(f"  {line:>{line_width}}  {field:<{field_width}}  {message}\n" for line, field, message in rows)
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""Demo content: 30 story openings and 6 continuations of each, from six deliberately different "writers".
+"""Demo content: story openings and 6 continuations of each, from six deliberately different "writers".
 
 Everything here was written for this project (no text copied from books or data sets). The
 openings and the careful continuations are hand-written; the other writers' continuations are

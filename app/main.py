@@ -114,6 +114,16 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
 
 
+def _body_hint(request: Request, error: dict) -> str | None:
+    """A JSON route sent a form (curl -d key=value): pydantic's "Input should be a valid dictionary"
+    names the body but not the fix."""
+    content_type = request.headers.get("content-type", "")
+    if (tuple(error.get("loc", ())) == ("body",) and error.get("type") in ("model_attributes_type", "dict_type")
+            and "json" not in content_type):
+        return f"send the body as JSON, with content-type: application/json (got {content_type or 'no content-type'})"
+    return None
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
     secret_key = checked_secret_key(settings)  # refuses a missing, default or short key (outside dev mode)
@@ -166,7 +176,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "msg": _body_hint(request, e) or e.get("msg", "")} for e in exc.errors()]
         if _wants_json(request):
             return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
         return templates.TemplateResponse(request, "error.html", {"message": "invalid form", "errors": errors},

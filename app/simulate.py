@@ -133,7 +133,7 @@ def _annotate(client: httpx.Client, headers: dict, config: SimulationConfig, rng
             value = min(5, max(1, round(3 + 2 * next(iter(noisy.values())))))
             body = {dim: value for dim in ("grammar", "creativity", "consistency", "plot")}
             client.post(f"/api/v1/tasks/{task['assignment_id']}/rating", headers=headers,
-                        json={**body, "idempotency_key": key}).raise_for_status()
+                        json={**body, "idempotency_key": key, "duration_ms": rng.randint(3000, 30000)}).raise_for_status()
             ratings += 1
     return bws, ratings, False
 

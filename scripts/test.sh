@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: SQLite and PostgreSQL database tests, trainer tests with tiny models,
 # and the browser tests in Debian's headless Chromium. Installs the system packages it needs when
-# run as root on Debian (PostgreSQL, Chromium) and starts PostgreSQL itself.
+# run as root on Debian (PostgreSQL, Chromium, curl and jq) and starts PostgreSQL itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     echo "warning: chromium is missing (apt-get install chromium); browser tests will fail" >&2
+  fi
+fi
+
+# curl and jq: tests/test_readme_api.py runs the README's API examples as written.
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq >/dev/null
+  else
+    echo "warning: curl or jq is missing (apt-get install curl jq); the README examples' test will be skipped" >&2
   fi
 fi
 

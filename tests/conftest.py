@@ -103,3 +103,24 @@ def token_headers(client: TestClient, username: str) -> dict[str, str]:
 def admin_headers(client: TestClient, database: Database) -> dict[str, str]:
     make_user(database, "admin", "admin")
     return token_headers(client, "admin")
+
+
+@pytest.fixture
+def cli_runner(settings: Settings, monkeypatch):
+    """Runs `storyloop ...` in this process against the test's database and data folder."""
+    from typer.testing import CliRunner
+
+    from app import cli
+    from app.config import get_settings
+
+    for name, value in {"STORYLOOP_DATABASE_URL": settings.resolved_database_url,
+                        "STORYLOOP_DATA_DIR": str(settings.data_dir), "STORYLOOP_SECRET_KEY": settings.secret_key,
+                        "STORYLOOP_DEV_MODE": "false"}.items():
+        monkeypatch.setenv(name, value)  # restored afterwards, even where a command sets it itself
+    get_settings.cache_clear()
+
+    def run(*args: str):
+        return CliRunner().invoke(cli.cli, list(args))
+
+    yield run
+    get_settings.cache_clear()

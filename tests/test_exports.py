@@ -5,7 +5,9 @@ import csv
 import io
 import json
 import math
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -105,7 +107,7 @@ def test_every_export_parses_with_expected_rows_and_values(client, database, adm
     assert len(pairs) == 5 * n
     assert list(pairs[0]) == ["prompt", "chosen", "rejected", "judgement_id", "annotator", "tuple_id",
                               "chosen_model_version", "rejected_model_version", "chosen_id", "rejected_id",
-                              "is_surplus", "margin"]
+                              "is_surplus", "score_margin"]
     by_judgement = defaultdict(list)
     for pair in pairs:
         chosen, rejected = int(pair["chosen_id"]), int(pair["rejected_id"])
@@ -115,20 +117,20 @@ def test_every_export_parses_with_expected_rows_and_values(client, database, adm
         assert pair["chosen_model_version"] == pair["rejected_model_version"] == "test-source"
         assert pair["annotator"] in ("ann1", "ann2")
         assert str(pair["is_surplus"]).lower() == "false"
-        assert float(pair["margin"]) == pytest.approx(max(0.0, score[chosen] - score[rejected]))
+        assert float(pair["score_margin"]) == pytest.approx(max(0.0, score[chosen] - score[rejected]))
         by_judgement[int(pair["judgement_id"])].append((chosen, rejected))
     for j in judgements:
         middle = [c for c in j.shown_order if c not in (j.best_id, j.worst_id)]
         assert sorted(by_judgement[j.id]) == sorted(
             [(j.best_id, c) for c in j.shown_order if c != j.best_id] + [(m, j.worst_id) for m in middle])
         assert j.best_id == min(j.shown_order)  # as the annotators chose
-    assert any(float(p["margin"]) > 0 for p in pairs)
+    assert any(float(p["score_margin"]) > 0 for p in pairs)
 
     # judgements
     rows = _read(_get(client, admin_headers, "judgements", fmt), fmt)
     assert len(rows) == n
     for row, j in zip(rows, judgements):
-        items = json.loads(row["items"]) if fmt == "csv" else row["items"]
+        items = [int(i) for i in row["items"].split(" ")] if fmt == "csv" else row["items"]
         assert int(row["judgement_id"]) == j.id and int(row["tuple_id"]) == j.task_id
         assert items == j.shown_order and int(row["best_id"]) == j.best_id and int(row["worst_id"]) == j.worst_id
         assert int(row["duration_ms"]) == j.duration_ms and row["annotator"] in ("ann1", "ann2")
@@ -164,6 +166,58 @@ def test_every_export_parses_with_expected_rows_and_values(client, database, adm
     for values in by_prompt.values():  # BT is centred per prompt and agrees with counting on the extremes
         assert sum(bt for _, bt in values) == pytest.approx(0.0, abs=1e-9)
         assert max(values)[1] == max(bt for _, bt in values)
+
+
+def _documented_columns() -> dict[str, dict[str, str]]:
+    """docs/exports.md: export name -> {column: type}, from each export's table."""
+    text = (Path(__file__).parents[1] / "docs" / "exports.md").read_text()
+    tables = {}
+    for section in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        name = re.match(r"`(\w+)`", section).group(1)
+        tables[name] = dict(re.findall(r"^\| `(\w+)` \| ([a-z ]+?) \|", section, re.MULTILINE))
+    return tables
+
+
+_JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "text": str, "timestamp": str, "integer list": list}
+_CSV_PATTERNS = {"integer": r"-?\d+", "number": r"-?\d+(\.\d+)?(e-?\d+)?", "boolean": "true|false",
+                 "timestamp": r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00", "integer list": r"\d+( \d+)*", "text": "(?s).*"}
+_PARQUET_TYPES = {"integer": "int64", "number": "double", "boolean": "bool", "text": "string",
+                  "timestamp": "timestamp[us, tz=UTC]", "integer list": "list<element: int64>"}
+
+
+def test_every_export_column_has_its_documented_type_in_every_format(client, admin_headers, judged):
+    documented = _documented_columns()
+    assert set(documented) == set(exports.EXPORT_NAMES)
+    for name in exports.EXPORT_NAMES:
+        columns = {column: kind.removesuffix(" or null") for column, kind in documented[name].items()}
+        nullable = {column for column, kind in documented[name].items() if kind.endswith(" or null")}
+        assert list(columns) == exports.describe()[name]["columns"], name
+        content = {fmt: _get(client, admin_headers, name, fmt) for fmt in exports.FORMATS}
+        schema = pq.read_schema(io.BytesIO(content["parquet"]))
+        for column, kind in columns.items():
+            assert str(schema.field(column).type) == _PARQUET_TYPES[kind], (name, column)
+        for row in _read(content["jsonl"], "jsonl"):
+            for column, kind in columns.items():
+                value = row[column]
+                assert (value is None and column in nullable) or (
+                    isinstance(value, _JSON_TYPES[kind]) and (kind == "boolean") == isinstance(value, bool)), \
+                    (name, column, value)
+                if kind == "integer list":
+                    assert value and all(isinstance(v, int) for v in value)
+        for row in _read(content["csv"], "csv"):
+            for column, kind in columns.items():
+                value = row[column]
+                assert (value == "" and column in nullable) or re.fullmatch(_CSV_PATTERNS[kind], value), \
+                    (name, column, value)
+
+    # duration_ms stays an integer where it is known: pandas keeps it so with the documented dtype.
+    import pandas as pd
+
+    judgements = pd.read_csv(io.BytesIO(_get(client, admin_headers, "judgements", "csv")), dtype={"duration_ms": "Int64"})
+    assert str(judgements["duration_ms"].dtype) == "Int64" and judgements["duration_ms"].notna().all()
+    ratings = pd.read_parquet(io.BytesIO(_get(client, admin_headers, "ratings", "parquet")), dtype_backend="numpy_nullable")
+    assert str(ratings["duration_ms"].dtype) == "Int64"  # all null here: the ratings were sent without one
+    assert pd.read_csv(io.BytesIO(_get(client, admin_headers, "judgements", "csv")))["duration_ms"].dtype == "int64"
 
 
 def test_exports_of_an_empty_database_and_unknown_names(client, admin_headers):
@@ -230,7 +284,8 @@ def test_pairs_train_trl_reward_trainer_as_they_are(client, database, admin_head
     path.write_bytes(_get(client, admin_headers, "pairs", "jsonl"))
     dataset = load_dataset("json", data_files=str(path), split="train")
     assert len(dataset) == 5 * judged["judgements"]
-    assert {"prompt", "chosen", "rejected", "margin"} <= set(dataset.column_names)
+    assert {"prompt", "chosen", "rejected", "score_margin"} <= set(dataset.column_names)
+    assert "margin" not in dataset.column_names  # TRL would put it into the loss: see the next test
 
     tokenizer = train_tiny_tokenizer([r["prompt"] + r["chosen"] for r in dataset] + [r["rejected"] for r in dataset],
                                      vocab_size=300)
@@ -245,3 +300,47 @@ def test_pairs_train_trl_reward_trainer_as_they_are(client, database, admin_head
     assert math.isfinite(result.training_loss)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.slow  # ~25 s, mostly importing torch/transformers/trl
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_pairs_loss_has_margins_only_when_the_column_is_renamed(client, database, admin_headers, judged, tmp_path):
+    """docs/exports.md: loaded as it is, the export trains on -log sigmoid(r_c - r_r); renamed to
+    `margin`, on -log sigmoid(r_c - r_r - margin). Checked on the loss TRL's RewardTrainer computes."""
+    pytest.importorskip("trl")
+    import torch
+    from datasets import load_dataset
+    from transformers import GPT2ForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from tests.tiny_models import tiny_gpt2_config, train_tiny_tokenizer
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(_get(client, admin_headers, "pairs", "jsonl"))
+    pairs = load_dataset("json", data_files=str(path), split="train")
+    assert sum(m > 0 for m in pairs["score_margin"]) > 0
+    tokenizer = train_tiny_tokenizer([r["prompt"] + r["chosen"] for r in pairs] + [r["rejected"] for r in pairs],
+                                     vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, n_embd=32, n_layer=2, n_head=2, num_labels=1))
+    model.eval()  # no dropout: the same rewards in TRL's loss and in ours
+    args = RewardConfig(output_dir=str(tmp_path / "rm"), per_device_train_batch_size=len(pairs), report_to=[],
+                        use_cpu=True, save_strategy="no", max_length=64, dataloader_num_workers=0)
+
+    def trl_loss_and_ours(dataset):
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        batch = next(iter(trainer.get_train_dataloader()))  # all pairs: one batch
+        with torch.no_grad():
+            rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+            chosen, rejected = torch.chunk(rewards, 2)
+            margin = batch.get("margin", torch.zeros_like(chosen))
+            ours = {"plain": -torch.nn.functional.logsigmoid(chosen - rejected).mean().item(),
+                    "with margin": -torch.nn.functional.logsigmoid(chosen - rejected - margin).mean().item()}
+            return trainer.compute_loss(model, dict(batch)).item(), ours, "margin" in batch
+
+    as_is, ours, has_margin = trl_loss_and_ours(pairs)
+    assert not has_margin and as_is == pytest.approx(ours["plain"], rel=1e-5)
+    renamed, ours_renamed, has_margin = trl_loss_and_ours(pairs.rename_column("score_margin", "margin"))
+    assert has_margin and renamed == pytest.approx(ours_renamed["with margin"], rel=1e-5)
+    assert ours_renamed["plain"] == pytest.approx(as_is, rel=1e-5)  # same model, same pairs...
+    assert renamed > as_is + 1e-3  # ...and the margins make the loss larger: they did reach it

@@ -156,6 +156,21 @@ def test_errors_are_listed_up_to_50(client, database, admin_headers):
     assert _counts(database) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the command's printing, not the database
+def test_import_command_prints_errors_as_lines(cli_runner, database, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(_jsonl(GOOD, {**GOOD, "prompt": 7}, {"prompt": "a prompt", "continuation": "text"}) + b"{oops\n")
+    result = cli_runner("import", str(path))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith("error: line 2, field 'prompt': must be text") and "nothing was imported" in lines[0]
+    assert lines[1].split() == ["line", "field", "message"]
+    assert lines[2].split(maxsplit=2) == ["2", "prompt", "must be text (a string), got int"]
+    assert [line.split()[:2] for line in lines[3:]] == [["3", "source"], ["4", "-"]]
+    assert "{" not in "".join(lines[1:3])  # no Python dicts
+    assert _counts(database) == (0, 0, 0)
+
+
 def test_duplicate_external_id_against_the_database_imports_nothing(client, database, admin_headers):
     first = _jsonl({**GOOD, "continuation_id": "c-1"})
     assert _upload(client, admin_headers, first, "a.jsonl").status_code == 201

@@ -683,6 +683,8 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, epochs: float = 1.0, 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from trainer.hf_args import checkpointing
+
     if not pairs:
         raise ValueError("sft needs at least one (prompt, completion) pair")
     data = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
@@ -694,6 +696,7 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, epochs: float = 1.0, 
             lr_scheduler_type="cosine", warmup_steps=0, logging_steps=10, save_strategy="no",
             report_to="none", seed=seed, bf16=False, fp16=False, dataloader_num_workers=0,
             use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+            **checkpointing(True),  # TRL's default for SFT, named so transformers does not warn
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         result = trainer.train()

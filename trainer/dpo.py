@@ -11,6 +11,7 @@ reference over 100 nats), so it is not offered as a round algorithm.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from trl import DPOConfig, DPOTrainer
 
 from trainer.data import PreferencePairs
 from trainer.generate import context_length
+from trainer.hf_args import checkpointing
 from trainer.reward_model import _Progress
 
 
@@ -39,7 +41,7 @@ def _dpo_args(cfg: DPOSettings, model, work_dir: Path) -> DPOConfig:
     return DPOConfig(output_dir=str(work_dir), beta=cfg.beta, learning_rate=cfg.learning_rate,
                 num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
                 max_length=min(cfg.max_length, context_length(model)), seed=cfg.seed, logging_steps=5,
-                save_strategy="no", report_to=[], disable_tqdm=True, gradient_checkpointing=False,
+                save_strategy="no", report_to=[], disable_tqdm=True, **checkpointing(False),
                 use_cpu=not torch.cuda.is_available(),
                 bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
@@ -60,7 +62,11 @@ def train_dpo(policy, ref_policy, tokenizer, pairs: PreferencePairs, cfg: DPOSet
     trainer = DPOTrainer(model=policy, ref_model=ref_policy.eval().requires_grad_(False),
                          args=_dpo_args(cfg, policy, work_dir), train_dataset=Dataset.from_dict(pairs.as_columns()),
                          processing_class=tokenizer, callbacks=[_LoggedMetrics(remember)])
-    result = trainer.train()
+    with warnings.catch_warnings():
+        # Not our call: TRL's DPOTrainer reads `model.is_gradient_checkpointing` at every step
+        # (trl/models/utils.py, disable_gradient_checkpointing), which transformers 5 has deprecated.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        result = trainer.train()
     return trainer.model.float().eval(), {**logged, "train_loss": float(result.training_loss), "pairs": len(pairs),
                                           "steps": int(result.global_step)}
 

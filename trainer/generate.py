@@ -9,6 +9,7 @@ Shapes: B = sequences in the batch, P = padded prompt length, K = new tokens, V 
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -62,6 +63,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 @torch.no_grad()
+def kv_cache_name(model) -> str:
+    """The name of the KV cache, as the forward's argument and in its output: `cache` in newer
+    transformers, which deprecate (and warn about) the older `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def sample_tokens(
     model,
     input_ids: torch.Tensor,  # (B, P) left-padded prompt ids
@@ -85,11 +92,12 @@ def sample_tokens(
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)  # (B,)
     mask = attention_mask.long()  # (B, P + t) grows by one column per step
     step_ids, step_pos = input_ids, position_ids_from_mask(mask)  # first step feeds the whole prompt
+    cache_name = kv_cache_name(model)
     past, new_tokens = None, []
     for t in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
-                    use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                    **{cache_name: past})
+        past = getattr(out, cache_name)
         logits = out.logits[:, -1, :].float() / temperature  # (B, V)
         if t < min_new_tokens:
             logits[:, eos_token_id] = float("-inf")

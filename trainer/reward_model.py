@@ -16,6 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from trainer.data import PreferencePairs
 from trainer.generate import context_length
+from trainer.hf_args import checkpointing
 from trainer.ppo import score_sequences
 
 
@@ -86,6 +87,7 @@ def train_reward_model(
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        **checkpointing(True),  # TRL's default for reward models, named so transformers does not warn
     )
     trainer = RewardTrainer(
         model=model, args=args, processing_class=tokenizer,

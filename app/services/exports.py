@@ -9,9 +9,11 @@ Exports (columns in order):
 - pairs: the preference pairs implied by every BWS judgement (best beats each other item, each middle
   item beats worst: 2k-3 pairs, 5 for k = 4), ready for TRL's RewardTrainer / DPOTrainer as they are:
   prompt, chosen, rejected (plain texts), then judgement_id, annotator, tuple_id, chosen_model_version,
-  rejected_model_version, chosen_id, rejected_id, is_surplus, margin.
-  margin = max(0, counting score of chosen - counting score of rejected), counting scores over ALL
-  judgements (surplus ones included). RewardTrainer uses a `margin` column in its loss when present.
+  rejected_model_version, chosen_id, rejected_id, is_surplus, score_margin.
+  score_margin = max(0, counting score of chosen - counting score of rejected), counting scores over ALL
+  judgements (surplus ones included). Not named `margin` on purpose: TRL's RewardTrainer puts a column
+  of that name into its loss whenever one is present (-log sigmoid(r_chosen - r_rejected - margin)), so
+  margins are opt-in: rename the column to `margin` to train with them.
 - judgements: judgement_id, tuple_id, batch_id, prompt_id, annotator, items (continuation ids in the
   order shown), best_id, worst_id, duration_ms, is_surplus, created_at.
 - ratings: rating_id, task_id, continuation_id, model_version, annotator, grammar, creativity,
@@ -28,8 +30,8 @@ annotators: `export_metadata` (the API's X-Storyloop-Export-Metadata header, and
 Parquet file's schema metadata).
 
 Surplus judgements (late, or beyond R) are exported and counted in scores like any other; filter on
-`is_surplus` to leave them out. CSV: lists are JSON-encoded strings, booleans `true`/`false`, nulls
-empty, and a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading
+`is_surplus` to leave them out. CSV is flat: a list (the judgements' `items`) is its ids joined by single
+spaces ("12 15 3 7"), booleans `true`/`false`, nulls empty, and a text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading
 `'` (OWASP's defence against CSV injection: a spreadsheet would run it as a formula); numbers are left
 alone, and JSONL and Parquet keep every text exactly as stored. Times are ISO 8601 UTC strings in
 JSONL/CSV and timestamp[us, UTC] in Parquet.
@@ -145,7 +147,7 @@ _PAIRS_SCHEMA = pa.schema([
     ("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()),
     ("judgement_id", pa.int64()), ("annotator", pa.string()), ("tuple_id", pa.int64()),
     ("chosen_model_version", pa.string()), ("rejected_model_version", pa.string()),
-    ("chosen_id", pa.int64()), ("rejected_id", pa.int64()), ("is_surplus", pa.bool_()), ("margin", pa.float64()),
+    ("chosen_id", pa.int64()), ("rejected_id", pa.int64()), ("is_surplus", pa.bool_()), ("score_margin", pa.float64()),
 ])
 
 
@@ -182,7 +184,7 @@ def _pairs(db: Session) -> Iterator[list[Row]]:
                     "chosen_id": winner,
                     "rejected_id": loser,
                     "is_surplus": bool(j.is_surplus),
-                    "margin": pair_margin(scores, winner, loser),
+                    "score_margin": pair_margin(scores, winner, loser),
                 })
         yield rows
 
@@ -313,8 +315,8 @@ def _csv_cell(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):  # ids: one flat cell, split on spaces to get them back
+        return " ".join(str(item) for item in value)
     return _plain(value)
 
 
