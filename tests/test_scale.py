@@ -52,11 +52,20 @@ def test_serve_refuses_zero_workers(uvicorn_calls, tmp_path):
 
 
 @pytest.fixture
-def statements(database):
-    """The SQL statements the database is sent, as they go."""
+def statements(database, monkeypatch):
+    """The SQL statements the database is sent, as they go: through SQLAlchemy's engines, and on
+    PostgreSQL through the event loop's own connections (AsyncStatements)."""
     sent = []
     for engine in {database.engine, database.autocommit_engine}:
         event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    if database.statements is not None:
+        fetch_all = database.statements.fetch_all
+
+        async def recorded(statement, values):
+            sent.append(statement)
+            return await fetch_all(statement, values)
+
+        monkeypatch.setattr(database.statements, "fetch_all", recorded)
     return sent
 
 
