@@ -151,6 +151,8 @@ class AsyncStatements:
 
     def _compile(self, statement: Executable) -> _Compiled:
         compiled = statement.compile(dialect=self._dialect)
+        if "POSTCOMPILE" in compiled.string:  # e.g. IN (...) of a list: SQLAlchemy renders those per execution
+            raise ValueError("a statement for AsyncStatements must not expand parameters per execution (IN lists)")
         defaults, processors = {}, {}
         for bind, name in compiled.bind_names.items():
             if not bind.required:

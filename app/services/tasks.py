@@ -314,8 +314,9 @@ _LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, 
 # (a handful), matching the kinds with plain equalities: SQLAlchemy renders IN (...) anew on every call.
 
 
-def _kind_is_one_of(kinds: tuple[str, ...]):
-    return or_(*(Task.kind == kind for kind in kinds))
+def _is_one_of(column, values: tuple[str, ...]):
+    # Not IN: PostgreSQL's AsyncStatements compile a statement once, and IN's list is rendered per call.
+    return or_(*(column == value for value in values))
 
 
 @cache
@@ -323,7 +324,7 @@ def _current_lease_statement(kinds: tuple[str, ...]):
     """The user's lease that is still running, if any."""
     return (select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
             .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
-                   Assignment.expires_at > bindparam("now"), _kind_is_one_of(kinds))
+                   Assignment.expires_at > bindparam("now"), _is_one_of(Task.kind, kinds))
             .order_by(Assignment.id).limit(1))
 
 
@@ -355,7 +356,7 @@ def _first_free_task(kinds: tuple[str, ...], skip_locked: bool):
     # a merge anti-join that read every assignment of every older task, more with each judgement;
     # this way each candidate task costs one probe of the (task, user) unique index.
     seen = select(literal(1)).where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    free = (select(Task.id).where(_has_slot, Task.serve_rank < PAUSED_RANK, _kind_is_one_of(kinds),
+    free = (select(Task.id).where(_has_slot, Task.serve_rank < PAUSED_RANK, _is_one_of(Task.kind, kinds),
                                   seen.scalar_subquery().is_(None))
             .order_by(*order_by).limit(1))
     if skip_locked:
@@ -387,6 +388,18 @@ class Lease:
     prompt_id: int
     item_order: list[int]
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class KnownAssignment:
+    """What never changes of an assignment, remembered by the process that leased it (PostgreSQL):
+    an annotator's next request usually comes on the same kept-alive connection, so to the same
+    worker, and its submission then needs no read of the assignment first."""
+
+    user_id: int
+    task_id: int
+    kind: str
+    item_order: list[int]
 
 
 def _leased_task(conn: Connection, database: Database, lease: Lease | None) -> LeasedTask | None:
@@ -544,7 +557,12 @@ async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[st
         _shuffler.shuffle(shuffle)
         values = {"user_id": user_id, "now": now, "expires_at": now + timedelta(seconds=lease_seconds), "shuffle": shuffle}
         row = await database.statements.fetch_one(_lease_statement_postgres(kinds), values)
-        return await _leased_task_postgres(database, Lease(*row) if row is not None else None)
+        if row is None:
+            return None
+        lease = Lease(*row)
+        _cache_store(database, "leased_here", [(lease.assignment_id, KnownAssignment(user_id, lease.task_id, lease.kind,
+                                                                                    lease.item_order))])
+        return await _leased_task_postgres(database, lease)
 
     leased = await lease()
     # Nothing free: maybe a lease just ran out.
@@ -628,14 +646,22 @@ def _users_assignment(row, user: User):
     return row
 
 
+OPEN_STATUSES = ("active", "expired")  # an expired lease may still be submitted, as surplus
+
+
 def _open_assignment(row, user: User, kind: str | tuple[str, ...]):
     """The assignment row if it is the user's, of that kind, and still open for a submission."""
+    row = _users_assignment_of_kind(row, user, kind)
+    if row.status not in OPEN_STATUSES:
+        raise Conflict(f"this task is already {row.status}")
+    return row
+
+
+def _users_assignment_of_kind(row, user: User, kind: str | tuple[str, ...]):
     row = _users_assignment(row, user)
     kinds = (kind,) if isinstance(kind, str) else kind
     if row.kind not in kinds:
         raise Invalid(f"this is a {row.kind} task, not {kinds[0]}")
-    if row.status not in ("active", "expired"):  # an expired lease may still be submitted, as surplus
-        raise Conflict(f"this task is already {row.status}")
     return row
 
 
@@ -690,16 +716,22 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
         judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
         return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
 
-    async def store_postgres() -> SubmitResult:  # the assignment read, then counting and inserting in one statement
-        row = _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
-                               user, kinds)
+    async def store_postgres() -> SubmitResult:
+        # What never changes of the assignment, from this process's lease if it made it (then the
+        # submission is one statement), else read; the statement itself checks that it is still open.
+        known = database.state.get("leased_here", {}).pop(assignment_id, None)
+        if known is None:
+            known = _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
+                                     user, kinds)
+        row = _users_assignment_of_kind(known, user, kinds)
         now = utcnow()
         columns = judgement(row, now)
         stored = await database.statements.fetch_one(
             _submit_statement_postgres(model, tuple(columns)),
-            {**{f"new_{name}": value for name, value in columns.items()},
-             "assignment_id": assignment_id, "old_status": row.status, "now": now})
-        if stored is None:  # the assignment changed since it was read (a duplicate of this submission?)
+            {**{f"new_{name}": value for name, value in columns.items()}, "assignment_id": assignment_id, "now": now})
+        if stored is None:  # no longer open: say why (already submitted? a duplicate of this submission?)
+            _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
+                             user, kinds)
             raise Conflict("this task changed meanwhile; reload it")
         return SubmitResult(judgement_id=stored.id, counted=not stored.is_surplus, replayed=False)
 
@@ -715,13 +747,12 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
 @cache
 def _submit_statement_postgres(model, columns: tuple[str, ...]):
     """_count_judgement and the INSERT as one statement (PostgreSQL). The assignment is locked first
-    and only while still in the status it was read in (`old_status`): a concurrent duplicate waits
-    for that lock, then finds the status changed, and the statement stores nothing and returns no
-    row. Then the judgement counts if the lease still runs and the task has fewer than R counted
+    and only while still open (active, or expired): a concurrent duplicate waits for that lock, then
+    finds it submitted, and the statement stores nothing and returns no row. Then the judgement counts if the lease still runs and the task has fewer than R counted
     (one conditional UPDATE of the task row); a running lease that does not count gives its slot back;
     the assignment becomes submitted or surplus; the judgement is inserted."""
     locked = (select(Assignment.id, Assignment.task_id, Assignment.status, Assignment.expires_at)
-              .where(Assignment.id == bindparam("assignment_id"), Assignment.status == bindparam("old_status"))
+              .where(Assignment.id == bindparam("assignment_id"), _is_one_of(Assignment.status, OPEN_STATUSES))
               .with_for_update(of=Assignment).cte("locked"))
     now = bindparam("now", type_=Assignment.finished_at.type)
     running = select(locked.c.task_id).where(locked.c.status == "active")
