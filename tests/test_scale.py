@@ -53,11 +53,10 @@ def test_serve_refuses_zero_workers(uvicorn_calls, tmp_path):
 
 @pytest.fixture
 def statements(database, monkeypatch):
-    """The SQL statements the database is sent, as they go: through SQLAlchemy's engines, and on
+    """The SQL statements the database is sent, as they go: through SQLAlchemy's engine, and on
     PostgreSQL through the event loop's own connections (AsyncStatements)."""
     sent = []
-    for engine in {database.engine, database.autocommit_engine}:
-        event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    event.listen(database.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
     if database.statements is not None:
         fetch_all = database.statements.fetch_all
 
