@@ -56,12 +56,6 @@ ClientAddress = Annotated[str, Depends(client_address)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _lookup_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
-    # PostgreSQL: outside a transaction, so the read is one round trip (no BEGIN, no ROLLBACK).
-    with database.autocommit_engine.connect() as conn:
-        return users.user_for_token(conn, token, now)
-
-
 async def api_user(database: DatabaseDep, clock: ClockDep,
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> User:
     """The token's user, read afresh on every request (no cache): a deactivation, a role change, a
@@ -69,7 +63,7 @@ async def api_user(database: DatabaseDep, clock: ClockDep,
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     now = clock()
-    found = await database.in_thread(_lookup_token, database, credentials.credentials, now)
+    found = await users.user_for_token(database, credentials.credentials, now)
     if found is None:
         raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
     user, token_id, last_used_at = found

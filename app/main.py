@@ -135,6 +135,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         _tune_garbage_collector()
         with database.wal_checkpoints_in_background():
             yield
+        if database.statements is not None:
+            await database.statements.close()
 
     app = FastAPI(
         lifespan=lifespan,

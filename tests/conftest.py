@@ -72,7 +72,7 @@ def database(settings: Settings) -> Iterator[Database]:
     upgrade_to_head(settings.resolved_database_url)
     db = Database.from_url(settings.resolved_database_url)
     yield db
-    db.engine.dispose()
+    db.dispose()
 
 
 @pytest.fixture

@@ -52,11 +52,19 @@ def test_serve_refuses_zero_workers(uvicorn_calls, tmp_path):
 
 
 @pytest.fixture
-def statements(database):
-    """The SQL statements the database is sent, as they go."""
+def statements(database, monkeypatch):
+    """The SQL statements the database is sent, as they go: through SQLAlchemy's engine, and on
+    PostgreSQL through the event loop's own connections (AsyncStatements)."""
     sent = []
-    for engine in {database.engine, database.autocommit_engine}:
-        event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    event.listen(database.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    if database.statements is not None:
+        fetch_all = database.statements.fetch_all
+
+        async def recorded(statement, values):
+            sent.append(statement)
+            return await fetch_all(statement, values)
+
+        monkeypatch.setattr(database.statements, "fetch_all", recorded)
     return sent
 
 
@@ -88,7 +96,7 @@ def test_postgresql_leases_and_submits_in_one_statement_each(database, statement
 
     # The texts of a lease come from the process's cache after the first: then one statement per lease.
     assert lease_statements == 3  # the lease, the prompt's text, the continuations' texts
-    assert submit_statements == 2  # the assignment read, then one write
+    assert submit_statements == 1  # one write: this process leased it, so knows the assignment
     assert stored.counted and not stored.replayed
     assert replayed.replayed and replayed.judgement_id == stored.judgement_id
     with database.read() as db:
@@ -153,3 +161,32 @@ def test_postgresql_concurrent_leases_always_find_a_free_task(database):
         twice = (select(Assignment.task_id).group_by(Assignment.task_id, Assignment.user_id)
                  .having(func.count() > 1).subquery())
         assert db.scalar(select(func.count()).select_from(twice)) == 0
+
+
+def test_postgresql_submission_to_another_worker_reads_the_assignment_first(database, statements):
+    """A submission that reaches a worker which did not make its lease (another process, or after a
+    restart) reads the assignment, then stores it in one statement; a late one is still surplus."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's path")
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
+    user, handles = _annotator(database), ItemHandles.from_secret(TEST_SECRET_KEY)
+    database.state["last_expiry_sweep"] = time.monotonic()
+    leased = asyncio.run(tasks.next_task(database, user, 600))
+    database.state.pop("leased_here")  # as if another worker had leased it
+    with database.write() as db:  # the lease ran out and was swept meanwhile
+        db.execute(update(Assignment).values(status="expired"))
+        db.execute(update(Task).values(active_leases=0))
+    statements.clear()
+    items = [item.continuation_id for item in leased.items]
+    body = tasks.BwsSubmission(best=handles.handle(leased.assignment_id, items[1]),
+                               worst=handles.handle(leased.assignment_id, items[2]), idempotency_key=uuid.uuid4().hex)
+    stored = asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body, handles))
+    assert len(statements) == 2  # the assignment read, then one write
+    assert not stored.counted and not stored.replayed  # stored, as surplus
+    with database.read() as db:
+        assert db.get(Assignment, leased.assignment_id).status == "surplus"
+        assert (db.scalar(select(Task.done_count)), db.scalar(select(Task.active_leases))) == (0, 0)
+        assert db.scalar(select(BwsJudgement.is_surplus)) is True
+    with pytest.raises(tasks.Conflict, match="already surplus"):  # a new key for a task already judged
+        body2 = body.model_copy(update={"idempotency_key": uuid.uuid4().hex})
+        asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body2, handles))

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -317,8 +318,9 @@ _LEASE_COLUMNS = (Assignment.id, Assignment.task_id, Task.kind, Task.prompt_id, 
 # (a handful), matching the kinds with plain equalities: SQLAlchemy renders IN (...) anew on every call.
 
 
-def _kind_is_one_of(kinds: tuple[str, ...]):
-    return or_(*(Task.kind == kind for kind in kinds))
+def _is_one_of(column, values: tuple[str, ...]):
+    # Not IN: PostgreSQL's AsyncStatements compile a statement once, and IN's list is rendered per call.
+    return or_(*(column == value for value in values))
 
 
 @cache
@@ -326,7 +328,7 @@ def _current_lease_statement(kinds: tuple[str, ...]):
     """The user's lease that is still running, if any."""
     return (select(*_LEASE_COLUMNS).join(Task, Task.id == Assignment.task_id)
             .where(Assignment.user_id == bindparam("user_id"), Assignment.status == "active",
-                   Assignment.expires_at > bindparam("now"), _kind_is_one_of(kinds))
+                   Assignment.expires_at > bindparam("now"), _is_one_of(Task.kind, kinds))
             .order_by(Assignment.id).limit(1))
 
 
@@ -358,7 +360,7 @@ def _first_free_task(kinds: tuple[str, ...], skip_locked: bool):
     # a merge anti-join that read every assignment of every older task, more with each judgement;
     # this way each candidate task costs one probe of the (task, user) unique index.
     seen = select(literal(1)).where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    free = (select(Task.id).where(_has_slot, Task.serve_rank < PAUSED_RANK, _kind_is_one_of(kinds),
+    free = (select(Task.id).where(_has_slot, Task.serve_rank < PAUSED_RANK, _is_one_of(Task.kind, kinds),
                                   seen.scalar_subquery().is_(None))
             .order_by(*order_by).limit(1))
     if skip_locked:
@@ -375,6 +377,10 @@ EXPIRE = (update(Assignment).where(Assignment.status == "active", Assignment.exp
 RELEASE = update(Task).where(Task.id == bindparam("task_id")).values(active_leases=Task.active_leases - bindparam("n", type_=Integer))
 PROMPT_TEXTS = select(Prompt.id, Prompt.text).where(Prompt.id.in_(bindparam("ids", expanding=True)))
 CONTINUATION_TEXTS = select(Continuation.id, Continuation.text).where(Continuation.id.in_(bindparam("ids", expanding=True)))
+# The same for PostgreSQL's AsyncStatements, which compile a statement once: an array, not a list expanded per call.
+PROMPT_TEXTS_ANY = select(Prompt.id, Prompt.text).where(Prompt.id == any_(bindparam("ids", type_=ARRAY(Integer))))
+CONTINUATION_TEXTS_ANY = select(Continuation.id, Continuation.text).where(
+    Continuation.id == any_(bindparam("ids", type_=ARRAY(Integer))))
 CACHE_SIZE = 100_000  # entries per cache; past that it starts afresh
 
 
@@ -388,6 +394,18 @@ class Lease:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class KnownAssignment:
+    """What never changes of an assignment, remembered by the process that leased it (PostgreSQL):
+    an annotator's next request usually comes on the same kept-alive connection, so to the same
+    worker, and its submission then needs no read of the assignment first."""
+
+    user_id: int
+    task_id: int
+    kind: str
+    item_order: list[int]
+
+
 def _leased_task(conn: Connection, database: Database, lease: Lease | None) -> LeasedTask | None:
     """The lease with its texts (cached: most requests need no query for them)."""
     if lease is None:
@@ -396,6 +414,24 @@ def _leased_task(conn: Connection, database: Database, lease: Lease | None) -> L
                        lambda ids: conn.execute(PROMPT_TEXTS, {"ids": ids}).all())
     texts = _cached(database, "continuation_texts", lease.item_order,
                     lambda ids: conn.execute(CONTINUATION_TEXTS, {"ids": ids}).all())
+    return _with_texts(lease, prompt, texts)
+
+
+async def _leased_task_postgres(database: Database, lease: Lease | None) -> LeasedTask | None:
+    """_leased_task on the event loop (AsyncStatements)."""
+    if lease is None:
+        return None
+    texts = {}
+    for name, statement, ids in (("prompt_texts", PROMPT_TEXTS_ANY, [lease.prompt_id]),
+                                 ("continuation_texts", CONTINUATION_TEXTS_ANY, lease.item_order)):
+        found, missing = _cache_lookup(database, name, ids)
+        if missing:
+            found.update(_cache_store(database, name, await database.statements.fetch_all(statement, {"ids": missing})))
+        texts[name] = [found[i] for i in ids]
+    return _with_texts(lease, texts["prompt_texts"][0], texts["continuation_texts"])
+
+
+def _with_texts(lease: Lease, prompt: str, texts: list[str]) -> LeasedTask:
     return LeasedTask(assignment_id=lease.assignment_id, task_id=lease.task_id, kind=lease.kind, prompt=prompt,
                       items=[LeasedItem(c, t) for c, t in zip(lease.item_order, texts, strict=True)],
                       expires_at=lease.expires_at)
@@ -411,16 +447,27 @@ def _task_items(conn: Connection, database: Database, task_id: int) -> list[int]
 def _cached(database: Database, name: str, ids: list[int], load) -> list:
     """Values by id from a per-process cache, for what never changes once stored: prompts,
     continuations, the items of a task. load(missing ids) gives (id, value) pairs."""
+    found, missing = _cache_lookup(database, name, ids)
+    if missing:
+        found.update(_cache_store(database, name, load(missing)))
+    return [found[i] for i in ids]
+
+
+def _cache_lookup(database: Database, name: str, ids: list[int]) -> tuple[dict, list[int]]:
+    """What the cache `name` holds of ids, and the ids it lacks."""
     cache = database.state.setdefault(name, {})
     found = {i: value for i in ids if (value := cache.get(i)) is not None}
-    missing = [i for i in ids if i not in found]
-    if missing:
-        loaded = dict(load(missing))
-        if len(cache) > CACHE_SIZE:
-            cache.clear()
-        cache.update(loaded)
-        found.update(loaded)
-    return [found[i] for i in ids]
+    return found, [i for i in ids if i not in found]
+
+
+def _cache_store(database: Database, name: str, pairs) -> dict:
+    """Adds (id, value) pairs to the cache `name` (starting it afresh past CACHE_SIZE); returns them."""
+    loaded = dict(pairs)
+    cache = database.state.setdefault(name, {})
+    if len(cache) > CACHE_SIZE:
+        cache.clear()
+    cache.update(loaded)
+    return loaded
 
 
 def _release_leases(conn: Connection, task_ids: Sequence[int]) -> None:
@@ -578,19 +625,24 @@ async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[st
     if _sweep_due(database):
         await database.run_write(lambda conn: expire_leases(conn, now))
 
-    def lease(conn: Connection) -> LeasedTask | None:
+    async def lease() -> LeasedTask | None:
         shuffle = list(range(SHUFFLED_POSITIONS))
         # A fresh order per assignment, against position bias, and so that positions never follow the
         # versions (a task's stored items follow the continuation ids).
         _shuffler.shuffle(shuffle)
         values = {"user_id": user_id, "now": now, "expires_at": now + timedelta(seconds=lease_seconds), "shuffle": shuffle}
-        row = conn.execute(_lease_statement_postgres(kinds), values).one_or_none()
-        return _leased_task(conn, database, Lease(*row) if row is not None else None)
+        row = await database.statements.fetch_one(_lease_statement_postgres(kinds), values)
+        if row is None:
+            return None
+        lease = Lease(*row)
+        _cache_store(database, "leased_here", [(lease.assignment_id, KnownAssignment(user_id, lease.task_id, lease.kind,
+                                                                                    lease.item_order))])
+        return await _leased_task_postgres(database, lease)
 
-    leased = await database.run_statements(lease)
+    leased = await lease()
     # Nothing free: maybe a lease just ran out.
     if leased is None and await database.run_write(lambda conn: expire_leases(conn, now)):
-        leased = await database.run_statements(lease)
+        leased = await lease()
     return leased
 
 
@@ -659,19 +711,32 @@ STORED_BY_KEY = {model: select(model.id, model.user_id, model.assignment_id, mod
 
 
 def _assignment_row(conn: Connection, user: User, assignment_id: int):
-    row = conn.execute(ASSIGNMENT_ROW, {"assignment_id": assignment_id}).one_or_none()
+    return _users_assignment(conn.execute(ASSIGNMENT_ROW, {"assignment_id": assignment_id}).one_or_none(), user)
+
+
+def _users_assignment(row, user: User):
+    """The assignment row (ASSIGNMENT_ROW) if it is the user's; another's is as unknown as a missing one."""
     if row is None or row.user_id != user.id:
         raise NotFound("no such task of yours")
     return row
 
 
-def _open_assignment(conn: Connection, user: User, assignment_id: int, kind: str | tuple[str, ...]):
-    row = _assignment_row(conn, user, assignment_id)
+OPEN_STATUSES = ("active", "expired")  # an expired lease may still be submitted, as surplus
+
+
+def _open_assignment(row, user: User, kind: str | tuple[str, ...]):
+    """The assignment row if it is the user's, of that kind, and still open for a submission."""
+    row = _users_assignment_of_kind(row, user, kind)
+    if row.status not in OPEN_STATUSES:
+        raise Conflict(f"this task is already {row.status}")
+    return row
+
+
+def _users_assignment_of_kind(row, user: User, kind: str | tuple[str, ...]):
+    row = _users_assignment(row, user)
     kinds = (kind,) if isinstance(kind, str) else kind
     if row.kind not in kinds:
         raise Invalid(f"this is a {row.kind} task, not {kinds[0]}")
-    if row.status not in ("active", "expired"):  # an expired lease may still be submitted, as surplus
-        raise Conflict(f"this task is already {row.status}")
     return row
 
 
@@ -698,9 +763,8 @@ def _count_judgement(conn: Connection, assignment_id: int, row, now: datetime) -
     return counted
 
 
-def _replay(database: Database, model, user: User, key: str, assignment_id: int) -> SubmitResult | None:
-    with database.engine.connect() as conn:
-        row = conn.execute(STORED_BY_KEY[model], {"key": key}).one_or_none()
+async def _replay(database: Database, model, user: User, key: str, assignment_id: int) -> SubmitResult | None:
+    row = await database.fetch_one(STORED_BY_KEY[model], {"key": key})
     if row is None:
         return None
     if row.user_id != user.id:
@@ -718,29 +782,39 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
     judgement's columns, is_surplus aside: whether it counts is settled here. A repeated key finds its
     assignment no longer open (or hits the unique key) and is answered from the stored judgement, so
     the common first submission costs no extra lookup."""
-    def store(conn: Connection) -> SubmitResult:
-        row = _open_assignment(conn, user, assignment_id, kinds)
+    def store(conn: Connection) -> SubmitResult:  # SQLite: a job of the group commit; count, then insert
+        row = _open_assignment(conn.execute(ASSIGNMENT_ROW, {"assignment_id": assignment_id}).one_or_none(),
+                               user, kinds)
         now = utcnow()
         columns = judgement(row, now)
-        if database.is_sqlite:  # a job of the group commit: count, then insert
-            counted = _count_judgement(conn, assignment_id, row, now)
-            judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
-            return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
-        # PostgreSQL: counting and inserting in one statement, after the read above
-        stored = conn.execute(_submit_statement_postgres(model, tuple(columns)),
-                              {**{f"new_{name}": value for name, value in columns.items()},
-                               "assignment_id": assignment_id, "old_status": row.status, "now": now}).one_or_none()
-        if stored is None:  # the assignment changed since it was read (a duplicate of this submission?)
+        counted = _count_judgement(conn, assignment_id, row, now)
+        judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
+        return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+
+    async def store_postgres() -> SubmitResult:
+        # What never changes of the assignment, from this process's lease if it made it (then the
+        # submission is one statement), else read; the statement itself checks that it is still open.
+        known = database.state.get("leased_here", {}).pop(assignment_id, None)
+        if known is None:
+            known = _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
+                                     user, kinds)
+        row = _users_assignment_of_kind(known, user, kinds)
+        now = utcnow()
+        columns = judgement(row, now)
+        stored = await database.statements.fetch_one(
+            _submit_statement_postgres(model, tuple(columns)),
+            {**{f"new_{name}": value for name, value in columns.items()}, "assignment_id": assignment_id, "now": now})
+        if stored is None:  # no longer open: say why (already submitted? a duplicate of this submission?)
+            _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
+                             user, kinds)
             raise Conflict("this task changed meanwhile; reload it")
         return SubmitResult(judgement_id=stored.id, counted=not stored.is_surplus, replayed=False)
 
     try:
-        if database.is_sqlite:
-            return await database.run_write(store)
-        return await database.run_statements(store)
+        return await (database.run_write(store) if database.is_sqlite else store_postgres())
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
-        if (replayed := _replay(database, model, user, key, assignment_id)) is not None:
+        if (replayed := await _replay(database, model, user, key, assignment_id)) is not None:
             return replayed
         raise
 
@@ -748,13 +822,12 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
 @cache
 def _submit_statement_postgres(model, columns: tuple[str, ...]):
     """_count_judgement and the INSERT as one statement (PostgreSQL). The assignment is locked first
-    and only while still in the status it was read in (`old_status`): a concurrent duplicate waits
-    for that lock, then finds the status changed, and the statement stores nothing and returns no
-    row. Then the judgement counts if the lease still runs and the task has fewer than R counted
+    and only while still open (active, or expired): a concurrent duplicate waits for that lock, then
+    finds it submitted, and the statement stores nothing and returns no row. Then the judgement counts if the lease still runs and the task has fewer than R counted
     (one conditional UPDATE of the task row); a running lease that does not count gives its slot back;
     the assignment becomes submitted or surplus; the judgement is inserted."""
     locked = (select(Assignment.id, Assignment.task_id, Assignment.status, Assignment.expires_at)
-              .where(Assignment.id == bindparam("assignment_id"), Assignment.status == bindparam("old_status"))
+              .where(Assignment.id == bindparam("assignment_id"), _is_one_of(Assignment.status, OPEN_STATUSES))
               .with_for_update(of=Assignment).cte("locked"))
     now = bindparam("now", type_=Assignment.finished_at.type)
     running = select(locked.c.task_id).where(locked.c.status == "active")

@@ -7,6 +7,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.config import Settings
+from app.db import Database
 from app.models import ROLES, TOKEN_NAME_MAX, ApiToken, Invite, User, utcnow
 from app.security import hash_password, new_token, token_digest, verify_dummy, verify_password
 from app.services import sessions
@@ -171,19 +172,18 @@ _TOKEN_USER = (select(User.__table__, ApiToken.id.label("token_id"), ApiToken.la
                .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.expires_at > bindparam("now"), User.is_active))
 
 
-def user_for_token(conn: Connection, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
+async def user_for_token(database: Database, token: str, now: datetime) -> tuple[User, int, datetime | None] | None:
     """(active user, token id, last used) for an unexpired token, or None. One indexed read (the
     unique token_hash, then the user's primary key) on every API request: role and active state are
     never older than the request. Core rather than an ORM session: on this hot path the session and
     the entity loading cost about as much again as the query. The User comes back detached, as if
     loaded by a session that has closed."""
-    row = conn.execute(_TOKEN_USER, {"token_hash": token_digest(token), "now": now}).one_or_none()
+    row = await database.fetch_one(_TOKEN_USER, {"token_hash": token_digest(token), "now": now})
     if row is None:
         return None
-    values = row._mapping
-    user = User(**{column.key: values[column.key] for column in User.__table__.columns})
+    user = User(**{column.key: getattr(row, column.key) for column in User.__table__.columns})
     make_transient_to_detached(user)
-    return user, values["token_id"], values["token_last_used_at"]
+    return user, row.token_id, row.token_last_used_at
 
 
 # last_used_at is written when it is at least this old: one write per token every few minutes, not
