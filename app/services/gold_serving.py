@@ -12,6 +12,7 @@ has not had (the (task, user) unique assignment keeps it so), from a batch that 
 takes no notice of R: everyone may get each gold task once.
 """
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ async def due(database: Database, kinds: tuple[str, ...]) -> bool:
     """Whether this lease should be a gold check: gold items of these kinds exist and the draw says so."""
     serving: _Serving | None = database.state.get("gold_serving")
     if serving is None or time.monotonic() - serving.checked_at > REFRESH_SECONDS:
-        serving = await database.in_thread(_load, database)
+        serving = await asyncio.to_thread(_load, database)  # once per REFRESH_SECONDS per process
         database.state["gold_serving"] = serving
     if serving.rate <= 0 or serving.kinds.isdisjoint(kinds):
         return False
