@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from app import cli as cli_module
 from app.models import Assignment, BwsJudgement, Task, TaskItem, User
-from app.services import tasks, users
+from app.services import gold_serving, tasks, users
 from app.services.item_handles import ItemHandles
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import seed_bws_batch
@@ -80,6 +80,7 @@ def test_postgresql_leases_and_submits_in_one_statement_each(database, statement
     seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
     user, handles = _annotator(database), ItemHandles.from_secret(TEST_SECRET_KEY)
     database.state["last_expiry_sweep"] = time.monotonic()  # no routine expiry sweep due
+    asyncio.run(gold_serving.due(database, ("bws",)))  # nor a refresh of the gold settings (every 5 s)
     statements.clear()
 
     leased = asyncio.run(tasks.next_task(database, user, 600))
