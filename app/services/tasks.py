@@ -576,12 +576,7 @@ def _lease_gold(conn: Connection, database: Database, user_id: int, kinds: tuple
     if gold is None:
         return None
     conn.execute(update(Task).where(Task.id == gold.id).values(active_leases=Task.active_leases + 1))
-    order = _task_items(conn, database, gold.id).copy()
-    _shuffler.shuffle(order)
-    expires_at = now + timedelta(seconds=lease_seconds)
-    assignment_id = conn.scalar(NEW_LEASE, {"task_id": gold.id, "user_id": user_id, "item_order": order,
-                                            "status": "active", "leased_at": now, "expires_at": expires_at})
-    return _leased_task(conn, database, Lease(assignment_id, gold.id, gold.kind, gold.prompt_id, order, expires_at))
+    return _leased_task(conn, database, _new_assignment(conn, database, gold, user_id, now, lease_seconds))
 
 
 # PostgreSQL: every statement is a network round trip (and BEGIN and COMMIT are two more), which cost
@@ -659,14 +654,19 @@ def _lease_next(conn: Connection, database: Database, user_id: int, kinds: tuple
         taken = conn.execute(take_slot, {"user_id": user_id}).one_or_none()
     if taken is None:
         return None
-    order = _task_items(conn, database, taken.id).copy()
-    # A fresh order per assignment, against position bias, and so that positions never follow the
-    # versions (a task's stored items follow the continuation ids).
+    return _new_assignment(conn, database, taken, user_id, now, lease_seconds)
+
+
+def _new_assignment(conn: Connection, database: Database, task, user_id: int, now: datetime, lease_seconds: int) -> Lease:
+    """The assignment of a task (id, kind, prompt_id) whose slot has been taken, with its items in a
+    fresh order: against position bias, and so that positions never follow the versions (a task's
+    stored items follow the continuation ids)."""
+    order = _task_items(conn, database, task.id).copy()
     _shuffler.shuffle(order)
     expires_at = now + timedelta(seconds=lease_seconds)
-    assignment_id = conn.scalar(NEW_LEASE, {"task_id": taken.id, "user_id": user_id, "item_order": order,
+    assignment_id = conn.scalar(NEW_LEASE, {"task_id": task.id, "user_id": user_id, "item_order": order,
                                             "status": "active", "leased_at": now, "expires_at": expires_at})
-    return Lease(assignment_id, taken.id, taken.kind, taken.prompt_id, order, expires_at)
+    return Lease(assignment_id, task.id, task.kind, task.prompt_id, order, expires_at)
 
 
 def get_task(database: Database, user: User, assignment_id: int) -> LeasedTask:
