@@ -116,6 +116,17 @@ class AsyncStatements:
             await self._put_back(conn)
             return rows
 
+    async def open_connections(self) -> None:
+        """Opens the pool's connections ahead of need (at worker start). Opening one costs a server
+        process and a SCRAM password exchange, several ms of CPU on each side: when annotators arrive
+        together, opening them on demand made the first seconds' p99 about 0.7 s at 1,000 annotators."""
+        wanted = HOT_PATH_CONNECTIONS - len(self._idle)
+        opened = await asyncio.gather(*(self._connect() for _ in range(wanted)), return_exceptions=True)
+        failed = [exc for exc in opened if isinstance(exc, BaseException)]
+        self._idle.extend(conn for conn in opened if not isinstance(conn, BaseException))
+        if failed:  # the database is not up yet: connections open on demand later, as without this
+            log.warning("opened %d of %d PostgreSQL connections ahead: %s", wanted - len(failed), wanted, failed[0])
+
     async def close(self) -> None:
         """Closes the idle connections (at shutdown)."""
         while self._idle:
@@ -238,6 +249,13 @@ class Database:
             return await self.statements.fetch_one(statement, values)
         with self.engine.connect() as conn:
             return conn.execute(statement, values).one_or_none()
+
+    async def fetch_all(self, statement: Executable, values: dict[str, Any]) -> list:
+        """fetch_one's many-row sibling: the statement's rows."""
+        if self.statements is not None:
+            return await self.statements.fetch_all(statement, values)
+        with self.engine.connect() as conn:
+            return conn.execute(statement, values).all()
 
     def _run_write_now(self, job: Callable[[Connection], T]) -> T:
         """The job in its own write transaction on a Core connection, in this thread."""

@@ -62,13 +62,9 @@ async def api_user(database: DatabaseDep, clock: ClockDep,
     revocation or an expiry holds from the very next request."""
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    now = clock()
-    found = await users.user_for_token(database, credentials.credentials, now)
-    if found is None:
+    user = await users.user_for_token(database, credentials.credentials, clock())
+    if user is None:
         raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
-    user, token_id, last_used_at = found
-    if last_used_at is None or now - last_used_at >= users.LAST_USED_RESOLUTION:
-        await database.run_write(lambda conn: users.mark_token_used(conn, token_id, now))
     return user
 
 

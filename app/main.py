@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import configure_mappers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -22,6 +23,7 @@ from app.deps import LoginRequired
 from app.faults import RETRY_AFTER_SECONDS, is_unavailable
 from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
+from app.services import gold_serving
 from app.services.errors import ServiceError
 from app.services.item_handles import ItemHandles
 from app.templating import ROOT, human_size, templates
@@ -110,6 +112,27 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+async def _warm_up(app: FastAPI, database: Database) -> None:
+    """What a worker would otherwise do on its first requests, each taking tens of ms with hundreds
+    of annotators' requests queued behind it: SQLAlchemy configures its mappers on first use, FastAPI
+    builds a router's routes on the first request that reaches them, and the gold settings are
+    loaded. The requests carry no token, so they end at the 401 before any service runs."""
+    configure_mappers()
+    await gold_serving.refresh(database)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(_message: dict) -> None:
+        pass
+
+    for path in ("/api/v1/tasks/next", "/api/v1/tasks/1/bws"):
+        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                   "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                   "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80)},
+                  receive, send)
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
 
@@ -132,6 +155,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if database.statements is not None:
+            await database.statements.open_connections()
+        await _warm_up(_app, database)
         _tune_garbage_collector()
         with database.wal_checkpoints_in_background():
             yield
