@@ -3,15 +3,19 @@ statement per lease and per submission. The leasing guarantees under concurrency
 are tests/test_concurrency.py's."""
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, func, select, update
+from fastapi.testclient import TestClient
+from sqlalchemy import event, func, select, text, update
 from typer.testing import CliRunner
 
 from app import cli as cli_module
-from app.models import Assignment, BwsJudgement, Task, TaskItem, User
+from app.db import HOT_PATH_CONNECTIONS
+from app.models import ApiToken, Assignment, BwsJudgement, Task, TaskItem, User, utcnow
 from app.services import gold_serving, tasks, users
 from app.services.item_handles import ItemHandles
 from tests.conftest import TEST_SECRET_KEY
@@ -191,3 +195,83 @@ def test_postgresql_submission_to_another_worker_reads_the_assignment_first(data
     with pytest.raises(tasks.Conflict, match="already surplus"):  # a new key for a task already judged
         body2 = body.model_copy(update={"idempotency_key": uuid.uuid4().hex})
         asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body2, handles))
+
+
+def test_the_token_check_marks_the_last_use_in_the_same_statement_on_postgresql(database, settings, statements):
+    """An API request's token check is one statement on PostgreSQL, also when it marks the token's
+    last use (every few minutes); SQLite reads, then writes only when the mark is due."""
+    user = _annotator(database)
+    first_use = utcnow()
+    with database.write() as db:
+        token, info = users.create_api_token(db, user, settings, first_use)
+
+    def check(now) -> tuple[int, object]:
+        statements.clear()
+        found = asyncio.run(users.user_for_token(database, token, now))
+        assert found is not None and found.id == user.id
+        with database.read() as db:
+            return len(statements), db.scalar(select(ApiToken.last_used_at).where(ApiToken.id == info.id))
+
+    marking, last_used = check(first_use)
+    assert last_used == first_use
+    reading, last_used = check(first_use + timedelta(minutes=1))
+    assert last_used == first_use  # not yet due: only read
+    later = first_use + users.LAST_USED_RESOLUTION
+    marking_again, last_used = check(later)
+    assert last_used == later
+    if database.statements is not None:
+        assert marking == reading == marking_again == 1
+    else:  # SQLite: a write transaction more when the mark is due
+        assert marking > reading and marking_again > reading
+    with database.write() as db:  # a deactivated user's token is neither accepted nor marked
+        db.execute(update(User).where(User.id == user.id).values(is_active=False))
+    statements.clear()
+    assert asyncio.run(users.user_for_token(database, token, later + users.LAST_USED_RESOLUTION)) is None
+    with database.read() as db:
+        assert db.scalar(select(ApiToken.last_used_at).where(ApiToken.id == info.id)) == later
+
+
+def test_a_burst_of_leases_loads_the_gold_settings_once(database, monkeypatch):
+    """The gold rate is cached per process and refreshed every few seconds; when it is due, one load
+    runs, not one per request that finds it due (1,000 arriving annotators queued behind those)."""
+    loads = []
+    refresh = gold_serving.refresh
+
+    async def counted(db):
+        loads.append(1)
+        return await refresh(db)
+
+    monkeypatch.setattr(gold_serving, "refresh", counted)
+
+    async def burst() -> list[bool]:
+        return await asyncio.gather(*(gold_serving.due(database, ("bws",)) for _ in range(50)))
+
+    assert asyncio.run(burst()) == [False] * 50  # nothing cached yet: all wait for the one load
+    assert len(loads) == 1
+    stale = database.state["gold_serving"]
+    database.state["gold_serving"] = dataclasses.replace(stale, checked_at=stale.checked_at - 2 * gold_serving.REFRESH_SECONDS)
+
+    async def burst_then_settle() -> list[bool]:
+        answers = await burst()  # stale: answered from the cache while one load runs
+        await asyncio.sleep(0.5)
+        return answers
+
+    assert asyncio.run(burst_then_settle()) == [False] * 50
+    assert len(loads) == 2
+    assert database.state["gold_serving"].checked_at > stale.checked_at
+
+
+def test_a_worker_opens_its_postgresql_connections_before_serving(app, database):
+    """The annotation path's connections are opened at start, not by the first annotators to arrive."""
+    if database.statements is None:
+        pytest.skip("PostgreSQL's path")
+
+    def backends() -> int:
+        with database.read() as db:
+            return db.scalar(select(func.count()).select_from(text("pg_stat_activity"))
+                             .where(text("datname = current_database()")))
+
+    before = backends()
+    with TestClient(app):
+        assert backends() - before >= HOT_PATH_CONNECTIONS
+    assert backends() - before < HOT_PATH_CONNECTIONS  # closed at shutdown
