@@ -73,7 +73,12 @@ async def _current(database: Database) -> _Serving:
     task = loading.get(loop)
     if task is None:
         task = loading[loop] = loop.create_task(refresh(database))
-        task.add_done_callback(lambda done: (loading.pop(loop, None), done.cancelled() or done.exception()))
+
+        def finished(done: asyncio.Task) -> None:
+            del loading[loop]
+            if not done.cancelled():
+                done.exception()  # a failed load is retried by the next lease; nobody else awaits it
+        task.add_done_callback(finished)
     if serving is not None:
         return serving  # seconds old: the lease goes on while the load runs
     return await asyncio.shield(task)

@@ -63,7 +63,7 @@ from app.services import gold_serving
 from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Forbidden, Invalid, NotFound
 from app.services.item_handles import ItemHandles
-from app.validation import BoundedText, DbId
+from app.validation import BoundedText
 
 ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating", "eval"), "admin": ("bws", "rating", "eval")}
 RATING_KINDS = ("rating", "eval")  # "eval": a blind evaluation-campaign item, rated like a rating task
@@ -823,8 +823,9 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
 def _submit_statement_postgres(model, columns: tuple[str, ...]):
     """_count_judgement and the INSERT as one statement (PostgreSQL). The assignment is locked first
     and only while still open (active, or expired): a concurrent duplicate waits for that lock, then
-    finds it submitted, and the statement stores nothing and returns no row. Then the judgement counts if the lease still runs and the task has fewer than R counted
-    (one conditional UPDATE of the task row); a running lease that does not count gives its slot back;
+    finds it submitted, and the statement stores nothing and returns no row. Then the judgement
+    counts if the lease still runs and the task has fewer than R counted (one conditional UPDATE of
+    the task row); a running lease that does not count gives its slot back;
     the assignment becomes submitted or surplus; the judgement is inserted."""
     locked = (select(Assignment.id, Assignment.task_id, Assignment.status, Assignment.expires_at)
               .where(Assignment.id == bindparam("assignment_id"), _is_one_of(Assignment.status, OPEN_STATUSES))
