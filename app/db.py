@@ -2,6 +2,7 @@
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -16,11 +17,13 @@ from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-try:  # the PostgreSQL driver; absent on a SQLite-only install
-    import psycopg
-    from psycopg.rows import namedtuple_row
+from app.faults import is_unavailable
+
+try:  # the PostgreSQL drivers; absent on a SQLite-only install
+    import asyncpg
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 except ImportError:  # pragma: no cover
-    psycopg = None
+    asyncpg = None
 
 
 def make_engine(url: str) -> Engine:
@@ -59,100 +62,122 @@ HOT_PATH_CONNECTIONS = 40
 
 @dataclass(frozen=True)
 class _Compiled:
-    """A statement compiled once for psycopg: its SQL, the values of its literal parameters, and the
-    bind processors of its typed ones (UTC datetimes, JSON): what SQLAlchemy does per execution."""
+    """A statement compiled once for asyncpg: its SQL, its parameters' names in $n order, the values
+    of its literal parameters, and the bind processors of its typed ones (UTC datetimes, JSON): what
+    SQLAlchemy does per execution."""
 
     sql: str
+    names: tuple[str, ...]
     defaults: dict[str, Any]
     processors: dict[str, Callable[[Any], Any]]
 
-    def parameters(self, values: dict[str, Any]) -> dict[str, Any]:
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
         params = {**self.defaults, **values}
         for name, process in self.processors.items():
             params[name] = process(params[name])
-        return params
+        return [params[name] for name in self.names]
+
+
+if asyncpg is not None:
+    class Row(asyncpg.Record):
+        """A row whose columns read as attributes too (row.id), like SQLAlchemy's rows."""
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
 
 
 class AsyncStatements:
-    """PostgreSQL: the annotation path's statements (token check, lease, submission) run on psycopg's
-    own async connections, on the event loop. Through SQLAlchemy each ran in a worker thread: a
-    thread hand-off there and back per statement, plus SQLAlchemy's execution (cache lookup,
-    parameter and result processing), cost more server CPU than the statement itself. Statements
-    are built with SQLAlchemy as elsewhere and compiled once; psycopg prepares them on the server.
+    """PostgreSQL: the annotation path's statements (token check, lease, submission) run on asyncpg
+    connections, on the event loop. Through SQLAlchemy each ran in a worker thread: a thread hand-off
+    there and back per statement, plus SQLAlchemy's execution (cache lookup, parameter and result
+    processing), cost more server CPU than the statement itself; psycopg's async connections still
+    cost about 2.7 times asyncpg's client CPU per statement (benchmarks/driver_cpu.py). Statements are
+    built with SQLAlchemy as elsewhere and compiled once; asyncpg prepares them on the server.
 
-    Connections run in autocommit (a single statement is atomic), without pre-ping: one broken by a
-    database restart fails its statement with psycopg.OperationalError, which is answered 503 +
-    Retry-After (app/main.py), and every idle connection is dropped with it, as SQLAlchemy's pool
-    does. At most HOT_PATH_CONNECTIONS statements at once per event loop."""
+    Connections are outside any transaction between statements (a single statement is atomic), and
+    are not pinged before use: one broken by a database restart fails its statement with a
+    connection error, which is answered 503 + Retry-After (app/main.py), and every idle connection
+    is dropped with it, as SQLAlchemy's pool does. At most HOT_PATH_CONNECTIONS statements at once
+    per event loop."""
 
     def __init__(self, engine: Engine) -> None:
-        self._dialect = engine.dialect
-        _args, self._connect_kwargs = engine.dialect.create_connect_args(engine.url)
-        self._idle: deque = deque()  # connections between statements, shared by the process's loops
-        self._limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> Semaphore
+        self._dialect = asyncpg_dialect()
+        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # The pool of each serving event loop (a worker's; a test client's): an asyncpg connection
+        # belongs to the loop that opened it. Other loops (a script's or a test's asyncio.run) open a
+        # connection per statement.
+        self._pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> _LoopPool
         self._compiled: dict[Executable, _Compiled] = {}
 
     async def fetch_one(self, statement: Executable, values: dict[str, Any]):
-        """The statement's one row (a named tuple) or None."""
+        """The statement's one row or None."""
         rows = await self.fetch_all(statement, values)
         return rows[0] if rows else None
 
     async def fetch_all(self, statement: Executable, values: dict[str, Any]) -> list:
         compiled = self._compiled.get(statement) or self._compile(statement)
-        params = compiled.parameters(values)
-        loop = asyncio.get_running_loop()
-        limit = self._limits.get(loop) or self._limits.setdefault(loop, asyncio.Semaphore(HOT_PATH_CONNECTIONS))
-        async with limit:
-            conn = self._idle.pop() if self._idle else await self._connect()
+        arguments = compiled.arguments(values)
+        pool = self._pools.get(asyncio.get_running_loop())
+        if pool is None:
+            conn = await self._connect()
             try:
-                cursor = await conn.execute(compiled.sql, params, prepare=True)
-                rows = await cursor.fetchall()
-            except psycopg.IntegrityError as exc:  # a unique key raced: the callers retry or replay
-                await self._put_back(conn)
-                raise IntegrityError(compiled.sql, params, exc) from exc
-            except BaseException:
-                await self._drop(conn)
+                return await _fetch(conn, compiled, arguments)
+            finally:
+                conn.terminate()
+        async with pool.limit:
+            conn = await pool.take() or await self._connect()
+            try:
+                rows = await _fetch(conn, compiled, arguments)
+            except IntegrityError:  # a unique key raced: the callers retry or replay
+                pool.put_back(conn)
                 raise
-            await self._put_back(conn)
+            except BaseException as exc:
+                # The connection's state is unknown; a broken one means the database went away (a
+                # restart): its idle siblings are as dead.
+                conn.terminate()
+                if conn.is_closed() or is_unavailable(exc):
+                    pool.terminate()
+                raise
+            pool.put_back(conn)
             return rows
 
     async def open_connections(self) -> None:
-        """Opens the pool's connections ahead of need (at worker start). Opening one costs a server
-        process and a SCRAM password exchange, several ms of CPU on each side: when annotators arrive
-        together, opening them on demand made the first seconds' p99 about 0.7 s at 1,000 annotators."""
-        wanted = HOT_PATH_CONNECTIONS - len(self._idle)
+        """Starts this event loop's pool and opens its connections ahead of need (at worker start).
+        Opening one costs a server process and a SCRAM password exchange, several ms of CPU on each
+        side: when annotators arrive together, opening them on demand made the first seconds' p99
+        about 0.7 s at 1,000 annotators."""
+        pool = self._pools.setdefault(asyncio.get_running_loop(), _LoopPool())
+        wanted = HOT_PATH_CONNECTIONS - len(pool.idle)
         opened = await asyncio.gather(*(self._connect() for _ in range(wanted)), return_exceptions=True)
         failed = [exc for exc in opened if isinstance(exc, BaseException)]
-        self._idle.extend(conn for conn in opened if not isinstance(conn, BaseException))
+        pool.idle.extend(conn for conn in opened if not isinstance(conn, BaseException))
         if failed:  # the database is not up yet: connections open on demand later, as without this
             log.warning("opened %d of %d PostgreSQL connections ahead: %s", wanted - len(failed), wanted, failed[0])
 
     async def close(self) -> None:
-        """Closes the idle connections (at shutdown)."""
-        while self._idle:
-            await self._idle.pop().close()
+        """Ends this event loop's pool, closing its connections (at shutdown)."""
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        while pool is not None and pool.idle:
+            await pool.idle.pop().close()
 
     def close_outside_loop(self) -> None:
-        """close() for code without an event loop (Database.dispose): closing needs no waiting."""
-        while self._idle:
-            self._idle.pop().pgconn.finish()
+        """Drops every pool's idle connections, for code without an event loop (Database.dispose)."""
+        for pool in list(self._pools.values()):
+            pool.terminate()
 
     async def _connect(self):
-        return await psycopg.AsyncConnection.connect(**self._connect_kwargs, autocommit=True, row_factory=namedtuple_row)
-
-    async def _put_back(self, conn) -> None:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and len(self._idle) < HOT_PATH_CONNECTIONS:
-            self._idle.append(conn)
-        else:
-            await conn.close()
-
-    async def _drop(self, conn) -> None:
-        """After a failed or interrupted statement: the connection's state is unknown, and a broken
-        one means the database went away (a restart): its idle siblings are as dead."""
-        broken = conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN
-        await conn.close()
-        if broken:
-            await self.close()
+        conn = await asyncpg.connect(
+            self._dsn,
+            # Generic plans: the lease statement's custom plan cost PostgreSQL about as much CPU to
+            # make as to run, and it re-planned it on every call (a generic plan's estimate looked
+            # worse; the plan is the same). These statements are point lookups and index walks.
+            server_settings={"plan_cache_mode": "force_generic_plan"})
+        # JSON parameters arrive serialized by SQLAlchemy's bind processors; results are decoded here.
+        await conn.set_type_codec("json", schema="pg_catalog", encoder=str, decoder=json.loads)
+        return conn
 
     def _compile(self, statement: Executable) -> _Compiled:
         compiled = statement.compile(dialect=self._dialect)
@@ -164,8 +189,43 @@ class AsyncStatements:
                 defaults[name] = bind.effective_value
             if (process := bind.type.dialect_impl(self._dialect).bind_processor(self._dialect)) is not None:
                 processors[name] = process
-        self._compiled[statement] = result = _Compiled(compiled.string, defaults, processors)
+        self._compiled[statement] = result = _Compiled(compiled.string, tuple(compiled.positiontup), defaults, processors)
         return result
+
+
+async def _fetch(conn, compiled: _Compiled, arguments: list) -> list:
+    try:
+        return await conn.fetch(compiled.sql, *arguments, record_class=Row)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise IntegrityError(compiled.sql, arguments, exc) from exc
+
+
+class _LoopPool:
+    """One event loop's connections: the idle ones, and a bound on statements at once."""
+
+    def __init__(self) -> None:
+        self.idle: deque = deque()
+        self.limit = asyncio.Semaphore(HOT_PATH_CONNECTIONS)
+
+    async def take(self):
+        """An idle connection that is still open, or None. PostgreSQL closes them all when it restarts."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.is_closed():
+                return conn
+        return None
+
+    def put_back(self, conn) -> None:
+        if not conn.is_in_transaction() and len(self.idle) < HOT_PATH_CONNECTIONS:
+            self.idle.append(conn)
+        else:
+            conn.terminate()
+
+    def terminate(self) -> None:
+        """Drops the idle connections without waiting (also when their loop has ended)."""
+        while self.idle:
+            conn = self.idle.pop()
+            conn.terminate()
 
 
 T = TypeVar("T")

@@ -13,11 +13,18 @@ import sqlite3
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-try:  # the PostgreSQL driver; absent on a SQLite-only install
+try:  # the PostgreSQL drivers (psycopg under SQLAlchemy, asyncpg on the annotation path); absent on a SQLite-only install
+    import asyncpg
     import psycopg
-    _PSYCOPG_UNAVAILABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+    _POSTGRES_UNAVAILABLE: tuple[type[Exception], ...] = (
+        psycopg.OperationalError, psycopg.InterfaceError,
+        asyncpg.PostgresConnectionError,  # class 08: connection failures, closed mid-statement included
+        asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, terminated
+        asyncpg.exceptions.InsufficientResourcesError,  # class 53: disk full, out of memory, too many connections
+        asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
+    )
 except ImportError:  # pragma: no cover
-    _PSYCOPG_UNAVAILABLE = ()
+    _POSTGRES_UNAVAILABLE = ()
 
 RETRY_AFTER_SECONDS = 3
 
@@ -37,6 +44,10 @@ _UNAVAILABLE_MESSAGES = (
     "cannot connect now",
     "connection refused",
     "server closed the connection unexpectedly",
+    # asyncpg: a connection the server closed, or one that got its "terminating connection" while
+    # idle and is not closed yet (it refuses the next statement before sending anything)
+    "connection is closed",
+    "cannot switch to state",
 )
 
 _UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO}
@@ -50,10 +61,12 @@ def is_unavailable(exc: BaseException) -> bool:
         if exc.connection_invalidated:
             return True
         exc = exc.orig
-    if isinstance(exc, _PSYCOPG_UNAVAILABLE):  # connection failures, shutdown, disk full (53100), I/O (58030)
+    if isinstance(exc, _POSTGRES_UNAVAILABLE):  # connection failures, shutdown, disk full (53100), I/O (58030)
         return True
     if isinstance(exc, sqlite3.DatabaseError):  # OperationalError included
         return any(m in str(exc).lower() for m in _UNAVAILABLE_MESSAGES)
+    if isinstance(exc, ConnectionError):  # refused or reset: asyncpg opening a connection while PostgreSQL is down
+        return True
     if isinstance(exc, OSError):
         return exc.errno in _UNAVAILABLE_ERRNOS
     return any(m in str(exc).lower() for m in _UNAVAILABLE_MESSAGES)

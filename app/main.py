@@ -225,9 +225,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     for fault_type in FAULT_TYPES:
         app.add_exception_handler(fault_type, unavailable)
-    try:
-        import psycopg  # its errors can escape unwrapped from a driver-level call
-        app.add_exception_handler(psycopg.Error, unavailable)
+    try:  # the drivers' errors can escape unwrapped from a driver-level call
+        import asyncpg
+        import psycopg
+        for driver_error in (psycopg.Error, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+            app.add_exception_handler(driver_error, unavailable)
     except ImportError:  # pragma: no cover (a SQLite-only install)
         pass
 

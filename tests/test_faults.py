@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
-
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -62,6 +62,14 @@ READ_ONLY = "attempt to write a readonly database"
     OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown(
         "terminating connection due to administrator command")),
     PoolTimeout("QueuePool limit of size 20 overflow 40 reached"),
+    # asyncpg, the annotation path's driver on PostgreSQL (app/db.py AsyncStatements)
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.exceptions.DiskFullError("could not extend file: No space left on device"),
+    asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+    ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 5432)"),
     OSError(errno.ENOSPC, "No space left on device"),
     OSError(errno.EROFS, "Read-only file system"),
 ], ids=repr)
@@ -73,6 +81,8 @@ def test_database_and_disk_faults_are_unavailability(exc):
     sqlite3.OperationalError("no such table: bws_judgements"),
     OperationalError("SELECT x", {}, sqlite3.OperationalError('near "x": syntax error')),
     IntegrityError("INSERT ...", {}, sqlite3.IntegrityError("UNIQUE constraint failed")),
+    asyncpg.exceptions.UniqueViolationError("duplicate key value violates unique constraint"),
+    asyncpg.exceptions.UndefinedTableError('relation "bws_judgements" does not exist'),
     OSError(errno.ENOENT, "No such file or directory"),
     ValueError("a bug"),
 ], ids=repr)

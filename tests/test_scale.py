@@ -275,3 +275,22 @@ def test_a_worker_opens_its_postgresql_connections_before_serving(app, database)
     with TestClient(app):
         assert backends() - before >= HOT_PATH_CONNECTIONS
     assert backends() - before < HOT_PATH_CONNECTIONS  # closed at shutdown
+
+
+def test_the_annotation_path_runs_generic_plans(app, database):
+    """PostgreSQL re-planned the lease statement on every call (its custom plans looked cheaper than a
+    generic one), which cost it about as much CPU as running it: the annotation path's connections
+    keep one generic plan per statement, in a worker's pool as on a one-off connection."""
+    if database.statements is None:
+        pytest.skip("PostgreSQL's path")
+    setting = select(func.current_setting("plan_cache_mode").label("mode"))
+    assert asyncio.run(database.statements.fetch_one(setting, {})).mode == "force_generic_plan"  # no pool here
+
+    async def in_a_worker() -> str:
+        await database.statements.open_connections()
+        try:
+            return (await database.statements.fetch_one(setting, {})).mode
+        finally:
+            await database.statements.close()
+
+    assert asyncio.run(in_a_worker()) == "force_generic_plan"
