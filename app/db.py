@@ -121,14 +121,14 @@ class AsyncStatements:
         compiled = self._compiled.get(statement) or self._compile(statement)
         arguments = compiled.arguments(values)
         pool = self._pools.get(asyncio.get_running_loop())
-        if pool is None:
+        if pool is None:  # a loop that may end right after (asyncio.run): nothing to keep
             conn = await self._connect()
             try:
                 return await _fetch(conn, compiled, arguments)
             finally:
                 conn.terminate()
         async with pool.limit:
-            conn = await pool.take() or await self._connect()
+            conn = pool.take() or await self._connect()
             try:
                 rows = await _fetch(conn, compiled, arguments)
             except IntegrityError:  # a unique key raced: the callers retry or replay
@@ -164,9 +164,12 @@ class AsyncStatements:
             await pool.idle.pop().close()
 
     def close_outside_loop(self) -> None:
-        """Drops every pool's idle connections, for code without an event loop (Database.dispose)."""
-        for pool in list(self._pools.values()):
-            pool.terminate()
+        """Drops every pool's idle connections, for code without an event loop (Database.dispose). A
+        pool whose loop has closed cannot run its connections' callbacks: they close when collected."""
+        for loop, pool in list(self._pools.items()):
+            if not loop.is_closed():
+                pool.terminate()
+        self._pools.clear()
 
     async def _connect(self):
         conn = await asyncpg.connect(
@@ -207,7 +210,7 @@ class _LoopPool:
         self.idle: deque = deque()
         self.limit = asyncio.Semaphore(HOT_PATH_CONNECTIONS)
 
-    async def take(self):
+    def take(self):
         """An idle connection that is still open, or None. PostgreSQL closes them all when it restarts."""
         while self.idle:
             conn = self.idle.pop()
@@ -222,10 +225,9 @@ class _LoopPool:
             conn.terminate()
 
     def terminate(self) -> None:
-        """Drops the idle connections without waiting (also when their loop has ended)."""
+        """Drops the idle connections without waiting."""
         while self.idle:
-            conn = self.idle.pop()
-            conn.terminate()
+            self.idle.pop().terminate()
 
 
 T = TypeVar("T")
