@@ -137,8 +137,9 @@ class AsyncStatements:
             except BaseException as exc:
                 # The connection's state is unknown; a broken one means the database went away (a
                 # restart): its idle siblings are as dead.
+                broken = conn.is_closed() or is_unavailable(exc)  # before terminate(), which closes it
                 conn.terminate()
-                if conn.is_closed() or is_unavailable(exc):
+                if broken:
                     pool.terminate()
                 raise
             pool.put_back(conn)
