@@ -23,7 +23,7 @@ from app.deps import LoginRequired
 from app.faults import RETRY_AFTER_SECONDS, is_unavailable
 from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
-from app.services import gold_serving
+from app.services import gold_serving, tasks, users
 from app.services.errors import ServiceError
 from app.services.item_handles import ItemHandles
 from app.templating import ROOT, human_size, templates
@@ -156,7 +156,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if database.statements is not None:
-            await database.statements.open_connections()
+            await database.statements.open_connections(
+                prepare=[users.TOKEN_USER_MARKING_USE, *tasks.hot_statements_postgres()])
         await _warm_up(_app, database)
         _tune_garbage_collector()
         with database.wal_checkpoints_in_background():

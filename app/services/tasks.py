@@ -802,8 +802,8 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
         now = utcnow()
         columns = judgement(row, now)
         stored = await database.statements.fetch_one(
-            _submit_statement_postgres(model, tuple(columns)),
-            {**{f"new_{name}": value for name, value in columns.items()}, "assignment_id": assignment_id, "now": now})
+            _submit_statement_postgres(model),
+            {**{f"new_{name}": columns[name] for name in SUBMITTED_COLUMNS[model]}, "assignment_id": assignment_id, "now": now})
         if stored is None:  # no longer open: say why (already submitted? a duplicate of this submission?)
             _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
                              user, kinds)
@@ -819,8 +819,17 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
         raise
 
 
+# The columns a submission sets (its `judgement` function's keys), is_surplus aside.
+SUBMITTED_COLUMNS = {
+    BwsJudgement: ("assignment_id", "task_id", "user_id", "best_id", "worst_id", "shown_order", "duration_ms",
+                   "idempotency_key", "created_at"),
+    Rating: ("assignment_id", "task_id", "user_id", "continuation_id", "comment", "duration_ms", "idempotency_key",
+             "created_at", *RATING_DIMENSIONS),
+}
+
+
 @cache
-def _submit_statement_postgres(model, columns: tuple[str, ...]):
+def _submit_statement_postgres(model):
     """_count_judgement and the INSERT as one statement (PostgreSQL). The assignment is locked first
     and only while still open (active, or expired): a concurrent duplicate waits for that lock, then
     finds it submitted, and the statement stores nothing and returns no row. Then the judgement
@@ -843,10 +852,17 @@ def _submit_statement_postgres(model, columns: tuple[str, ...]):
                 .returning(Assignment.status).cte("finished"))
     # Named apart from any column: SQLAlchemy would add a parameter named like a column to the SET
     # of the UPDATEs above.
-    table = model.__table__
+    table, columns = model.__table__, SUBMITTED_COLUMNS[model]
     values = [bindparam(f"new_{name}", type_=table.c[name].type) for name in columns]
     return (insert(model).from_select([*columns, "is_surplus"], select(*values, finished.c.status == "surplus"))
             .returning(model.id, model.is_surplus).add_cte(released))
+
+
+def hot_statements_postgres() -> list:
+    """An annotator's fetch and submit on PostgreSQL, past the token check: the statements worth
+    preparing on each connection at worker start (AsyncStatements.open_connections)."""
+    return [_lease_statement_postgres(ROLE_TASK_KINDS["annotator"]), PROMPT_TEXTS_ANY, CONTINUATION_TEXTS_ANY,
+            ASSIGNMENT_ROW, *map(_submit_statement_postgres, SUBMITTED_COLUMNS), *STORED_BY_KEY.values()]
 
 
 def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: list[int], data: BwsSubmission) -> tuple[int, int]:

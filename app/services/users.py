@@ -182,7 +182,7 @@ _MARK_USED = (update(ApiToken)
 # PostgreSQL: the read and the mark in one statement, a CTE that updates nothing on nearly every
 # request. As a statement of its own, the mark was a round trip more for each of 1,000 annotators
 # arriving within seconds (and again every LAST_USED_RESOLUTION), which showed in their p99.
-_TOKEN_USER_MARKING_USE = _TOKEN_USER.add_cte(_MARK_USED.returning(ApiToken.id).cte("marked"))
+TOKEN_USER_MARKING_USE = _TOKEN_USER.add_cte(_MARK_USED.returning(ApiToken.id).cte("marked"))
 
 
 async def user_for_token(database: Database, token: str, now: datetime) -> User | None:
@@ -193,7 +193,7 @@ async def user_for_token(database: Database, token: str, now: datetime) -> User 
     the query. The User comes back detached, as if loaded by a session that has closed."""
     values = {"digest": token_digest(token), "now": now, "stale_before": now - LAST_USED_RESOLUTION}
     if database.statements is not None:
-        row = await database.statements.fetch_one(_TOKEN_USER_MARKING_USE, values)
+        row = await database.statements.fetch_one(TOKEN_USER_MARKING_USE, values)
     else:
         row = await database.fetch_one(_TOKEN_USER, values)
         if row is not None and (row.token_last_used_at is None or row.token_last_used_at <= values["stale_before"]):
