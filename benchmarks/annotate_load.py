@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import resource
@@ -282,10 +283,17 @@ class Results:
     reconnects: int = 0  # kept-alive connections found closed while idle, sent again (not errors)
     ran_out: int = 0  # annotators that got 204
     minutes: dict[int, dict] = field(default_factory=dict)
+    last_minute: int | None = None  # a request in flight at the deadline counts in the run's last minute
+
+    @classmethod
+    def for_run(cls, seconds: float) -> "Results":
+        return cls(last_minute=max(0, math.ceil(seconds / 60) - 1))
 
     def _minute(self) -> dict:
-        return self.minutes.setdefault(int((time.perf_counter() - self.started) // 60),
-                                       {"fetch_ms": [], "submit_ms": [], "errors": 0, "acknowledged": 0})
+        minute = int((time.perf_counter() - self.started) // 60)
+        if self.last_minute is not None:
+            minute = min(minute, self.last_minute)
+        return self.minutes.setdefault(minute, {"fetch_ms": [], "submit_ms": [], "errors": 0, "acknowledged": 0})
 
     def latency(self, kind: str, ms: float) -> None:
         """kind: "fetch" or "submit"."""
@@ -368,7 +376,7 @@ async def annotator(conn, results: Results, deadline: float, rng: random.Random,
 
 async def run_load(port: int, tokens: list[str], seconds: float, client_kind: str, retry_rate: float,
                    chain: bool = False, think: float = 0.0) -> tuple[Results, float]:
-    results = Results()
+    results = Results.for_run(seconds)
     started = results.started
     deadline = started + seconds
     rngs = [random.Random(i) for i in range(len(tokens))]

@@ -410,7 +410,7 @@ async def run_load(port: int, annotators: int, seconds: float, scheme: str, retr
     warm = PotatoConnection(port)
     await log_in(warm, WARMUP_USER)
     await annotator(warm, WARMUP_USER, scheme, Results(), time.perf_counter() + 3, random.Random(-1), 0.0)
-    results = Results()
+    results = Results.for_run(seconds)
     started = results.started
     deadline = started + seconds
     await asyncio.gather(*(annotator(c, u, scheme, results, deadline, random.Random(i), retry_rate, think)
