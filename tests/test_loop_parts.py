@@ -14,7 +14,7 @@ from tests.factories import judge_directly, seed_bws_batch
 from tests.tiny_models import train_tiny_tokenizer
 from trainer.config import GenerationConfig
 from trainer.data import is_held_out
-from trainer.generate import generate_stories, sample_tokens, trim_to_sentence
+from trainer.generate import Sampling, generate_stories, sample_tokens, trim_to_sentence
 from trainer.rounds import compose_tuples
 
 
@@ -129,7 +129,7 @@ def test_min_new_tokens_means_no_empty_story(tokenizer):
     eager = ScriptedLM([eos], len(tokenizer))  # would end at once
     ids, mask = tokenizer(["Once"], return_tensors="pt").values()
     response = sample_tokens(eager, ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                             min_new_tokens=3)
+                             sampling=Sampling(min_new_tokens=3))
     assert eos not in response[0, :3].tolist() and response[0, 3].item() == eos
     [[story]] = generate_stories(eager, tokenizer, ["Once"], max_new_tokens=10, min_new_tokens=3)
     assert story.ended and story.text

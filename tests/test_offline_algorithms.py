@@ -54,31 +54,34 @@ def marker_rate_and_kl(policy, reference, tok, n_per_prompt: int = 32, seed: int
 def test_importance_weight_is_clipped_and_detached():
     cfg = ALoLConfig(variant="alol", clip_epsilon=0.9)
     mask = torch.ones(3, 2)
-    # sequence log-ratios: +3 (ratio e^3 ~ 20 -> 1.9), -3 (0.05 -> 0.1), 0 (1 -> 1)
-    ref = torch.zeros(3, 2)
+    # sequence log-ratios to the start policy: +3 (ratio e^3 ~ 20 -> 1.9), -3 (0.05 -> 0.1), 0 (1 -> 1)
+    start = torch.zeros(3, 2)
     logp = torch.tensor([[1.5, 1.5], [-1.5, -1.5], [0.0, 0.0]], requires_grad=True)
     adv = torch.tensor([1.0, 1.0, 1.0])
-    loss, mean_ratio, clipfrac = alol_loss(cfg, logp, ref, adv, mask)
+    loss, stats = alol_loss(cfg, logp, start, adv, mask)
     loss.backward()
     # gradient of -A * w * sum_t logp w.r.t. each token = -A * w / B: the clipped weight, not the ratio
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.9, -1.9], [-0.1, -0.1], [-1.0, -1.0]]) / 3)
-    assert clipfrac == pytest.approx(2 / 3)
-    assert mean_ratio == pytest.approx((torch.tensor(3.0).exp() + torch.tensor(-3.0).exp() + 1).item() / 3)
+    assert stats["clipfrac"] == pytest.approx(2 / 3)
+    assert stats["log_ratio"] == pytest.approx(0.0)  # mean of +3, -3 and 0: a log-ratio cannot overflow
+    huge = alol_loss(cfg, torch.full((1, 2), 500.0), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))[1]
+    assert huge == {"log_ratio": 1000.0, "clipfrac": 1.0}  # e^1000 would be inf
 
     # per-token ratios, each clipped on its own: token log-ratios 3 and -3 -> weights 1.9 and 0.1
     seq_cfg = ALoLConfig(variant="alol_seq", clip_epsilon=0.9)
     logp = torch.tensor([[3.0, -3.0]], requires_grad=True)
-    loss, _, clipfrac = alol_loss(seq_cfg, logp, torch.zeros(1, 2), torch.tensor([2.0]), torch.ones(1, 2))
+    loss, stats = alol_loss(seq_cfg, logp, torch.zeros(1, 2), torch.tensor([2.0]), torch.ones(1, 2))
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-2.0 * 1.9, -2.0 * 0.1]]))
-    assert clipfrac == 1.0
+    assert stats["clipfrac"] == 1.0
 
     # ref-free: weight 1 whatever the ratio; KL variant adds beta * (log pi - log pi_ref) with its gradient
     logp = torch.tensor([[3.0, 3.0]], requires_grad=True)
     alol_loss(ALoLConfig(variant="alol_ref_free"), logp, torch.zeros(1, 2), torch.tensor([0.5]), torch.ones(1, 2))[0].backward()
     torch.testing.assert_close(logp.grad, torch.full((1, 2), -0.5))
     logp = torch.tensor([[3.0, 3.0]], requires_grad=True)
-    alol_loss(ALoLConfig(variant="alol_kl", kl_beta=0.2), logp, torch.zeros(1, 2), torch.tensor([0.5]), torch.ones(1, 2))[0].backward()
+    alol_loss(ALoLConfig(variant="alol_kl", kl_beta=0.2), logp, torch.full((1, 2), 3.0), torch.tensor([0.5]),
+              torch.ones(1, 2), ref_logp=torch.zeros(1, 2))[0].backward()
     torch.testing.assert_close(logp.grad, torch.full((1, 2), -0.5 + 0.2))
 
 
@@ -104,15 +107,15 @@ def test_alol_trains_only_on_positive_advantage_rows(tiny_setup):
     assert 0 < stats["positive_rows"] < stats["rows"] == len(stored)
     assert bool((trainer.advantages > 0).all())
     assert stats["value_held_out_mse"] < stats["value_held_out_mse_first"]  # the value head fitted
-    # nearly every marker story is above the reference's value, and most positive rows have the marker
+    # nearly every marker story is above the start policy's value, and most positive rows have the marker
     kept = [stored[i][1] for i in trainer.positive_indices]
     marker_rows = sum(MARKER in c for _, c in stored)
     assert sum(MARKER in c for c in kept) > 0.9 * marker_rows
     # priority sampling draws rows proportionally to the advantage: only from the kept rows
     drawn = trainer._draw(torch.Generator().manual_seed(0))
-    assert all(0 <= i < len(trainer.rows) for i in drawn)
+    assert all(0 <= i < len(trainer.advantages) for i in drawn)
     # without a step count it makes cfg.epochs (2) passes over the positive rows
-    assert trainer.total_steps == -(-2 * len(trainer.rows) // cfg.batch_size)
+    assert trainer.total_steps == -(-2 * len(trainer.advantages) // cfg.batch_size)
 
 
 @pytest.mark.parametrize("variant", ["alol", "alol_seq", "alol_ref_free", "alol_kl"])

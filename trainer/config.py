@@ -20,8 +20,10 @@ from trainer.reward_model import RewardModelConfig
 class GenerationConfig:
     continuations_per_prompt: int = 4  # K new continuations per active prompt and round (round 0: the base's)
     max_new_tokens: int = 80  # a story that reaches this without ending is trimmed to its last full sentence
-    # 0.8: a small base writes clearly better sentences than at 1.0 (benchmarks/base_quality.py);
-    # PPO samples (and computes log-probs) at the same temperature, so it optimises what people read.
+    # 0.8: a small base writes clearly better sentences than at 1.0 (benchmarks/base_quality.py).
+    # PPO samples (and computes every log-prob) at the same temperature and min_new_tokens, so it
+    # optimises what people read, except for top-p: PPO's is 1.0 (see PPOConfig.top_p), so its KL to the
+    # reference compares full distributions; the nucleus here only cuts the 5 % least likely tail.
     temperature: float = 0.8
     min_new_tokens: int = 8  # no end-of-text before this: no empty stories
     top_p: float = 0.95

@@ -1,8 +1,11 @@
 """Batched sampling from a causal LM, shared by PPO rollouts and by the story generator.
 
 We sample with our own loop instead of ``model.generate`` so that the distribution we sample from is
-exactly the one PPO scores: ``softmax(logits / temperature)`` (optionally top-k / top-p filtered), with
-nothing merged in from a checkpoint's ``generation_config`` (repetition penalties, default top_k=50, ...).
+exactly the one PPO scores, with nothing merged in from a checkpoint's ``generation_config`` (repetition
+penalties, default top_k=50, ...). ONE function, :func:`sampling_logits`, applies the transforms of a
+:class:`Sampling` (temperature, no end-of-text before ``min_new_tokens``, top-k / top-p); the sampler draws
+from its output and :func:`response_logprobs` scores a response with it, so log-probs are always those of
+the distribution the tokens were drawn from.
 
 Shapes: B = sequences in the batch, P = padded prompt length, K = new tokens, V = vocabulary.
 """
@@ -14,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 def context_length(model) -> int:
@@ -49,26 +53,77 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then nucleus filtering on (B, V) logits; removed entries become -inf. 0 / 1.0 disable them."""
+    """Top-k then nucleus filtering on (..., V) logits; removed entries become -inf. 0 / 1.0 disable them."""
     if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)  # (B, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)  # (B, V)
-        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)  # (..., V)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
         drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Sampling:
+    """How a response's tokens are drawn. Sampling, PPO's rollout and update all go through
+    :func:`sampling_logits` with one of these, so what is optimised is what was sampled."""
+
+    temperature: float = 1.0
+    min_new_tokens: int = 0  # no end-of-text among the first N new tokens (no empty stories)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+
+
+def sampling_logits(logits: torch.Tensor, sampling: Sampling, eos_token_id: int, first_position: int = 0,
+                    nucleus: bool = True) -> torch.Tensor:
+    """Raw logits (B, K, V) for response positions ``first_position .. first_position + K - 1`` -> the
+    logits that position's token is drawn from: divided by the temperature, end-of-text at -inf before
+    ``min_new_tokens``, then top-k / top-p filtered (``nucleus=False`` skips that last step; see
+    :func:`response_logprobs`)."""
+    logits = logits.float() / sampling.temperature
+    K = logits.shape[1]
+    if sampling.min_new_tokens > first_position:
+        early = torch.arange(first_position, first_position + K, device=logits.device) < sampling.min_new_tokens  # (K,)
+        is_eos = torch.arange(logits.shape[-1], device=logits.device) == eos_token_id  # (V,)
+        logits = logits.masked_fill(early[:, None] & is_eos[None, :], float("-inf"))  # not in place: autograd
+    if nucleus:
+        logits = filter_logits(logits, sampling.top_k, sampling.top_p)
+    return logits
+
+
+# A token outside the nucleus has probability 0. Its log-prob is floored here so that a masked-out
+# position (padding after end-of-text) never turns a sum into NaN (0 * -inf).
+MIN_LOGPROB = -1e4
+
+
+def response_logprobs(logits: torch.Tensor, response: torch.Tensor, prompt_len: int, sampling: Sampling,
+                      eos_token_id: int, nucleus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, T, V) of prompt + response -> log-probs (B, K) and entropies (B, K) of the response
+    tokens under the distribution sampling drew them from (position P-1+t predicts response token t).
+
+    ``nucleus=False`` reads the model's distribution with the temperature and the end-of-text rule but
+    without top-k/top-p: PPO scores its REFERENCE that way, because a token outside the reference's own
+    nucleus would be infinitely far from it (PPO samples with top-k/top-p off by default anyway)."""
+    K = response.shape[1]
+    logits = sampling_logits(logits[:, prompt_len - 1 : prompt_len - 1 + K, :], sampling, eos_token_id,
+                             nucleus=nucleus)  # (B, K, V)
+    logp_all = F.log_softmax(logits, dim=-1)  # (B, K, V); -inf where filtered out
+    logp = torch.gather(logp_all, 2, response[:, :, None]).squeeze(-1).clamp(min=MIN_LOGPROB)  # (B, K)
+    probs = logp_all.exp()
+    entropy = -(probs * logp_all.masked_fill(probs == 0, 0.0)).sum(-1)  # (B, K)
+    return logp, entropy
+
+
 def kv_cache_name(model) -> str:
     """The name of the KV cache, as the forward's argument and in its output: `cache` in newer
     transformers, which deprecate (and warn about) the older `past_key_values`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def sample_tokens(
     model,
     input_ids: torch.Tensor,  # (B, P) left-padded prompt ids
@@ -77,13 +132,10 @@ def sample_tokens(
     max_new_tokens: int,
     eos_token_id: int,
     pad_token_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_new_tokens: int = 0,
+    sampling: Sampling,
 ) -> torch.Tensor:
-    """Sample up to ``max_new_tokens`` tokens per row with a KV cache; no EOS among the first
-    ``min_new_tokens`` (like top-k/top-p this only shapes sampling: no empty stories).
+    """Sample up to ``max_new_tokens`` tokens per row with a KV cache, each drawn from
+    ``sampling_logits`` of the model's logits at its position.
 
     Returns the new tokens (B, K), K <= max_new_tokens (the loop stops once every row has produced EOS).
     After a row's first EOS its remaining tokens are ``pad_token_id``.
@@ -98,10 +150,8 @@ def sample_tokens(
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
                     **{cache_name: past})
         past = getattr(out, cache_name)
-        logits = out.logits[:, -1, :].float() / temperature  # (B, V)
-        if t < min_new_tokens:
-            logits[:, eos_token_id] = float("-inf")
-        probs = filter_logits(logits, top_k, top_p).softmax(-1)  # (B, V)
+        logits = sampling_logits(out.logits[:, -1:, :], sampling, eos_token_id, first_position=t)[:, 0]  # (B, V)
+        probs = logits.softmax(-1)  # (B, V)
         nxt = torch.multinomial(probs, 1).squeeze(-1)  # (B,)
         nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
         new_tokens.append(nxt)
@@ -170,9 +220,8 @@ def _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_token
     for i in range(0, len(flat), batch_size):
         ids, mask = left_pad_prompts(tokenizer, flat[i : i + batch_size], device, max_prompt_tokens)
         response = sample_tokens(
-            model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p,
-            min_new_tokens=min_new_tokens,
+            model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+            sampling=Sampling(temperature=temperature, min_new_tokens=min_new_tokens, top_k=top_k, top_p=top_p),
         )  # (b, K)
         out.extend(zip(decode_responses(tokenizer, response, eos), response.eq(eos).any(-1).tolist()))
     model.train(was_training)

@@ -6,8 +6,16 @@ Follows Ziegler et al. 2019 / Stiennon et al. 2020 and "The N Implementation Det
   policy      AutoModelForCausalLM, trained.
   ref_policy  frozen copy of the policy before RL; the KL penalty keeps the policy close to it.
   reward      AutoModelForSequenceClassification (num_labels=1), frozen; scores prompt+response+EOS.
-  value       AutoModelForSequenceClassification (num_labels=1), trained; initialised from the reward
-              model, and read at EVERY position: its backbone's hidden states go through its `score` head.
+  value       AutoModelForSequenceClassification (num_labels=1), trained, read at EVERY position: its
+              backbone's hidden states go through its `score` head. It reads the POLICY's token ids, so
+              it is a copy of the reward model only when both share a vocabulary; otherwise the policy's
+              own network with a new head (see default_value_model).
+
+Every log-prob (rollout, reference, update) comes from trainer/generate.py's response_logprobs with the
+same `Sampling` the rollout drew from: temperature, no end-of-text before min_new_tokens, top-k/top-p.
+The reward-model score is normalised per trainer (one round) by the mean and spread of the scores of its
+first rollout, sampled from the policy the round starts from, so the KL coefficient means the same in
+every round whatever the reward model's scale.
 
 One PPO step = rollout (sample, score, per-token rewards, GAE) + `ppo_epochs` passes of clipped-surrogate
 and clipped-value updates over minibatches. Policy and value model sit in one `PolicyAndValue` module with
@@ -16,7 +24,7 @@ one Adam optimizer (loss = pg_loss + vf_coef * vf_loss, gradients clipped jointl
 vf_coef mostly matters through that joint gradient clipping.
 
 Tokenizers: the reward model sees TEXT (prompt + decoded response + EOS, see reward_format.py) re-tokenized
-with its own tokenizer, so it may share the policy's tokenizer (our setup) or not.
+with its own tokenizer, so it may share the policy's tokenizer or not.
 
 Shapes: B = rollouts (batch_size), b = minibatch, P = padded prompt length, K = response length,
 T = P + K, V = vocabulary.
@@ -38,7 +46,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from .generate import context_length, decode_responses, left_pad_prompts, position_ids_from_mask, sample_tokens, truncate_at_eos
+from .generate import (Sampling, context_length, decode_responses, left_pad_prompts, position_ids_from_mask,
+                       response_logprobs, sample_tokens, truncate_at_eos)
 from .reward_format import format_for_reward
 
 
@@ -51,12 +60,15 @@ class PPOConfig:
     mini_batch_size: int = 8  # rollouts per gradient step; batch_size must be a multiple of it
     ppo_epochs: int = 4  # passes over the rollout batch per PPO step
     max_grad_norm: float = 1.0  # clip the joint (policy + value) gradient norm
-    # sampling (the same temperature divides the logits in sampling and in every log-prob)
+    # sampling: every log-prob is taken under exactly these transforms (generate.Sampling)
     max_new_tokens: int = 48  # response length cap K
-    temperature: float = 1.0  # sampling temperature; log-probs use logits / temperature too
-    top_k: int = 0  # 0 = off. top-k / top-p only shape SAMPLING; log-probs use the unfiltered distribution,
-    top_p: float = 1.0  # 1.0 = off. so keep them off for on-policy PPO unless you know you want them
-    min_new_tokens: int = 0  # no EOS among the first N sampled tokens (shapes sampling only, like top-k/p)
+    temperature: float = 1.0
+    min_new_tokens: int = 0  # no EOS among the first N sampled tokens
+    # top-k / top-p: the policy's log-probs are those of the filtered distribution, the reference's of its
+    # full tempered one (a token outside the reference's own nucleus would be infinitely far). Off by
+    # default: the KL then compares the same kind of distribution on both sides.
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
     max_prompt_tokens: int | None = None  # keep the last N prompt tokens (None = whole prompt)
     forward_batch_size: int = 32  # rows per no-grad forward pass in the rollout (memory knob only)
     reward_batch_size: int = 32  # texts per reward-model forward pass
@@ -74,11 +86,17 @@ class PPOConfig:
     target_kl: float = 6.0  # target KL per response (nats, summed over tokens)
     kl_horizon: int = 10000  # controller horizon, in rollouts
     # reward shaping
+    normalize_score: bool = True  # (score - mean) / std, both from this trainer's first rollout
     whiten_rewards: bool = False  # whiten per-token rewards (no mean shift) before GAE
     missing_eos_penalty: float | None = None  # subtract from the score of responses that never emit EOS
     # misc
     seed: int = 0  # seeds torch/numpy/random (offset by process index)
-    mixed_precision: str = "auto"  # "auto" = bf16 on CUDA with bf16 (or `accelerate launch`'s choice), else "no"
+    mixed_precision: str = "auto"  # see make_accelerator
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, min_new_tokens=self.min_new_tokens, top_k=self.top_k,
+                        top_p=self.top_p)
 
 
 # ----------------------------------------------------------------------------- small tensor helpers
@@ -148,14 +166,27 @@ class PolicyAndValue(nn.Module):
         return logits, token_values(self.value_model, input_ids, attention_mask, position_ids)  # (B,T,V), (B,T)
 
 
-def response_logprobs(logits, response, prompt_len: int, temperature: float):
-    """logits (B, T, V) of the full sequence -> log-probs (B, K) and entropies (B, K) of the response tokens.
-    Position P-1+t predicts response token t."""
-    logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # (B, K, V)
-    logp_all = F.log_softmax(logits, dim=-1)  # (B, K, V)
-    logp = torch.gather(logp_all, 2, response[:, :, None]).squeeze(-1)  # (B, K)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, K)
-    return logp, entropy
+def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
+    return tokenizer_a is tokenizer_b or tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+
+
+def default_value_model(policy, tokenizer, reward_model, reward_tokenizer):
+    """The value model reads the policy's token ids. A copy of the reward model when it shares the policy's
+    vocabulary (the references' choice: it starts out knowing what scores well); otherwise the policy's
+    own network under a new, zero-initialised score head, never one model's embeddings read with the
+    other's token ids."""
+    if same_vocabulary(tokenizer, reward_tokenizer):
+        return copy.deepcopy(reward_model)
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    value_model = AutoModelForSequenceClassification.from_config(config)
+    backbone = getattr(policy, policy.base_model_prefix)
+    getattr(value_model, value_model.base_model_prefix).load_state_dict(backbone.state_dict())
+    nn.init.zeros_(value_model.score.weight)
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    return value_model.to(next(policy.parameters()).device)
 
 
 @torch.no_grad()
@@ -187,12 +218,51 @@ def score_sequences(reward_model, tokenizer, prompts: list[str], completions: li
     return score_texts(reward_model, tokenizer, texts, batch_size, max_length)
 
 
+# ----------------------------------------------------------------------------- rollout
+@dataclass
+class Rollout:
+    """One PPO step's samples, all computed with the parameters as they were before the step's updates.
+    B rollouts, P padded prompt length, K response length, T = P + K."""
+
+    prompts: list[str]
+    completions: list[str]  # decoded responses, up to (not including) end-of-text
+    seq: torch.Tensor  # (B, T) left-padded prompt ids, then the response ids
+    attn: torch.Tensor  # (B, T) 1 on prompt tokens and on response tokens up to and including the first EOS
+    pos: torch.Tensor  # (B, T) position ids (start at 0 on each row's first real token)
+    response: torch.Tensor  # (B, K) sampled ids, pad after the first EOS
+    mask: torch.Tensor  # (B, K) float, 1 on response tokens up to and including the first EOS
+    lengths: torch.Tensor  # (B,) tokens under the mask
+    has_eos: torch.Tensor  # (B,) bool, the response emitted end-of-text
+    logprobs: torch.Tensor  # (B, K) under the sampling distribution (the "old" policy of the ratio)
+    ref_logprobs: torch.Tensor  # (B, K) reference, same temperature and end-of-text rule
+    values: torch.Tensor  # (B, K) value of the state in which response token t is chosen
+    entropy: torch.Tensor  # (B, K) of the sampling distribution
+    scores: torch.Tensor  # (B,) raw reward-model scores
+
+    @property
+    def prompt_len(self) -> int:
+        return self.seq.shape[1] - self.response.shape[1]
+
+
+def make_accelerator(mixed_precision: str = "auto") -> Accelerator:
+    """"auto": bf16 on a CUDA device that has it, else full precision; under `accelerate launch` its own
+    choice. accelerate is set up once per process (a TRL trainer that ran before us in the same round
+    already did), and asking for a precision again would raise, so then we ask for none."""
+    mp = mixed_precision
+    if mp == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        mp = None if "ACCELERATE_MIXED_PRECISION" in os.environ else ("bf16" if bf16 else "no")
+    if AcceleratorState._shared_state:
+        mp = None
+    return Accelerator(mixed_precision=mp)
+
+
 # ----------------------------------------------------------------------------- trainer
 class PPOTrainer:
     """trainer = PPOTrainer(cfg, policy, tokenizer, reward_model, on_step=log_fn); trainer.step(prompts) per step.
 
     `policy` is trained in place (also reachable as `trainer.policy`); `ref_policy` defaults to a frozen copy
-    of it and `value_model` to a trainable copy of `reward_model`. `reward_tokenizer` defaults to `tokenizer`.
+    of it and `value_model` to default_value_model(...). `reward_tokenizer` defaults to `tokenizer`.
     Tokenizers need an EOS and a pad token; prompts must be non-empty strings.
     """
 
@@ -200,16 +270,7 @@ class PPOTrainer:
                  ref_policy=None, value_model=None, on_step: Callable[[int, dict], None] | None = None,
                  accelerator: Accelerator | None = None):
         assert config.batch_size % config.mini_batch_size == 0, "batch_size must be a multiple of mini_batch_size"
-        if accelerator is None:
-            mp = config.mixed_precision
-            if mp == "auto":
-                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                mp = None if "ACCELERATE_MIXED_PRECISION" in os.environ else ("bf16" if bf16 else "no")
-            if AcceleratorState._shared_state:
-                # accelerate is set up once per process (e.g. by a TRL trainer that ran before us, as
-                # the reward model does in a round); asking for a precision again would raise.
-                mp = None
-            accelerator = Accelerator(mixed_precision=mp)
+        accelerator = accelerator or make_accelerator(config.mixed_precision)
         if config.max_prompt_tokens is None:  # prompt + response must fit the policy's context
             config = dataclasses.replace(config, max_prompt_tokens=max(1, context_length(policy) - config.max_new_tokens))
         self.config, self.accelerator, self.on_step = config, accelerator, on_step
@@ -228,7 +289,7 @@ class PPOTrainer:
         self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval().requires_grad_(False)
         if value_model is None:
-            value_model = copy.deepcopy(reward_model)  # value head starts as the reward head
+            value_model = default_value_model(policy, tokenizer, reward_model, self.reward_tokenizer)
         value_model.requires_grad_(True)
         for m in (policy, value_model):
             disable_dropout(m)
@@ -236,17 +297,21 @@ class PPOTrainer:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+        self.score_mean, self.score_std = 0.0, 1.0  # set from the first rollout when normalize_score
         self.step_count = 0
-        self.last_rollout: dict = {}  # prompts, completions, scores of the latest step (for logging samples)
+        self.last_rollout: Rollout | None = None  # the latest step's samples (for logging)
 
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model).policy
 
+    def _logprobs(self, logits, response, prompt_len: int, nucleus: bool = True):
+        return response_logprobs(logits, response, prompt_len, self.config.sampling, self.tokenizer.eos_token_id,
+                                 nucleus=nucleus)
+
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Sample one response per prompt; return sequences, masks, old log-probs, reference log-probs,
-        values and RM scores, all computed with the parameters as they are before this step's updates."""
+    def rollout(self, prompts: list[str]) -> Rollout:
+        """Sample one response per prompt and score it: log-probs, reference log-probs, values, RM scores."""
         cfg, tok, acc = self.config, self.tokenizer, self.accelerator
         net = acc.unwrap_model(self.model)
         prompt_ids, prompt_mask = left_pad_prompts(tok, prompts, acc.device, cfg.max_prompt_tokens)  # (B, P)
@@ -254,8 +319,7 @@ class PPOTrainer:
         with acc.autocast():
             response = sample_tokens(net.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                     min_new_tokens=cfg.min_new_tokens)  # (B, K)
+                                     sampling=cfg.sampling)  # (B, K)
             mask, lengths = truncate_at_eos(response, tok.eos_token_id)  # (B, K) bool, (B,)
             seq = torch.cat([prompt_ids, response], 1)  # (B, T)
             attn = torch.cat([prompt_mask, mask.long()], 1)  # (B, T): nothing after the first EOS
@@ -264,19 +328,27 @@ class PPOTrainer:
             for i in range(0, len(prompts), cfg.forward_batch_size):  # chunks of rows, to bound memory
                 s = slice(i, i + cfg.forward_batch_size)
                 logits, v = net(seq[s], attn[s], pos[s])  # (b, T, V), (b, T)
-                lp, ent = response_logprobs(logits, response[s], P, cfg.temperature)  # (b, K) x2
+                lp, ent = self._logprobs(logits, response[s], P)  # (b, K) x2
                 ref_logits = self.ref_policy(input_ids=seq[s], attention_mask=attn[s], position_ids=pos[s]).logits
-                ref_logprobs.append(response_logprobs(ref_logits, response[s], P, cfg.temperature)[0])
+                ref_logprobs.append(self._logprobs(ref_logits, response[s], P, nucleus=False)[0])
                 logprobs.append(lp)
                 entropy.append(ent)
                 values.append(v[:, P - 1 : -1])  # (b, K): value of the state in which y_t is chosen
             completions = decode_responses(tok, response, tok.eos_token_id)
             scores = score_sequences(self.reward_model, self.reward_tokenizer, prompts, completions,
                                      cfg.reward_batch_size, cfg.reward_max_length)  # (B,)
-        self.last_rollout = {"prompts": prompts, "completions": completions, "scores": scores.tolist()}
-        return dict(seq=seq, attn=attn, pos=pos, response=response, mask=mask.float(), lengths=lengths,
-                    logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
-                    entropy=torch.cat(entropy), scores=scores, prompt_len=P)
+        self.last_rollout = Rollout(
+            prompts=prompts, completions=completions, seq=seq, attn=attn, pos=pos, response=response,
+            mask=mask.float(), lengths=lengths, has_eos=response.eq(tok.eos_token_id).any(-1),
+            logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
+            entropy=torch.cat(entropy), scores=scores)
+        return self.last_rollout
+
+    def _set_score_normalisation(self, scores: torch.Tensor) -> None:
+        """Mean and spread of the first rollout's scores (over all processes): samples of the policy the
+        round starts from, so a normalised score of 0 means "as good as where we started"."""
+        gathered = self.accelerator.gather(scores.float())
+        self.score_mean, self.score_std = gathered.mean().item(), max(gathered.std().item(), 1e-3)
 
     def step(self, prompts: list[str]) -> dict[str, float]:
         """One PPO step on exactly `batch_size` prompts (repeats allowed). Returns stats averaged over
@@ -286,23 +358,24 @@ class PPOTrainer:
         cfg, t0 = self.config, time.time()
         assert len(prompts) == cfg.batch_size, f"step() takes batch_size={cfg.batch_size} prompts"
         r = self.rollout(prompts)
-        mask, P, B = r["mask"], r["prompt_len"], len(prompts)  # mask (B, K)
+        mask, P, B = r.mask, r.prompt_len, len(prompts)  # mask (B, K)
         rows = torch.arange(B, device=mask.device)
 
-        # 1. per-token rewards: KL penalty on every token, (penalised) RM score on the last one
-        has_eos = r["response"].eq(self.tokenizer.eos_token_id).any(-1)  # (B,)
-        scores = r["scores"].clone()
+        # 1. per-token rewards: KL penalty on every token, (normalised, penalised) RM score on the last one
+        if cfg.normalize_score and self.step_count == 0:
+            self._set_score_normalisation(r.scores)
+        scores = (r.scores - self.score_mean) / self.score_std  # (B,)
         if cfg.missing_eos_penalty is not None:
-            scores[~has_eos] -= cfg.missing_eos_penalty
-        kl = (r["logprobs"] - r["ref_logprobs"]) * mask  # (B, K) per-token log-ratio estimate of KL
+            scores = scores - cfg.missing_eos_penalty * (~r.has_eos).float()
+        kl = (r.logprobs - r.ref_logprobs) * mask  # (B, K) per-token log-ratio estimate of KL
         kl_coef = self.kl_ctl.value
         rewards = -kl_coef * kl  # (B, K)
-        rewards[rows, r["lengths"] - 1] += scores
+        rewards[rows, r.lengths - 1] += scores
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
 
         # 2. advantages (GAE) and returns; values and rewards are zero after each response's end
-        values = r["values"] * mask  # (B, K)
+        values = r.values * mask  # (B, K)
         advantages = compute_gae(rewards, values, cfg.gamma, cfg.lam)  # (B, K)
         returns = advantages + values  # (B, K)
         advantages = masked_whiten(advantages, mask) * mask
@@ -312,8 +385,8 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(B, device=mask.device).split(cfg.mini_batch_size):  # (b,) rollout indices
                 m = mask[idx]  # (b, K)
-                logits, vpred = self.model(r["seq"][idx], r["attn"][idx], r["pos"][idx])  # (b, T, V), (b, T)
-                new_logp, _ = response_logprobs(logits, r["response"][idx], P, cfg.temperature)  # (b, K)
+                logits, vpred = self.model(r.seq[idx], r.attn[idx], r.pos[idx])  # (b, T, V), (b, T)
+                new_logp, _ = self._logprobs(logits, r.response[idx], P)  # (b, K)
                 vpred = vpred[:, P - 1 : -1]  # (b, K)
                 # clipped value loss
                 old_v, ret = values[idx], returns[idx]
@@ -321,7 +394,7 @@ class PPOTrainer:
                 vf_losses = torch.max((vpred - ret) ** 2, (vclipped - ret) ** 2)
                 vf_loss = 0.5 * masked_mean(vf_losses, m)
                 # clipped surrogate
-                log_ratio = new_logp - r["logprobs"][idx]  # (b, K)
+                log_ratio = new_logp - r.logprobs[idx]  # (b, K)
                 ratio = log_ratio.exp()
                 adv = advantages[idx]
                 pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
@@ -341,9 +414,9 @@ class PPOTrainer:
         # 4. KL controller and statistics (averaged over processes)
         mean_kl = kl.sum(-1).mean()  # KL per response, summed over its tokens
         stats = {
-            "score": r["scores"].mean(), "kl": mean_kl, "kl_coef": torch.tensor(kl_coef),
-            "non_score_reward": (-kl_coef * kl).sum(-1).mean(), "entropy": masked_mean(r["entropy"], mask),
-            "response_length": r["lengths"].float().mean(), "eos_fraction": has_eos.float().mean(),
+            "score": r.scores.mean(), "normalized_score": scores.mean(), "kl": mean_kl, "kl_coef": torch.tensor(kl_coef),
+            "non_score_reward": (-kl_coef * kl).sum(-1).mean(), "entropy": masked_mean(r.entropy, mask),
+            "response_length": r.lengths.float().mean(), "eos_fraction": r.has_eos.float().mean(),
             "value_mean": masked_mean(values, mask), "return_mean": masked_mean(returns, mask),
             **{k: torch.tensor(sum(v) / len(v)) for k, v in log.items()},
         }
