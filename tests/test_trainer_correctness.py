@@ -132,3 +132,35 @@ def test_value_model_reads_the_policys_tokens_when_the_reward_model_has_another_
     shared = PPOTrainer(cfg, tiny_lm(tok, seed=0), tok, tiny_reward_model(tok, seed=0))
     shared_value = shared.accelerator.unwrap_model(shared.model).value_model
     torch.testing.assert_close(shared_value.score.weight, shared.reward_model.score.weight)
+
+
+def test_pair_margins_leave_held_out_judgements_out(tmp_path, sqlite_url):
+    """A training pair's margin is the counting-score difference over the TRAINING judgements: a
+    held-out judgement must not reach training through it."""
+    from sqlalchemy import select
+
+    from app.db import Database
+    from app.migrate import upgrade_to_head
+    from app.models import BwsJudgement
+    from app.services.scoring import BwsAnnotation, counting_scores, implied_pairs, pair_margin
+    from tests.factories import judge_directly, seed_bws_batch
+    from trainer.data import is_held_out, load_pairs
+
+    upgrade_to_head(sqlite_url)
+    database = Database.from_url(sqlite_url)
+    seed_bws_batch(database, prompts=2, per_prompt=6, required=3)
+    for name in ("judge-a", "judge-b", "judge-c"):
+        judge_directly(database, name)
+    with database.read() as db:
+        judgements = [BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id)
+                      for j in db.scalars(select(BwsJudgement).order_by(BwsJudgement.id))]
+    held = [j for j in judgements if is_held_out(j.tuple_id, 0.5, seed=0)]
+    train = [j for j in judgements if not is_held_out(j.tuple_id, 0.5, seed=0)]
+    assert held and train
+    train_scores = counting_scores(train)
+    expected = [pair_margin(train_scores, w, l) for j in train for w, l in implied_pairs(j.items, j.best, j.worst)]
+    pairs = load_pairs(database, held_out_fraction=0.5, seed=0)
+    assert pairs.new.margin == pytest.approx(expected)
+    everything = counting_scores(judgements)
+    assert expected != pytest.approx([pair_margin(everything, w, l) for j in train
+                                      for w, l in implied_pairs(j.items, j.best, j.worst)])

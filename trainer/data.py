@@ -78,7 +78,10 @@ def load_pairs(database: Database, held_out_fraction: float = 0.2, seed: int = 0
         text = dict(db.execute(select(Continuation.id, Continuation.text).where(Continuation.id.in_(needed))).all()) if needed else {}
         prompts = dict(db.execute(select(Prompt.id, Prompt.text)).all())
 
-    scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in judgements)
+    # margins come from the training judgements only: a held-out judgement must not reach training
+    # through the counting scores of the items it judged
+    scores = counting_scores(BwsAnnotation(j.id, tuple(j.shown_order), j.best_id, j.worst_id) for j in judgements
+                             if not is_held_out(j.id, held_out_fraction, seed))
     pairs = RoundPairs(PreferencePairs([], [], [], []), PreferencePairs([], [], [], []), PreferencePairs([], [], [], []),
                        judgements=len(judgements), last_judgement_id=judgements[-1].id if judgements else 0)
     for j in judgements:
