@@ -254,6 +254,11 @@ def main() -> None:
             reward = db.get(ModelVersion, r.reward_version_id)
             timings = {t.metrics["phase"]: t.metrics["seconds"] for t in db.scalars(
                 select(TrainingLog).where(TrainingLog.round_id == r.id, TrainingLog.phase == "timing"))}
+            ppo_steps = [t.metrics for t in db.scalars(select(TrainingLog).where(TrainingLog.round_id == r.id,
+                                                                                   TrainingLog.phase == "ppo"))
+                         if "kl" in t.metrics]
+            ppo = {k: sum(m[k] for m in ppo_steps) / len(ppo_steps) for k in ("kl", "clipfrac", "approx_kl", "score")
+                   if ppo_steps and all(k in m for m in ppo_steps)}
             per_round.append({
                 "round": len(per_round) + 1, "round_id": r.id, "judgements": len(judged),
                 "share_showing_newest": sum(newest in v for *_, v in judged) / max(1, len(judged)),
@@ -263,6 +268,7 @@ def main() -> None:
                 "reward_held_out_accuracy": reward.metrics.get("held_out_accuracy"),
                 "reward_train_pairs": reward.metrics.get("train_pairs"),
                 "seconds": (r.finished_at - r.started_at).total_seconds(), "phases": timings,
+                "ppo_mean": ppo,  # PPO's own logged figures, averaged over the round's steps
             })
         round0 = rounds[0]
         r0_timings = {t.metrics["phase"]: t.metrics["seconds"] for t in db.scalars(
@@ -302,6 +308,8 @@ def main() -> None:
               f"prompts judged, spread before a 3rd judgement: {r['spread_before_third']}; reward held-out accuracy "
               f"{fmt(r['reward_held_out_accuracy'], '.2f')} ({r['reward_train_pairs']} train pairs); trigger {trigger}; "
               f"{r['seconds']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["phases"].items()))
+        if r["ppo_mean"]:
+            print(f"  PPO, mean over the round's steps: " + ", ".join(f"{k} {v:.4g}" for k, v in r["ppo_mean"].items()))
     if len(per_round) >= 3:
         print(f"round {per_round[2]['round']} / round {per_round[1]['round']} time: "
               f"{per_round[2]['seconds'] / per_round[1]['seconds']:.2f}")
