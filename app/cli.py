@@ -237,12 +237,16 @@ def train_once():
     from trainer.loop import TrainerBusy
     from trainer.loop import train_once as run
 
+    from app.services.round_numbers import round_number
+
+    database = _database()
     try:
-        round_id = run(_database(), get_settings(), TrainerSettings())
+        round_id = run(database, get_settings(), TrainerSettings())
     except TrainerBusy as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3)
-    typer.echo(f"round {round_id} done")
+    with database.read() as db:
+        typer.echo(f"round {round_number(db, round_id)} done")
 
 
 @cli.command()

@@ -98,17 +98,29 @@ def test_rounds_start_by_themselves_when_the_newest_tuples_are_judged(database, 
     batch_id = seed_bws_batch(database, prompts=3, per_prompt=6, required=3)
     settings.trainer_min_newest_judgements = 5
     assert round_due(database, settings)  # round 0 needs no judgements: the base writes its stories
+    from app.services.training import trainer_status
+    from trainer.loop import next_round_id
+
+    first = next_round_id(database, settings)  # asked for as what it is: the base's round, round 0
+    [view] = trainer_status(database).history
+    assert (view.id, view.number, view.trigger) == (first, 0, "base")
+    assert view.trigger_label.startswith("the base policy") and "judgements" not in view.trigger_label.split("(")[0]
 
     with database.write() as db:  # round 0 is done: a base policy, its round and its batch
         base = ModelVersion(name="base", kind="policy", algorithm="pretrain", path="policy/base")
         db.add(base)
         db.flush()
-        db.add(TrainingRound(status="done", policy_version_id=base.id, batch_id=batch_id, finished_at=utcnow()))
+        r = db.get(TrainingRound, first)
+        r.status, r.policy_version_id, r.batch_id, r.finished_at = "done", base.id, batch_id, utcnow()
     assert not round_due(database, settings)  # nothing judged on the newest tuples yet
     judge_directly(database, "judge1", batch_id, limit=4)
     assert not round_due(database, settings)  # 4 < 5
     judge_directly(database, "judge2", batch_id, limit=1)
     assert round_due(database, settings)  # 5 judgements on the newest round's tuples
+    second = next_round_id(database, settings)
+    assert [(v.number, v.trigger) for v in trainer_status(database).history] == [(1, "auto"), (0, "base")]
+    with database.write() as db:
+        db.delete(db.get(TrainingRound, second))  # not run here
 
     # "any": the old rule, N new judgements of any batch since the last round.
     settings.trainer_trigger, settings.trainer_min_new_judgements = "any", 6

@@ -46,6 +46,8 @@ def seed_lineage(database, ppo_steps: int = 6) -> dict[str, int]:
                                metrics={"held_out_accuracy": 0.825})
         db.add_all([r2, reward2])
         db.flush()
+        db.add(TrainingRound(status="done", trigger="base", phase="done", policy_version_id=base.id,
+                             started_at=now, finished_at=now))  # round 0: the base wrote its stories
         rounds = []
         for policy, reward in ((r1, reward1), (r2, reward2)):
             r = TrainingRound(status="done", trigger="auto", phase="done", policy_version_id=policy.id,
@@ -111,10 +113,10 @@ def test_models_page_data(database):
     names = [(v.name, v.depth) for v in page.versions]
     assert names == [("base-demo", 0), ("policy-r1", 1), ("policy-r2", 2), ("human-stories", 0)]
     r1 = next(v for v in page.versions if v.id == ids["r1"])
-    assert r1.auto == AUTO_R1 and r1.round_id == ids["round1"] and r1.parent_name == "base-demo"
-    assert [(r.round_id, r.held_out_accuracy) for r in page.rewards] == [(ids["round1"], 0.75), (ids["round2"], 0.825)]
+    assert r1.auto == AUTO_R1 and r1.round_number == 1 and r1.parent_name == "base-demo"
+    assert [(r.round_number, r.held_out_accuracy) for r in page.rewards] == [(1, 0.75), (2, 0.825)]
     assert len(page.ppo) == 12 and [p.x for p in page.ppo] == list(range(1, 13))
-    assert page.round_starts == [(1, ids["round1"]), (7, ids["round2"])]
+    assert page.round_starts == [(1, 1), (7, 2)]  # round numbers: round 0 is the base's
 
 
 def test_models_page_renders_expected_numbers_and_charts(client, database):

@@ -56,13 +56,13 @@ def test_admin_page_starts_a_round_with_an_algorithm_and_a_bakeoff(client, datab
     page = post_form(client, "/admin/training", "/admin/training/rounds", {"algorithm": "nonsense"})
     assert "algorithm must be one of ppo, alol, dpo" in text_of(page) and _rounds(database) == 0
     page = post_form(client, "/admin/training", "/admin/training/rounds", {"algorithm": "dpo"})
-    assert "Round 1 queued (dpo)" in text_of(page)
+    assert "Round 0 queued (dpo)" in text_of(page)  # the first round is round 0
     with database.write() as db:
         db.get(TrainingRound, 1).status = "done"
     page = post_form(client, "/admin/training", "/admin/training/bakeoff", {"algorithms": ["alol"]})
     assert "pick two or more different algorithms" in text_of(page) and _rounds(database) == 1
     page = post_form(client, "/admin/training", "/admin/training/bakeoff", {"algorithms": ["alol", "dpo"], "required": "2"})
-    assert "Bake-off round 2 (alol, dpo) queued" in text_of(page)
+    assert "Bake-off round 1 (alol, dpo) queued" in text_of(page)
     rows = {r.id: r for r in training.trainer_status(database).history}
     assert rows[1].algorithm == "dpo" and rows[2].bakeoff["algorithms"] == ["alol", "dpo"]
     assert "bakeoff (alol, dpo)" in text_of(page)  # the history table shows what each round trains with

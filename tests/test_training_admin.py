@@ -13,9 +13,9 @@ def test_admin_page_queues_a_round_once_and_shows_progress(client, database):
     make_user(database, "root", "admin")
     login(client, "root")
     page = post_form(client, "/admin/training", "/admin/training/rounds")
-    assert "Round 1 queued" in page.text and "No trainer is running" in page.text
+    assert "Round 0 queued" in page.text and "No trainer is running" in page.text  # the first round is round 0
     again = post_form(client, "/admin/training", "/admin/training/rounds")
-    assert "round 1 is already requested" in again.text
+    assert "round 0 is already requested" in again.text
 
     # The trainer (simulated here) is 10 of 40 PPO steps into the round, 20 s after the phase began.
     with database.write() as db:
@@ -30,7 +30,7 @@ def test_admin_page_queues_a_round_once_and_shows_progress(client, database):
     assert 55 <= status["current"]["eta_seconds"] <= 70  # 2 s a step, 30 steps to go
     page = client.get("/admin/training")
     assert "step 10 of 40" in page.text and "started by an admin (Start a round now)" in page.text
-    assert "Round 1: logged metrics" in page.text and "ppo · score" in text_of(page)  # a single value, not a chart
+    assert "Round 0: logged metrics" in page.text and "ppo · score" in text_of(page)  # a single value, not a chart
 
 
 def test_api_round_request_and_status(client, database, admin_headers):

@@ -19,7 +19,7 @@ from trainer import model_store
 from trainer.config import TrainerSettings
 from trainer.eval_generation import fulfil_generation_requests
 from trainer.lease import Heartbeat, holder_name, release, try_acquire
-from trainer.rounds import judgements_since_last_round, newest_round_judgements, reference_policy, run_round
+from trainer.rounds import judgements_since_last_round, newest_round_judgements, number_of, reference_policy, run_round
 
 log = logging.getLogger("storyloop.trainer")
 
@@ -60,8 +60,9 @@ def next_round_id(database: Database, settings: Settings, auto: bool = True) -> 
             return pending.id
     if not auto or not round_due(database, settings):
         return None
+    trigger = "base" if reference_policy(database) is None else "auto"  # round 0 needs no judgements
     with database.write() as db:
-        r = TrainingRound(status="requested", trigger="auto")
+        r = TrainingRound(status="requested", trigger=trigger)
         db.add(r)
         db.flush()
         return r.id
@@ -69,11 +70,14 @@ def next_round_id(database: Database, settings: Settings, auto: bool = True) -> 
 
 def run_one(database: Database, settings: Settings, cfg: TrainerSettings, round_id: int, echo: bool = True) -> bool:
     """Runs a round and records success or failure on it. Returns True on success."""
+    number = number_of(database, round_id)
+    started = time.monotonic()
     try:
         run_round(database, settings, cfg, round_id, echo)
+        log.info("round %s done in %.0f s", number, time.monotonic() - started)
         return True
     except Exception as exc:  # the round fails; the trainer keeps serving later rounds
-        log.error("round %s failed: %s", round_id, exc)
+        log.error("round %s failed after %.0f s: %s", number, time.monotonic() - started, exc)
         with database.write() as db:
             r = db.get(TrainingRound, round_id)
             r.status, r.error, r.finished_at = "failed", f"{exc}\n{traceback.format_exc(limit=5)}", utcnow()
@@ -125,7 +129,7 @@ def serve_forever(database: Database, settings: Settings, cfg: TrainerSettings, 
                 if round_id is None:
                     time.sleep(settings.trainer_poll_seconds)
                     continue
-                log.info("starting round %s", round_id)
+                log.info("starting round %s", number_of(database, round_id))
                 run_one(database, settings, cfg, round_id)
                 rounds += 1
             if heartbeat.lost.is_set():

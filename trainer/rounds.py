@@ -47,6 +47,7 @@ from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, T
 from app.services.scoring import BwsAnnotation, ItemTally, counting_tallies
 from app.services.evaluation import CampaignCreate, create_campaign
 from app.services.gold import usable
+from app.services.round_numbers import round_number
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from app.services.training import BAKEOFF, ROUND_ALGORITHMS
@@ -67,6 +68,7 @@ class RoundReporter:
 
     def __init__(self, database: Database, round_id: int, echo: bool = True):
         self.database, self.round_id, self.echo = database, round_id, echo
+        self.number = number_of(database, round_id)  # what people see: round 0 is the base's
         self._last_write, self._bar = 0.0, None
         self._phase: tuple[str, float] | None = None  # (name, monotonic start)
 
@@ -86,7 +88,7 @@ class RoundReporter:
             r.phase, r.step, r.total_steps, r.phase_started_at = name, 0, total, utcnow()
         if self._bar is not None:
             self._bar.close()
-        self._bar = tqdm(total=total or None, desc=f"round {self.round_id}: {name}", disable=not self.echo)
+        self._bar = tqdm(total=total or None, desc=f"round {self.number}: {name}", disable=not self.echo)
         self._last_write = 0.0
 
     def step(self, step: int, total: int, metrics: dict | None = None) -> None:
@@ -111,7 +113,7 @@ class RoundReporter:
             r = db.get(TrainingRound, self.round_id)
             db.add(TrainingLog(round_id=self.round_id, phase=r.phase, step=r.step, metrics=metrics))
         if self.echo:
-            tqdm.write(f"round {self.round_id}: " + ", ".join(
+            tqdm.write(f"round {self.number}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
     def close(self, finished: bool = False) -> None:
@@ -120,6 +122,11 @@ class RoundReporter:
             self._finish_phase()
         if self._bar is not None:
             self._bar.close()
+
+
+def number_of(database: Database, round_id: int) -> int:
+    with database.read() as db:
+        return round_number(db, round_id)
 
 
 def _set(database: Database, round_id: int, **values) -> None:
@@ -194,7 +201,7 @@ def _active_prompts(database: Database, cfg: TrainerSettings) -> list[tuple[int,
 def _previous_reward(database: Database, round_id: int) -> ModelVersion | None:
     with database.read() as db:
         return db.scalar(select(ModelVersion).where(ModelVersion.kind == "reward", ModelVersion.path.is_not(None),
-                                                    ModelVersion.name != f"reward-r{round_id}")
+                                                    ModelVersion.name != f"reward-r{number_of(database, round_id)}")
                          .order_by(ModelVersion.id.desc()).limit(1))
 
 
@@ -221,7 +228,7 @@ def train_reward_phase(database, settings, cfg, round_id, policy: ModelVersion, 
                "judgements": pairs.judgements, "last_judgement_id": pairs.last_judgement_id}
     reporter.log({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     version_id = model_store.save_version(
-        database, settings.model_store, kind="reward", name=f"reward-r{round_id}", parent_id=start.id,
+        database, settings.model_store, kind="reward", name=f"reward-r{reporter.number}", parent_id=start.id,
         algorithm="reward", settings=asdict(cfg.reward), metrics=metrics, model=model, tokenizer=tokenizer,
     )
     _set(database, round_id, reward_version_id=version_id, judgements_used=pairs.judgements)
@@ -259,7 +266,7 @@ def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: Mode
         raise ValueError(f"unknown round algorithm {algorithm!r}; one of {', '.join(ROUND_ALGORITHMS)}")
     compute = {"seconds": time.monotonic() - started, "peak_memory_mb": _peak_memory_mb(device), "device": str(device)}
     return model_store.save_version(
-        database, settings.model_store, kind="policy", name=name or f"policy-r{round_id}", parent_id=policy.id,
+        database, settings.model_store, kind="policy", name=name or f"policy-r{reporter.number}", parent_id=policy.id,
         algorithm=algorithm, settings={**used, **common},
         metrics={**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, "compute": compute},
         model=trained, tokenizer=tokenizer,
@@ -389,7 +396,7 @@ def generate_and_queue_phase(database, settings, cfg, round_id, policy_version_i
         new_ids = _store_stories(db, cfg, policy_version_id, prompts, stories)
         ids_by_prompt = {prompt_id: compose_tuples(candidates[prompt_id], new_ids[prompt_id], base_version_id,
                                                    tallies, cfg.generation, rng) for prompt_id, _ in prompts}
-        batch = build_bws_batch(db, f"round {round_id}: {version.name} vs base, best and earlier", ids_by_prompt,
+        batch = build_bws_batch(db, f"round {reporter.number}: {version.name} vs base, best and earlier", ids_by_prompt,
                                 seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
                                 k=settings.tuple_size, factor=settings.design_factor)
         mark_newest_round_batch(db, batch.id)
@@ -453,7 +460,7 @@ def bakeoff_phases(database, settings, cfg, round_id, reference: ModelVersion, r
     for algorithm in plan["algorithms"]:
         if algorithm not in policies:
             policies[algorithm] = policy_phase(database, settings, cfg, round_id, algorithm, start, reference,
-                                               reward_id, reporter, name=f"{algorithm}-r{round_id}")
+                                               reward_id, reporter, name=f"{algorithm}-r{reporter.number}")
             plan = {**plan, "policies": policies}
             _set(database, round_id, bakeoff=plan)
     written = [_generate(database, settings, cfg, policies[a], reporter, phase=f"generate {a}") for a in plan["algorithms"]]
@@ -470,12 +477,12 @@ def bakeoff_phases(database, settings, cfg, round_id, reference: ModelVersion, r
             base = [c for c, v in candidates[prompt_id] if v == reference.id]
             ids_by_prompt[prompt_id] += rng.sample(base, min(gen.base_per_prompt, len(base)))
         names = ", ".join(plan["algorithms"])
-        batch = build_bws_batch(db, f"round {round_id}: bake-off of {names} and the base", dict(ids_by_prompt),
+        batch = build_bws_batch(db, f"round {reporter.number}: bake-off of {names} and the base", dict(ids_by_prompt),
                                 seed=cfg.seed + round_id, required=settings.annotations_per_tuple,
                                 k=settings.tuple_size, factor=settings.design_factor)
         mark_newest_round_batch(db, batch.id)
         campaign = create_campaign(db, CampaignCreate(
-            name=f"Bake-off round {round_id}: {names} vs base",
+            name=f"Bake-off round {reporter.number}: {names} vs base",
             model_version_ids=[reference.id] + [policies[a] for a in plan["algorithms"]],
             prompt_ids=prompt_ids, required=plan.get("required", 2), seed=cfg.seed + round_id))
         r = db.get(TrainingRound, round_id)

@@ -366,7 +366,7 @@ def _training_charts(page: training.TrainerPage) -> dict[str, Any]:
                                        title=f"{s.phase}: {s.metric}", x_label="step", y_label=s.metric,
                                        width=440, height=190))
     kl = charts.line_chart(
-        [charts.Series("KL to the base reference", [(float(k.round_id), k.kl_to_reference) for k in page.kl_per_round])],
+        [charts.Series("KL to the base reference", [(float(k.round_number), k.kl_to_reference) for k in page.kl_per_round])],
         title="KL of each round's policy to the base reference", x_label="training round",
         y_label="KL (nats per story)", height=220, empty="no round has a KL to the reference yet")
     return {"small_charts": small, "single_values": values, "kl_chart": kl}
@@ -392,7 +392,7 @@ def training_request_round(request: Request, user: PageAdmin, database: Database
                            algorithm: Annotated[str, Form(max_length=32)] = ""):
     try:
         queued = training.request_round(database, trigger="admin", algorithm=algorithm or None)
-        _flash(request, f"Round {queued.id} queued ({queued.algorithm or 'the trainer’s default algorithm'}); "
+        _flash(request, f"Round {queued.number} queued ({queued.algorithm or 'the trainer’s default algorithm'}); "
                         "the trainer starts it at its next poll.")
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
@@ -405,7 +405,7 @@ def training_request_bakeoff(request: Request, user: PageAdmin, database: Databa
                              required: Annotated[int, Form(ge=1, le=100)] = 2):
     try:
         queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required)
-        _flash(request, f"Bake-off round {queued.id} ({', '.join(algorithms)}) queued; the trainer starts it at its next poll.")
+        _flash(request, f"Bake-off round {queued.number} ({', '.join(algorithms)}) queued; the trainer starts it at its next poll.")
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")

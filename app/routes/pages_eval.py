@@ -139,10 +139,10 @@ def _ppo_charts(page: model_versions.ModelsPage) -> list:
     def series(name: str, key: str) -> charts.Series:
         points, last_round = [], None
         for p in page.ppo:
-            if last_round is not None and p.round_id != last_round:
+            if last_round is not None and p.round_number != last_round:
                 points.append((p.x - 0.5, None))  # no line from one round's last step to the next round's first
             points.append((p.x, p.metrics.get(key)))
-            last_round = p.round_id
+            last_round = p.round_number
         return charts.Series(name, points)
 
     return [
@@ -160,7 +160,7 @@ def _ppo_charts(page: model_versions.ModelsPage) -> list:
 def models_page(request: Request, user: PageAdmin, database: DatabaseDep):
     page = model_versions.models_page(database)
     accuracy = charts.bar_chart(
-        [(f"round {r.round_id}", None if r.held_out_accuracy is None else 100 * r.held_out_accuracy) for r in page.rewards],
+        [(f"round {r.round_number}", None if r.held_out_accuracy is None else 100 * r.held_out_accuracy) for r in page.rewards],
         title="Reward model: held-out pairwise accuracy per round", x_label="training round",
         y_label="held-out accuracy (%)", y_range=(0, 100), reference=(50, "chance (50 %)"), value_format="{:.1f} %",
     )
@@ -191,11 +191,11 @@ def live_status(database) -> dict[str, Any]:
             "alive": status.trainer_alive,
             "heartbeat_at": status.heartbeat_at.isoformat() if status.heartbeat_at else None,
             "current": None if current is None else {
-                "round_id": current.id, "status": current.status, "phase": current.phase, "step": current.step,
+                "round_id": current.id, "round": current.number, "status": current.status, "phase": current.phase, "step": current.step,
                 "total_steps": current.total_steps, "eta_seconds": current.eta_seconds,
             },
             "last": None if last is None else {
-                "round_id": last.id, "status": last.status,
+                "round_id": last.id, "round": last.number, "status": last.status,
                 "finished_at": last.finished_at.isoformat() if last.finished_at else None, "error": (last.error or "")[:200],
             },
         },

@@ -61,7 +61,7 @@ class VersionRow(BaseModel):
     parent_id: int | None
     parent_name: str | None
     depth: int  # 0 for a root (base policy or imported source)
-    round_id: int | None  # the training round that produced it
+    round_number: int | None  # the training round that produced it (round 0: the base's)
     created_at: datetime
     continuations: int
     bws_score: float | None
@@ -89,12 +89,12 @@ class VersionWarning(BaseModel):
 class LatestRewardModel(BaseModel):
     id: int
     name: str
-    round_id: int | None
+    round_number: int | None
     scored_versions: int
 
 
 class RewardRow(BaseModel):
-    round_id: int
+    round_number: int
     version_id: int
     name: str
     held_out_accuracy: float | None
@@ -103,7 +103,7 @@ class RewardRow(BaseModel):
 
 
 class PpoPoint(BaseModel):
-    round_id: int
+    round_number: int
     step: int
     x: int  # step counted over all rounds in order
     metrics: dict[str, float]
@@ -256,12 +256,13 @@ def models_page(database: Database) -> ModelsPage:
         ordered, depth = _depths(writers)
         counts = dict(db.execute(select(Continuation.model_version_id, func.count()).group_by(Continuation.model_version_id)).all())
         rounds = db.scalars(select(TrainingRound).order_by(TrainingRound.id)).all()
-        round_of_policy = {r.policy_version_id: r.id for r in rounds if r.policy_version_id}
+        number = {r.id: n for n, r in enumerate(rounds)}  # see app/services/round_numbers.py
+        round_of_policy = {r.policy_version_id: number[r.id] for r in rounds if r.policy_version_id}
         bws = mixed_bws_scores(db)
         evals = _latest_eval(db, [v.id for v in writers])
         rm, rm_scores = latest_reward_model(db)
         latest_rm = None if rm is None else LatestRewardModel(
-            id=rm.id, name=rm.name, round_id=next((r.id for r in rounds if r.reward_version_id == rm.id), None),
+            id=rm.id, name=rm.name, round_number=next((number[r.id] for r in rounds if r.reward_version_id == rm.id), None),
             scored_versions=len(rm_scores))
         warnings = version_warnings(db)
         versions = []
@@ -271,7 +272,7 @@ def models_page(database: Database) -> ModelsPage:
             scored = rm_scores.get(v.id, {})
             versions.append(VersionRow(
                 id=v.id, name=v.name, kind=v.kind, algorithm=v.algorithm, parent_id=v.parent_id,
-                parent_name=names.get(v.parent_id), depth=depth[v.id], round_id=round_of_policy.get(v.id),
+                parent_name=names.get(v.parent_id), depth=depth[v.id], round_number=round_of_policy.get(v.id),
                 created_at=v.created_at, continuations=counts.get(v.id, 0),
                 bws_score=b.get("score"), bws_appearances=b.get("appearances", 0), bws_best=b.get("best", 0),
                 bws_worst=b.get("worst", 0), eval_campaign_id=e[0] if e else None, eval_campaign_name=e[1] if e else None,
@@ -292,7 +293,7 @@ def models_page(database: Database) -> ModelsPage:
             if rv is None:
                 continue
             m = {**reward_logs.get(r.id, {}), **{k: x for k, x in (rv.metrics or {}).items() if x is not None}}
-            rewards.append(RewardRow(round_id=r.id, version_id=rv.id, name=rv.name,
+            rewards.append(RewardRow(round_number=number[r.id], version_id=rv.id, name=rv.name,
                                      held_out_accuracy=m.get("held_out_accuracy"), train_accuracy=m.get("train_accuracy"),
                                      held_out_pairs=m.get("held_out_pairs")))
 
@@ -300,9 +301,9 @@ def models_page(database: Database) -> ModelsPage:
         for log in db.scalars(select(TrainingLog).where(TrainingLog.phase == "ppo").order_by(TrainingLog.round_id, TrainingLog.step, TrainingLog.id)):
             x += 1
             if log.round_id != last_round:
-                starts.append((x, log.round_id))
+                starts.append((x, number[log.round_id]))
                 last_round = log.round_id
-            ppo.append(PpoPoint(round_id=log.round_id, step=log.step, x=x,
+            ppo.append(PpoPoint(round_number=number[log.round_id], step=log.step, x=x,
                                 metrics={k: float(v) for k, v in (log.metrics or {}).items()
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}))
     return ModelsPage(versions=versions, rewards=rewards, ppo=ppo, round_starts=starts, latest_rm=latest_rm,

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingRound
 from app.services import scoring
+from app.services.round_numbers import round_numbers
 
 MAX_LIMIT = 100  # prompts per page
 KIND_ORDER = {"policy": 0, "source": 1}
@@ -32,7 +33,7 @@ class StoryVersion(BaseModel):
     kind: str
     algorithm: str
     parent_id: int | None
-    round_id: int | None  # the training round that produced it
+    round_number: int | None  # the training round that produced it (round 0: the base's)
 
 
 class Story(BaseModel):
@@ -68,12 +69,13 @@ class StoriesPage(BaseModel):
 def _versions(db: Session) -> list[StoryVersion]:
     """Every version that wrote a continuation, policies oldest first then sources."""
     writers = set(db.scalars(select(Continuation.model_version_id).distinct()))
-    round_of = {pid: rid for rid, pid in db.execute(select(TrainingRound.id, TrainingRound.policy_version_id)
-                                                    .where(TrainingRound.policy_version_id.is_not(None)))}
+    numbers = round_numbers(db)
+    round_of = {pid: numbers[rid] for rid, pid in db.execute(select(TrainingRound.id, TrainingRound.policy_version_id)
+                                                             .where(TrainingRound.policy_version_id.is_not(None)))}
     rows = [v for v in db.scalars(select(ModelVersion).order_by(ModelVersion.id)) if v.id in writers]
     rows.sort(key=lambda v: (KIND_ORDER.get(v.kind, 2), v.id))
     return [StoryVersion(id=v.id, name=v.name, kind=v.kind, algorithm=v.algorithm, parent_id=v.parent_id,
-                         round_id=round_of.get(v.id)) for v in rows]
+                         round_number=round_of.get(v.id)) for v in rows]
 
 
 def _counting(db: Session, prompt_ids: list[int]) -> tuple[dict[int, tuple[float, int, int, int]], dict[int, int]]:

@@ -25,6 +25,7 @@ from app.models import ModelVersion, TrainerLease, TrainingLog, TrainingRound, u
 from app.services import model_versions
 from app.services.errors import Conflict, Invalid
 from app.services.model_versions import VersionWarning
+from app.services.round_numbers import round_number, round_numbers
 
 TRAINER_LEASE = "trainer"
 LEASE_STALE_SECONDS = 90  # a trainer that has not renewed its lease for this long is presumed dead
@@ -37,7 +38,8 @@ OPTIONAL_PHASES = frozenset({"sft", "base generate"})  # left out of the ETA whe
 TIMING_PHASE = "timing"  # training_log rows with {"phase": name, "seconds": duration} of a finished phase
 ROUND_ALGORITHMS = ("ppo", "alol", "dpo")  # what a round can train with (trainer/rounds.policy_phase)
 BAKEOFF = "bakeoff"  # a round that trains one policy per chosen algorithm and opens a blind campaign over them
-TRIGGERS = {"auto": "automatic (enough new judgements)", "admin": "an admin (Start a round now)",
+TRIGGERS = {"base": "the base policy (round 0 writes the first stories; no judgements needed)",
+            "auto": "automatic (enough new judgements)", "admin": "an admin (Start a round now)",
             "cli": "command line (storyloop train once)"}
 PREVIOUS_ROUNDS = 10  # finished rounds searched for phase durations
 CHART_POINTS = 150  # points kept per metric series sent to the page (evenly thinned, last one kept)
@@ -46,6 +48,7 @@ CHART_METRICS = 8  # metric series shown per phase
 
 class RoundView(BaseModel):
     id: int
+    number: int  # round 0 is the base's (app/services/round_numbers.py)
     status: str
     trigger: str
     phase: str
@@ -85,12 +88,14 @@ class MetricSeries(BaseModel):
 
 class RoundMetrics(BaseModel):
     round_id: int
+    round_number: int
     rows: int  # log rows so far: the page redraws its charts when this changes
     series: list[MetricSeries]
 
 
 class KlPoint(BaseModel):
     round_id: int
+    round_number: int
     policy_version_id: int
     policy_name: str
     kl_to_reference: float | None  # nats per story, of the round's policy to the fixed base reference
@@ -176,7 +181,7 @@ def _timings(rows) -> dict[int, dict[str, float]]:
     return out
 
 
-def _view(r: TrainingRound, now: datetime, done: dict[str, float] | None = None,
+def _view(r: TrainingRound, number: int, now: datetime, done: dict[str, float] | None = None,
           previous: dict[str, float] | None = None, plan: tuple[str, ...] = ()) -> RoundView:
     eta = _eta(r, now)
     elapsed = (now - r.phase_started_at).total_seconds() if r.phase_started_at else None
@@ -185,7 +190,7 @@ def _view(r: TrainingRound, now: datetime, done: dict[str, float] | None = None,
         total = (r.finished_at - r.started_at).total_seconds()
     whole = round_eta(r.phase, eta, elapsed, done or {}, previous or {}, plan) if r.status == "running" else None
     return RoundView(
-        id=r.id, status=r.status, trigger=r.trigger, phase=r.phase, step=r.step, total_steps=r.total_steps,
+        id=r.id, number=number, status=r.status, trigger=r.trigger, phase=r.phase, step=r.step, total_steps=r.total_steps,
         eta_seconds=eta, round_eta_seconds=whole, trigger_label=trigger_label(r.trigger),
         judgements_used=r.judgements_used, reward_version_id=r.reward_version_id,
         policy_version_id=r.policy_version_id, batch_id=r.batch_id, algorithm=r.algorithm, bakeoff=r.bakeoff,
@@ -212,11 +217,11 @@ def request_round(database: Database, trigger: str = "admin", algorithm: str | N
     with database.write() as db:
         pending = db.scalar(select(TrainingRound).where(TrainingRound.status.in_(("requested", "running"))))
         if pending is not None:
-            raise Conflict(f"round {pending.id} is already {pending.status}")
+            raise Conflict(f"round {round_number(db, pending.id)} is already {pending.status}")
         r = TrainingRound(status="requested", trigger=trigger, algorithm=algorithm, bakeoff=plan)
         db.add(r)
         db.flush()
-        return _view(r, utcnow())
+        return _view(r, round_number(db, r.id), utcnow())
 
 
 def _status(db, now: datetime, history: int) -> TrainerStatus:
@@ -240,8 +245,9 @@ def _status(db, now: datetime, history: int) -> TrainerStatus:
         if shown.algorithm in ROUND_ALGORITHMS:  # its policy phase is named after its algorithm
             plan = tuple(shown.algorithm if name == "ppo" else name for name in plan)
         previous = previous_durations([timings[i] for i in before if i in timings], plan)
-    views = {r.id: _view(r, now, timings.get(r.id), previous, plan) if r is shown else _view(r, now, timings.get(r.id))
-             for r in rounds}
+    numbers = round_numbers(db)
+    views = {r.id: _view(r, numbers[r.id], now, timings.get(r.id), previous, plan) if r is shown
+             else _view(r, numbers[r.id], now, timings.get(r.id)) for r in rounds}
     return TrainerStatus(
         trainer_alive=alive, trainer_holder=lease.holder if lease else None,
         heartbeat_at=lease.heartbeat_at if lease else None,
@@ -281,7 +287,7 @@ def _round_metrics(db, round_id: int) -> RoundMetrics:
             series[(phase, key)].append((int(step), float(value)))
     order = {p: i for i, p in enumerate(PHASES)}
     ordered = sorted(series.items(), key=lambda kv: order.get(kv[0][0], len(PHASES)))
-    return RoundMetrics(round_id=round_id, rows=len(rows),
+    return RoundMetrics(round_id=round_id, round_number=round_number(db, round_id), rows=len(rows),
                         series=[MetricSeries(phase=p, metric=m, points=_thin(pts)) for (p, m), pts in ordered])
 
 
@@ -290,11 +296,11 @@ def kl_per_round(db) -> list[KlPoint]:
     rows = db.execute(select(TrainingRound.id, ModelVersion.id, ModelVersion.name, ModelVersion.metrics)
                       .join(ModelVersion, ModelVersion.id == TrainingRound.policy_version_id)
                       .order_by(TrainingRound.id)).all()
-    out = []
+    out, numbers = [], round_numbers(db)
     for round_id, version_id, name, metrics in rows:
         kl = ((metrics or {}).get("auto") or {}).get("kl_to_reference")
         ok = isinstance(kl, (int, float)) and not isinstance(kl, bool) and math.isfinite(kl)
-        out.append(KlPoint(round_id=round_id, policy_version_id=version_id, policy_name=name,
+        out.append(KlPoint(round_id=round_id, round_number=numbers[round_id], policy_version_id=version_id, policy_name=name,
                            kl_to_reference=float(kl) if ok else None))
     return out
 

@@ -39,15 +39,15 @@
     var t = data.trainer, c = t.current, tp = data.throughput, ev = data.evaluation;
     var what, progress = null;
     if (c && c.status === "running") {
-      what = "round " + c.round_id + ": " + (c.phase || "starting");
+      what = "round " + c.round + ": " + (c.phase || "starting");
       if (c.total_steps) {
         what += " — step " + c.step + " of " + c.total_steps;
         progress = el("progress", { max: String(c.total_steps), value: String(c.step), "aria-label": "phase progress" });
       }
     } else if (c) {
-      what = "round " + c.round_id + " " + c.status + " (waiting for the trainer)";
+      what = "round " + c.round + " " + c.status + " (waiting for the trainer)";
     } else if (t.last) {
-      what = "idle · last round " + t.last.round_id + " " + t.last.status;
+      what = "idle · last round " + t.last.round + " " + t.last.status;
     } else {
       what = "idle · no rounds yet";
     }

@@ -109,7 +109,7 @@
 
   function describeRound(c, trainerAlive) {
     if (!c) return ["No round is queued or running."];
-    var parts = ["Round " + c.id + ": ", el("strong", { text: c.status })];
+    var parts = ["Round " + c.number + ": ", el("strong", { text: c.status })];
     if (c.status === "running" && !trainerAlive) { // killed mid-round: the heartbeat went stale
       parts.push(" · ", el("strong", { "class": "interrupted", text: "interrupted" }),
         ": no trainer is alive; the next one to start resumes this round");
@@ -162,7 +162,7 @@
     if (card.dataset.round === round && card.dataset.rows === rows) return;  // unchanged: keep what is drawn
     card.dataset.round = round;
     card.dataset.rows = rows;
-    $("round-metrics-title").textContent = rm ? "Round " + rm.round_id + ": logged metrics" : "Logged metrics";
+    $("round-metrics-title").textContent = rm ? "Round " + rm.round_number + ": logged metrics" : "Logged metrics";
     var values = [], charts = [];
     (rm ? rm.series : []).forEach(function (s, i) {
       if (s.points.length < 2) {
@@ -198,7 +198,7 @@
     if (klSignature === null) { klSignature = signature; return; }  // first poll: the server drew the same data
     if (signature === klSignature) return;
     klSignature = signature;
-    $("kl-chart").replaceChildren(lineChart(points.map(function (k) { return [k.round_id, k.kl_to_reference]; }), {
+    $("kl-chart").replaceChildren(lineChart(points.map(function (k) { return [k.round_number, k.kl_to_reference]; }), {
       title: "KL of each round's policy to the base reference (nats per story)", xLabel: "training round",
       height: 220, width: 900, empty: "no round has a KL to the reference yet" }));
   }
@@ -208,7 +208,7 @@
       var status = [r.status];
       if (r.status === "running" && r.phase) status.push(" ", el("span", { "class": "muted small", text: "(" + r.phase + ")" }));
       return el("tr", { "data-round": String(r.id) }, [
-        el("td", { text: String(r.id) }), el("td", {}, status), el("td", { text: r.trigger, title: r.trigger_label }),
+        el("td", { text: String(r.number) }), el("td", {}, status), el("td", { text: r.trigger, title: r.trigger_label }),
         el("td", { text: (r.algorithm || "") + (r.bakeoff ? " (" + r.bakeoff.algorithms.join(", ") +
           (r.bakeoff.campaign_id ? "; campaign " + r.bakeoff.campaign_id : "") + ")" : "") }),
         el("td", { "class": "num", text: String(r.judgements_used) }),
