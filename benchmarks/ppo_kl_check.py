@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--final", type=int, default=512, help="samples for the final-policy comparison")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(args.code))
@@ -95,6 +96,20 @@ def main() -> None:
     rep, tru = sum(r for r, _ in last) / len(last), sum(t for _, t in last) / len(last)
     print(f"last 5 steps: reported {rep:.3f}, sampled {tru:.3f} nats per story "
           f"(reported / sampled {rep / tru if tru else float('nan'):.2f})")
+
+    # The same two estimators at the final policy on many more samples, without training: PPO's own
+    # rollout estimate (its KL line, on `--final` rollouts) against the exact sampled KL.
+    per_story = []
+    for _ in range(args.final // cfg.batch_size):
+        r = trainer.rollout([rng.choice(PROMPTS) for _ in range(cfg.batch_size)])
+        get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
+        per_story += ((get("logprobs") - get("ref_logprobs")) * get("mask")).sum(-1).tolist()
+    true_kl, _ = sampled_kl(trainer.policy.eval(), reference, tok, PROMPTS, cfg.temperature, cfg.min_new_tokens,
+                            cfg.max_new_tokens, args.final, args.seed + 999)
+    mean = sum(per_story) / len(per_story)
+    sd = (sum((x - mean) ** 2 for x in per_story) / (len(per_story) - 1)) ** 0.5
+    print(f"final policy, {len(per_story)} rollouts: PPO's KL estimate {mean:.3f} (+- {1.96 * sd / len(per_story) ** 0.5:.3f}), "
+          f"exact sampled KL {true_kl:.3f} on {args.final} samples (ratio {mean / true_kl:.2f})")
 
 
 if __name__ == "__main__":
