@@ -247,7 +247,7 @@ class ALoLTrainer:
             reward_model.config.pad_token_id = self.reward_tokenizer.pad_token_id
         disable_dropout(policy)
         self.policy = policy
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
+        self.optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate)
         self.max_length = context_length(policy)
         self.rows: Batch | None = None  # (N+, T) the positive-advantage rows, padded once
         self.advantages = torch.zeros(0)  # (N+,)
@@ -337,7 +337,7 @@ class ALoLTrainer:
         if self.rows is None:
             raise RuntimeError("call prepare() with the stored continuations first")
         rng = torch.Generator().manual_seed(self.config.seed)
-        self.policy.train().requires_grad_(True)
+        self.policy.train()
         stats: dict = {}
         for step in range(1, self.total_steps + 1):
             stats = self.step(self._draw(rng))

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.alol import ALoLConfig
 from trainer.dpo import DPOSettings
+from trainer.lora import LoRASettings
 from trainer.ppo import PPOConfig
 from trainer.reward_model import RewardModelConfig
 
@@ -51,6 +52,11 @@ class TrainerSettings(BaseSettings):
     # the reward model), alol (offline, from every stored continuation), dpo (TRL, straight from the
     # judgements' pairs). See README "Choosing a round algorithm".
     algorithm: Literal["ppo", "alol", "dpo"] = "ppo"
+    # How a round trains its policy: "lora" (a LoRA adapter on the reference, saved as the adapter alone;
+    # the reference is the same network with the adapter off) or "full" (every weight; two whole models
+    # in memory, a whole copy per version: for small models).
+    policy_training: Literal["lora", "full"] = "lora"
+    lora: LoRASettings = Field(default_factory=LoRASettings)
     ppo_steps: int = 20  # PPO steps per round
     seed: int = 0
     # CPU threads for torch; 0 = all cores but one, which stays free for the web app beside the trainer.

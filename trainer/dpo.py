@@ -23,6 +23,7 @@ from trl import DPOConfig, DPOTrainer
 from trainer.data import PreferencePairs
 from trainer.generate import context_length
 from trainer.hf_args import checkpointing
+from trainer.lora import AdapterOff
 from trainer.reward_model import _Progress
 
 
@@ -52,14 +53,18 @@ def train_dpo(policy, ref_policy, tokenizer, pairs: PreferencePairs, cfg: DPOSet
     Returns (policy in eval mode, metrics: the last logged values and the training loss)."""
     if len(pairs) == 0:
         raise ValueError("no preference pairs: collect BWS judgements first")
-    policy.requires_grad_(True)
+    if isinstance(ref_policy, AdapterOff):  # LoRA: TRL reads the reference with the adapter off itself
+        ref_policy = None
+    else:
+        policy.requires_grad_(True)
+        ref_policy = ref_policy.eval().requires_grad_(False)
     logged: dict[str, float] = {}
 
     def remember(step: int, total: int, metrics: dict) -> None:
         logged.update(metrics)
         report(step, total, metrics)
 
-    trainer = DPOTrainer(model=policy, ref_model=ref_policy.eval().requires_grad_(False),
+    trainer = DPOTrainer(model=policy, ref_model=ref_policy,
                          args=_dpo_args(cfg, policy, work_dir), train_dataset=Dataset.from_dict(pairs.as_columns()),
                          processing_class=tokenizer, callbacks=[_LoggedMetrics(remember)])
     with warnings.catch_warnings():

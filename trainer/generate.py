@@ -119,8 +119,10 @@ def response_logprobs(logits: torch.Tensor, response: torch.Tensor, prompt_len: 
 
 def kv_cache_name(model) -> str:
     """The name of the KV cache, as the forward's argument and in its output: `cache` in newer
-    transformers, which deprecate (and warn about) the older `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    transformers, which deprecate (and warn about) the older `past_key_values`. A PEFT model passes its
+    keyword arguments on to the model under it, whose signature decides."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

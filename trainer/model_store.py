@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 from app.db import Database
 from app.models import ModelVersion, utcnow
+from trainer import lora
 
 log = logging.getLogger(__name__)
 
@@ -266,13 +267,23 @@ def load_reward_model(path: str | os.PathLike, device: str | None = "cpu"):
     return model.to(resolve_device(device)).eval()
 
 
-def load_version(database: Database, store: Path, version_id: int, device: str | None = "cpu"):
-    """(ModelVersion, model, tokenizer) of a stored version, by id."""
+def load_version(database: Database, store: Path, version_id: int, device: str | None = "cpu",
+                 trainable: bool = False):
+    """(ModelVersion, model, tokenizer) of a stored version, by id. A LoRA adapter version (see
+    trainer/lora.py) comes back on its base (``settings["adapter_of"]``) as a PEFT model; `trainable`
+    keeps its adapter trainable."""
     with database.read() as db:
         version = db.get(ModelVersion, version_id)
     if version is None or not version.path:
         raise LookupError(f"model version {version_id} does not exist or has no files")
     folder = version_dir(store, version.path)
+    if lora.is_adapter(folder):
+        base_id = (version.settings or {}).get("adapter_of")
+        if base_id is None:
+            raise LookupError(f"model version {version.name!r} is a LoRA adapter but names no base (adapter_of)")
+        _, base, _ = load_version(database, store, base_id, device)
+        model = lora.load_adapter(base, folder, trainable).to(resolve_device(device))
+        return version, model if trainable else model.eval(), load_tokenizer(folder)
     model = load_reward_model(folder, device) if version.kind == "reward" else load_causal_lm(folder, device)
     return version, model, load_tokenizer(folder)
 

@@ -48,6 +48,7 @@ from accelerate.utils import set_seed
 
 from .generate import (Sampling, context_length, decode_responses, left_pad_prompts, position_ids_from_mask,
                        response_logprobs, sample_tokens, truncate_at_eos)
+from .lora import backbone_state_dict
 from .reward_format import format_for_reward
 
 
@@ -182,8 +183,7 @@ def default_value_model(policy, tokenizer, reward_model, reward_tokenizer):
     config = copy.deepcopy(policy.config)
     config.num_labels = 1
     value_model = AutoModelForSequenceClassification.from_config(config)
-    backbone = getattr(policy, policy.base_model_prefix)
-    getattr(value_model, value_model.base_model_prefix).load_state_dict(backbone.state_dict())
+    getattr(value_model, value_model.base_model_prefix).load_state_dict(backbone_state_dict(policy))
     nn.init.zeros_(value_model.score.weight)
     value_model.config.pad_token_id = tokenizer.pad_token_id
     return value_model.to(next(policy.parameters()).device)
@@ -294,7 +294,8 @@ class PPOTrainer:
         for m in (policy, value_model):
             disable_dropout(m)
         model = PolicyAndValue(policy, value_model).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA policy: its adapter only
+        optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, eps=config.adam_eps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
         self.score_mean, self.score_std = 0.0, 1.0  # set from the first rollout when normalize_score

@@ -51,7 +51,7 @@ from app.services.round_numbers import round_number
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from app.services.training import BAKEOFF, ROUND_ALGORITHMS
-from trainer import model_store
+from trainer import lora, model_store
 from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
@@ -251,9 +251,11 @@ def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: Mode
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     started = time.monotonic()
-    _, model, tokenizer = model_store.load_version(database, settings.model_store, policy.id, device)
-    _, ref_model, _ = model_store.load_version(database, settings.model_store, reference.id, device)
-    common = {"reward_version_id": reward_version_id, "reference_version_id": reference.id}
+    model, ref_model, tokenizer = _policy_to_train(database, settings, cfg, policy, reference, device)
+    common = {"reward_version_id": reward_version_id, "reference_version_id": reference.id,
+              "policy_training": cfg.policy_training}
+    if cfg.policy_training == "lora":
+        common["adapter_of"] = reference.id  # saved as its adapter only; model_store.load_version rebuilds it
     if algorithm == "ppo":
         trained, used, stats = _train_ppo(database, cfg, round_id, model, ref_model, tokenizer, reward_version_id,
                                           settings, device, reporter)
@@ -273,14 +275,34 @@ def policy_phase(database, settings, cfg, round_id, algorithm: str, policy: Mode
     )
 
 
+def _policy_to_train(database, settings, cfg, policy: ModelVersion, reference: ModelVersion, device):
+    """(trainable policy, reference, tokenizer). LoRA (cfg.policy_training "lora"): the reference's network
+    under the newest adapter (a new one in the first round), and the reference is that network with the
+    adapter off. Full fine-tuning: two whole models."""
+    if cfg.policy_training == "full":
+        _, model, tokenizer = model_store.load_version(database, settings.model_store, policy.id, device)
+        _, ref_model, _ = model_store.load_version(database, settings.model_store, reference.id, device)
+        return model, ref_model, tokenizer
+    if policy.id == reference.id:
+        _, base, tokenizer = model_store.load_version(database, settings.model_store, reference.id, device)
+        model = lora.new_adapter(base, cfg.lora)
+    elif (policy.settings or {}).get("adapter_of") == reference.id:
+        _, model, tokenizer = model_store.load_version(database, settings.model_store, policy.id, device, trainable=True)
+    else:
+        raise RuntimeError(f"the newest policy {policy.name!r} is not a LoRA adapter on the reference "
+                           f"{reference.name!r} (it was fine-tuned in full): set STORYLOOP_TRAINER_POLICY_TRAINING=full "
+                           "to go on training it that way")
+    return model, lora.AdapterOff(model), tokenizer
+
+
 def _train_ppo(database, cfg, round_id, model, ref_model, tokenizer, reward_version_id, settings, device, reporter):
-    _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
+    _, reward_model, reward_tokenizer = model_store.load_version(database, settings.model_store, reward_version_id, device)
     prompts = [text for _, text in _active_prompts(database, cfg)]
     if not prompts:
         raise RuntimeError("no active prompts to train on")
     reporter.phase("ppo", cfg.ppo_steps)
-    trainer = PPOTrainer(cfg.ppo, model.train(), tokenizer, reward_model, ref_policy=ref_model,
-                         on_step=lambda step, stats: reporter.step(step, cfg.ppo_steps, stats))
+    trainer = PPOTrainer(cfg.ppo, model.train(), tokenizer, reward_model, reward_tokenizer=reward_tokenizer,
+                         ref_policy=ref_model, on_step=lambda step, stats: reporter.step(step, cfg.ppo_steps, stats))
     rng, stats = random.Random(cfg.seed + round_id), {}
     for _ in range(cfg.ppo_steps):
         stats = trainer.step([rng.choice(prompts) for _ in range(cfg.ppo.batch_size)])
@@ -298,11 +320,11 @@ def stored_rows(database: Database, cfg: TrainerSettings) -> tuple[list[str], li
 
 
 def _train_alol(database, cfg, model, ref_model, tokenizer, reward_version_id, settings, device, reporter):
-    _, reward_model, _ = model_store.load_version(database, settings.model_store, reward_version_id, device)
+    _, reward_model, reward_tokenizer = model_store.load_version(database, settings.model_store, reward_version_id, device)
     prompts, completions = stored_rows(database, cfg)
     reporter.phase("alol")
     trainer = ALoLTrainer(cfg.alol, model, tokenizer, reward_model, ref_policy=ref_model,
-                          on_step=lambda step, stats: reporter.step(step, trainer.total_steps, stats))
+                          reward_tokenizer=reward_tokenizer, on_step=lambda step, stats: reporter.step(step, trainer.total_steps, stats))
     reporter.log({k: float(v) for k, v in trainer.prepare(prompts, completions).items()})
     stats = trainer.train()
     return trainer.policy, {"alol": asdict(cfg.alol)}, stats
