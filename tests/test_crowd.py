@@ -156,7 +156,7 @@ def test_mturk_link_and_its_preview(client, database, admin_headers):
     assert preview.status_code == 422 and "accept the HIT first" in preview.text
     join(client, link["token"], "workerId=A1B2C3D4E5&hitId=3ABCHIT&assignmentId=3XYZASSIGN")
     user = participant_user(database, "A1B2C3D4E5")
-    assert user.username == f"mturk-{link['id']}-A1B2C3D4E5"
+    assert user.username == f"mturk:{link['id']}:A1B2C3D4E5"
     with database.read() as db:
         visit = db.scalar(select(CrowdVisit))
         assert (visit.study_id, visit.session_id) == ("3ABCHIT", "3XYZASSIGN")
@@ -281,3 +281,17 @@ def test_finished_page_sends_others_back_to_work(client, database):
     make_user(database, "plain")
     login(client, "plain")
     assert client.get("/crowd/finished", headers=HTML, follow_redirects=False).headers["location"] == "/annotate"
+
+
+def test_a_chosen_username_never_collides_with_a_participant(client, database, admin_headers):
+    """Someone signed up (or an admin made an account) under the name the old scheme gave a
+    participant, prolific-<link>-<PID>: the participant still gets in, with an account of their own."""
+    link = new_link(client, admin_headers)
+    pid = "5f1a2b3c4d5e6f7a8b9c0d1e"
+    taken = make_user(database, f"prolific-{link['id']}-{pid}")
+    started = join(client, link["token"], prolific_query(pid))
+    assert started.status_code == 200 and started.url.path == "/annotate", started.text
+    user = participant_user(database, pid)
+    assert user.id != taken.id and user.username == f"prolific:{link['id']}:{pid}"
+    with pytest.raises(Invalid):  # and nobody can choose a participant's name
+        make_user(database, user.username)

@@ -171,9 +171,16 @@ def _participant(db: Session, invite_id: int, participant_id: str) -> CrowdParti
                                                     CrowdParticipant.participant_id == participant_id))
 
 
+def participant_username(invite: CrowdInvite, participant_id: str) -> str:
+    """The account name of a participant: "prolific:3:<PID>". The colons keep it apart from every
+    name a person can choose (users.py allows letters, digits, '.', '-' and '_'), so that no sign-up
+    or admin can take a participant's name first."""
+    return f"{invite.platform}:{invite.id}:{participant_id}"
+
+
 def _new_participant(db: Session, invite: CrowdInvite, participant_id: str, now: datetime) -> CrowdParticipant:
     ends = now + timedelta(minutes=invite.session_minutes) if invite.session_minutes else None
-    user = User(username=f"{invite.platform}-{invite.id}-{participant_id}", password_hash=NO_PASSWORD,
+    user = User(username=participant_username(invite, participant_id), password_hash=NO_PASSWORD,
                 role="annotator", task_quota=invite.task_quota, work_ends_at=ends, created_at=now)
     db.add(user)
     db.flush()
