@@ -146,6 +146,21 @@ def test_bad_uploads_are_refused_whole_and_name_line_and_field(client, database,
         assert _counts(database) == (0, 0, 0), case
 
 
+DEEP = 50_000  # levels of nesting: far past Python's recursion limit
+
+
+@pytest.mark.parametrize(("data", "filename", "line"), [
+    (_jsonl(GOOD) + b'{"prompt": "p", "extra": ' + b"[" * DEEP + b"]" * DEEP + b"}\n", "deep.jsonl", 2),
+    (b"[" * DEEP + b"]" * DEEP, "deep.json", 1),
+], ids=["jsonl-line", "json-file"])
+def test_json_nested_too_deeply_is_refused_naming_the_line(client, database, admin_headers, data, filename, line):
+    response = _upload(client, admin_headers, data, filename)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"].startswith(f"line {line}: malformed JSON: nested too deeply"), body
+    assert _counts(database) == (0, 0, 0)
+
+
 def test_errors_are_listed_up_to_50(client, database, admin_headers):
     data = _jsonl(*([GOOD] + [{**GOOD, "prompt": i} for i in range(80)]))
     body = _upload(client, admin_headers, data, "bad.jsonl").json()

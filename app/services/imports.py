@@ -197,11 +197,20 @@ def _message(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _loads(text: str) -> Any:
+    """json.loads; a value nested too deeply for Python's parser (a RecursionError, thousands of
+    levels) is refused like malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array of records; "line" is the record's position
         try:
-            records = json.loads(text)
+            records = _loads(text)
         except json.JSONDecodeError as exc:
             _fail(exc.lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
         if not isinstance(records, list):
@@ -213,7 +222,7 @@ def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _loads(line)
         except json.JSONDecodeError as exc:
             errors.add(number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
             continue
