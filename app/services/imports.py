@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -244,7 +245,7 @@ def _parse_csv(text: str, errors: _Errors, delimiter: str = ",") -> list[ImportR
         _fail(1, "prompt", f"missing CSV column 'prompt' (the header has: {', '.join(header) or 'nothing'})")
     if "continuation" in header and "source" not in header:
         _fail(1, "source", "missing CSV column 'source' (required with a 'continuation' column)")
-    duplicates = sorted({name for name in header if header.count(name) > 1 and name in FIELDS})
+    duplicates = sorted(name for name, n in Counter(header).items() if n > 1 and name in FIELDS)
     if duplicates:
         _fail(1, duplicates[0], f"CSV column {duplicates[0]!r} appears twice")
     rows = []
