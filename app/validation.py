@@ -38,6 +38,11 @@ def storable_text(value: str) -> str:
 DbInt = Annotated[int, Field(ge=0, le=DB_INT_MAX)]  # a count, offset or seed stored in an integer column
 DbId = Annotated[int, Field(ge=0, le=DB_INT_MAX)]  # a row id (no row has 0; it is simply not found)
 IdList = Annotated[list[DbId], Field(max_length=MAX_ID_LIST)]
+# Ids repeated in a query string (?version_id=1&version_id=2): few enough that the longest such URL
+# ("version_id=2147483647&" 22 bytes a time) stays far within what the HTTP server reads of a request
+# line (64 KiB: uvicorn answers a longer one 400 itself, before the app and outside the API's schema).
+MAX_QUERY_IDS = 1_000
+QueryIdList = Annotated[list[DbId], Field(max_length=MAX_QUERY_IDS)]
 Text = Annotated[str, AfterValidator(storable_text)]  # a text column without a length (Text)
 
 
