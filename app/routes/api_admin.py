@@ -110,6 +110,8 @@ class CrowdInviteRequest(BaseModel):
     task_quota: int = Field(ge=1, le=crowd.MAX_QUOTA, description="tasks per participant")
     session_minutes: int | None = Field(None, ge=1, le=crowd.MAX_SESSION_MINUTES,
                                         description="minutes from a participant's first visit; null: no limit")
+    max_participants: int | None = Field(None, ge=1, le=crowd.MAX_PARTICIPANTS,
+                                         description="the most participants the link takes; null: no cap")
     completion_code: BoundedText(64, min_length=1) = Field(description="letters, digits, '-' or '_'")
     completion_url: BoundedText(500, min_length=1) = Field(description="http(s) URL participants are sent to when done")
 

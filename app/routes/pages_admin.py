@@ -292,10 +292,12 @@ def create_invite(request: Request, user: PageAdmin, database: DatabaseDep,
 def crowd_page(request: Request, user: PageAdmin, database: DatabaseDep):
     with database.read() as db:
         links = crowd.list_crowd_invites(db)
+        participants = {link.id: crowd.list_participants(db, link.id) for link in links}
     return _render(request, user, "admin/crowd.html", {
         "links": links, "platforms": CROWD_PLATFORMS, "platform_names": crowd.PLATFORM_NAMES,
         "origin": str(request.base_url).rstrip("/"), "max_quota": crowd.MAX_QUOTA,
-        "max_minutes": crowd.MAX_SESSION_MINUTES,
+        "max_minutes": crowd.MAX_SESSION_MINUTES, "participants": participants,
+        "participant_rows": crowd.PARTICIPANT_ROWS, "max_participants": crowd.MAX_PARTICIPANTS,
     })
 
 
@@ -305,12 +307,14 @@ def create_crowd_link(request: Request, user: PageAdmin, database: DatabaseDep,
                       platform: Annotated[BoundedText(16), Form()] = "prolific",
                       task_quota: Annotated[DbInt, Form()] = 40,
                       session_minutes: Annotated[DbInt | None, Form()] = None,  # empty: no limit
+                      max_participants: Annotated[DbInt | None, Form()] = None,  # empty: no cap
                       completion_code: Annotated[BoundedText(64), Form()] = "",
                       completion_url: Annotated[BoundedText(500), Form()] = ""):
     try:
         with database.write() as db:
             invite = crowd.create_crowd_invite(
                 db, user, name=name, platform=platform, task_quota=task_quota, session_minutes=session_minutes,
+                max_participants=max_participants,
                 completion_code=completion_code, completion_url=completion_url)
             url = str(request.base_url).rstrip("/") + crowd.link_template(invite)
         _flash(request, f"Crowd link created; paste it into {crowd.PLATFORM_NAMES[platform]}:", invite_url=url)
