@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     login_failures_per_address: int = Field(20, ge=1)
     login_window_seconds: int = Field(900, ge=1)
 
+    # Crowd links (app/services/crowd.py): new participant accounts per link, and per client address,
+    # within a window that starts at the first; more get 429 with Retry-After (returning participants
+    # are never counted). Against one person minting accounts, each with a fresh quota.
+    crowd_accounts_per_link: int = Field(300, ge=1)
+    crowd_accounts_per_address: int = Field(5, ge=1)
+    crowd_window_seconds: int = Field(600, ge=1)
+
     # Browser sessions (server-side rows, app/models.py UserSession): a session ends after this long
     # without a request (idle), and at the latest this long after the login (absolute).
     session_idle_seconds: int = Field(3 * 24 * 3600, ge=60)

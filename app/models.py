@@ -132,6 +132,7 @@ class CrowdInvite(Base):
     platform: Mapped[str] = mapped_column(String(16))  # CROWD_PLATFORMS
     task_quota: Mapped[int] = mapped_column(Integer)  # judgements per participant
     session_minutes: Mapped[int | None] = mapped_column(Integer)  # from the participant's first visit
+    max_participants: Mapped[int | None] = mapped_column(Integer)  # None: no cap
     completion_code: Mapped[str] = mapped_column(String(64))
     completion_url: Mapped[str] = mapped_column(String(500))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))

@@ -15,7 +15,7 @@ Pydantic refuses a value outside these bounds; the app's handler answers 422 wit
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 from app.services.errors import Invalid
 
@@ -38,6 +38,11 @@ def storable_text(value: str) -> str:
 DbInt = Annotated[int, Field(ge=0, le=DB_INT_MAX)]  # a count, offset or seed stored in an integer column
 DbId = Annotated[int, Field(ge=0, le=DB_INT_MAX)]  # a row id (no row has 0; it is simply not found)
 IdList = Annotated[list[DbId], Field(max_length=MAX_ID_LIST)]
+# Ids repeated in a query string (?version_id=1&version_id=2): few enough that the longest such URL
+# ("version_id=2147483647&" 22 bytes a time) stays far within what the HTTP server reads of a request
+# line (64 KiB: uvicorn answers a longer one 400 itself, before the app and outside the API's schema).
+MAX_QUERY_IDS = 1_000
+QueryIdList = Annotated[list[DbId], Field(max_length=MAX_QUERY_IDS)]
 Text = Annotated[str, AfterValidator(storable_text)]  # a text column without a length (Text)
 
 
@@ -63,3 +68,20 @@ def parse_id_list(text: str, field: str) -> list[int]:
     if any(i > DB_INT_MAX for i in ids):
         refuse(f"ids must be at most {DB_INT_MAX}")
     return ids
+
+
+_DB_INT = TypeAdapter(DbInt)
+
+
+def parse_db_int(text: str, field: str) -> int | None:
+    """A form field read by hand (fields that vary with the form) as a DbInt, as a typed Form field
+    would be: None when empty; Invalid naming the field for anything else that is not one, such as a
+    superscript '²' (str.isdigit() takes it, int() refuses it)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return _DB_INT.validate_python(text)
+    except ValidationError:
+        raise Invalid(f"{field}: a whole number from 0 to {DB_INT_MAX}",
+                      [{"loc": ["body", field], "msg": f"a whole number from 0 to {DB_INT_MAX}"}]) from None

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from app.deps import client_address
 from app.models import Assignment, CrowdParticipant, CrowdVisit, User, utcnow
 from app.services import crowd, tasks
 from app.services.errors import Invalid
@@ -156,7 +157,7 @@ def test_mturk_link_and_its_preview(client, database, admin_headers):
     assert preview.status_code == 422 and "accept the HIT first" in preview.text
     join(client, link["token"], "workerId=A1B2C3D4E5&hitId=3ABCHIT&assignmentId=3XYZASSIGN")
     user = participant_user(database, "A1B2C3D4E5")
-    assert user.username == f"mturk-{link['id']}-A1B2C3D4E5"
+    assert user.username == f"mturk:{link['id']}:A1B2C3D4E5"
     with database.read() as db:
         visit = db.scalar(select(CrowdVisit))
         assert (visit.study_id, visit.session_id) == ("3ABCHIT", "3XYZASSIGN")
@@ -281,3 +282,102 @@ def test_finished_page_sends_others_back_to_work(client, database):
     make_user(database, "plain")
     login(client, "plain")
     assert client.get("/crowd/finished", headers=HTML, follow_redirects=False).headers["location"] == "/annotate"
+
+
+def test_a_chosen_username_never_collides_with_a_participant(client, database, admin_headers):
+    """Someone signed up (or an admin made an account) under the name the old scheme gave a
+    participant, prolific-<link>-<PID>: the participant still gets in, with an account of their own."""
+    link = new_link(client, admin_headers)
+    pid = "5f1a2b3c4d5e6f7a8b9c0d1e"
+    taken = make_user(database, f"prolific-{link['id']}-{pid}")
+    started = join(client, link["token"], prolific_query(pid))
+    assert started.status_code == 200 and started.url.path == "/annotate", started.text
+    user = participant_user(database, pid)
+    assert user.id != taken.id and user.username == f"prolific:{link['id']}:{pid}"
+    with pytest.raises(Invalid):  # and nobody can choose a participant's name
+        make_user(database, user.username)
+
+
+# ---------------------------------------------------------------- limits on new accounts
+
+
+def _pid(i: int) -> str:
+    return f"5f1a2b3c4d5e6f7a8b9c{i:04d}"
+
+
+def _participants(database) -> int:
+    with database.read() as db:
+        return db.scalar(select(func.count()).select_from(CrowdParticipant))
+
+
+@pytest.fixture
+def from_address(app):
+    """from_address("192.0.2.7"): the client's requests come from that address from then on."""
+    def use(address: str) -> None:
+        app.dependency_overrides[client_address] = lambda: address
+    yield use
+    app.dependency_overrides.pop(client_address, None)
+
+
+def test_one_address_cannot_mint_accounts(client, database, admin_headers, settings, from_address):
+    """One client inventing participant ids gets its first few accounts, then 429 with Retry-After;
+    participants who already have an account still come back; another address is not held up."""
+    link = new_link(client, admin_headers)
+    from_address("192.0.2.1")
+    for i in range(settings.crowd_accounts_per_address):
+        assert join(client, link["token"], prolific_query(_pid(i))).url.path == "/annotate"
+    refused = join(client, link["token"], prolific_query(_pid(99)))
+    assert refused.status_code == 429 and "from your address" in refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= settings.crowd_window_seconds
+    assert _participants(database) == settings.crowd_accounts_per_address
+    assert join(client, link["token"], prolific_query(_pid(0))).url.path == "/annotate"  # resuming is not counted
+    from_address("192.0.2.7")
+    assert join(client, link["token"], prolific_query(_pid(99))).url.path == "/annotate"
+    assert _participants(database) == settings.crowd_accounts_per_address + 1
+
+
+def test_one_link_takes_new_accounts_at_a_bounded_rate(client, database, admin_headers, settings, from_address):
+    settings.crowd_accounts_per_link = 3  # the app reads its settings per request
+    link = new_link(client, admin_headers)
+    statuses = []
+    for i in range(4):
+        from_address(f"192.0.2.{i + 1}")
+        started = join(client, link["token"], prolific_query(_pid(i)))
+        statuses.append(started.status_code)
+    assert statuses == [200, 200, 200, 429] and "on this study link" in started.text
+    assert _participants(database) == 3
+
+
+def test_a_link_takes_at_most_its_cap_of_participants(client, database, admin_headers, from_address):
+    link = new_link(client, admin_headers, max_participants=2)
+    assert link["max_participants"] == 2
+    statuses = []
+    for i in range(3):
+        from_address(f"198.51.100.{i + 1}")
+        full = join(client, link["token"], prolific_query(_pid(i)))
+        statuses.append(full.status_code)
+    assert statuses == [200, 200, 410] and "this study is full" in full.text
+    assert join(client, link["token"], prolific_query(_pid(0))).url.path == "/annotate"  # back again
+    assert _participants(database) == 2
+    bad = client.post("/api/v1/admin/crowd-links", headers=admin_headers,
+                      json={"platform": "prolific", "task_quota": 2, "completion_code": "C", "completion_url": COMPLETION_URL,
+                            "max_participants": 0})
+    assert bad.status_code == 422
+
+
+def test_the_crowd_page_lists_each_participant(client, database, admin_headers):
+    seed_bws_batch(database, prompts=1, per_prompt=4, required=1)
+    link = new_link(client, admin_headers, name="Pilot")
+    join(client, link["token"], prolific_query(_pid(1)))
+    page = next_task(client)
+    handles = re.findall(r'name="best" value="([A-Za-z0-9_-]+)"', page.text)
+    client.post(str(page.url.path) + "/bws", headers=HTML, data={
+        "csrf": csrf_of(page.text), "best": handles[0], "worst": handles[1],
+        "idempotency_key": re.search(r'name="idempotency_key" value="([^"]+)"', page.text).group(1)})
+    make_user(database, "root", "admin")
+    login(client, "root")
+    html = client.get("/admin/crowd", headers=HTML).text
+    rows = re.search(r'<table class="crowd-participants">.*?</table>', html, re.S).group(0)
+    cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td>.*?</td>|<td class=\"num\">.*?</td>", rows)]
+    assert cells[:2] == [_pid(1), f"prolific:{link['id']}:{_pid(1)}"]
+    assert cells[3:6] == ["1", "–", "1"]  # one judgement of a quota of 2; one visit

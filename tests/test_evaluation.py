@@ -248,6 +248,14 @@ def test_results_match_hand_computed_numbers(client, database, rated_campaign, a
     assert alpha["consistency"]["alpha"] == pytest.approx(krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal"))
 
 
+def test_api_results_csv_is_a_download_named_like_the_pages(client, database, rated_campaign, admin_headers):
+    campaign_id, *_ = rated_campaign
+    r = client.get(f"/api/v1/admin/campaigns/{campaign_id}/results.csv", headers=admin_headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"] == f'attachment; filename="campaign-{campaign_id}-results.csv"'
+    assert r.text.startswith("table,")
+
+
 def test_results_export_as_csv_and_json(client, database, rated_campaign, admin_headers):
     campaign_id, *_ = rated_campaign
     make_user(database, "root", "admin")

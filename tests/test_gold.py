@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+import re
 import uuid
 
 import pyarrow.parquet as pq
@@ -358,3 +359,50 @@ def test_crowd_participants_get_gold_checks_within_their_quota(database):
     submit_bws_by_ids(database, participant, second, second.items[0].continuation_id, second.items[-1].continuation_id)
     with pytest.raises(WorkLimitReached):
         _lease(database, participant)
+
+
+def test_an_annotator_sees_nothing_that_tells_gold_apart(client, database):
+    """Everything an annotator sees of a gold check, before and after answering, is what a normal task
+    shows: the same fields, the count of tasks left (API and the task page's "more waiting") taking one
+    off for the lease, and the answer "counted" (first and replayed), though the gold tuple already has
+    its R answers from someone else and this one is stored as surplus."""
+    from tests.test_pages_annotate import HTML, login
+
+    batch_id = seed_bws_batch(database, prompts=4, per_prompt=4, required=1)
+    gold_task, *_ = _bws_tasks(database, batch_id)
+    best, worst = _mark_bws(database, gold_task)
+    _set(database, rate=1.0)  # every lease a gold draw, while gold is left for the person
+    other = make_user(database, "other")
+    submit_bws_by_ids(database, other, _lease(database, other), best, worst)  # the gold tuple's R is reached
+    make_user(database, "ann")
+    headers = token_headers(client, "ann")
+    login(client, "ann")
+
+    def tasks_left() -> int:
+        return client.get("/api/v1/me/progress", headers=headers).json()["tasks_left"]
+
+    def seen_of_one_task() -> tuple[int, dict]:
+        before = tasks_left()
+        task = client.post("/api/v1/tasks/next", headers=headers).json()
+        leased = tasks_left()
+        page = client.get(f"/task/{task['assignment_id']}", headers=HTML).text
+        waiting = int(re.search(r"<strong>(\d+)</strong> more waiting", page).group(1))
+        answer = {"best": task["items"][0]["handle"], "worst": task["items"][1]["handle"], "idempotency_key": uuid.uuid4().hex}
+        url = f"/api/v1/tasks/{task['assignment_id']}/bws"
+        first, replayed = (client.post(url, headers=headers, json=answer).json() for _ in range(2))
+        with database.read() as db:
+            task_id = db.get(Assignment, task["assignment_id"]).task_id
+        return task_id, {"fields": sorted(task), "item_fields": sorted(task["items"][0]), "items": len(task["items"]),
+                         "lease_takes": before - leased, "page_shows": waiting - leased,
+                         "submit_takes": leased - tasks_left(), "counted": (first["counted"], replayed["counted"]),
+                         "replayed": (first["replayed"], replayed["replayed"])}
+
+    gold_id, seen_gold = seen_of_one_task()
+    normal_id, seen_normal = seen_of_one_task()
+    assert (gold_id, normal_id != gold_id) == (gold_task.id, True)
+    assert seen_gold == seen_normal
+    assert seen_gold["lease_takes"] == 1 and seen_gold["counted"] == (True, True)
+    with database.read() as db:  # stored as surplus all the same: gold beyond R does not count towards R
+        assert db.get(Task, gold_task.id).done_count == 1
+        assert db.scalar(select(Assignment.status).where(Assignment.task_id == gold_task.id,
+                                                         Assignment.user_id != other.id)) == "surplus"

@@ -1,6 +1,7 @@
 """Admin imports (JSONL and CSV), all or nothing, and the other admin API endpoints."""
 
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -144,6 +145,34 @@ def test_bad_uploads_are_refused_whole_and_name_line_and_field(client, database,
         if field is not None:
             assert f"field '{field}'" in body["detail"], (case, body)
         assert _counts(database) == (0, 0, 0), case
+
+
+DEEP = 50_000  # levels of nesting: far past Python's recursion limit
+
+
+@pytest.mark.parametrize(("data", "filename", "line"), [
+    (_jsonl(GOOD) + b'{"prompt": "p", "extra": ' + b"[" * DEEP + b"]" * DEEP + b"}\n", "deep.jsonl", 2),
+    (b"[" * DEEP + b"]" * DEEP, "deep.json", 1),
+], ids=["jsonl-line", "json-file"])
+def test_json_nested_too_deeply_is_refused_naming_the_line(client, database, admin_headers, data, filename, line):
+    response = _upload(client, admin_headers, data, filename)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"].startswith(f"line {line}: malformed JSON: nested too deeply"), body
+    assert _counts(database) == (0, 0, 0)
+
+
+def test_csv_cost_grows_with_the_column_count_not_its_square():
+    """40,000 columns took 19 s when each header name was counted over the whole header."""
+    from app.services import imports
+
+    columns = 40_000
+    header = ",".join(["prompt", *(f"extra{i}" for i in range(columns))])
+    data = f"{header}\nOnce upon a time{',x' * columns}\n".encode()
+    started = time.perf_counter()
+    [row] = imports.parse_upload(data, "wide.csv")
+    assert row.prompt == "Once upon a time"
+    assert time.perf_counter() - started < 3
 
 
 def test_errors_are_listed_up_to_50(client, database, admin_headers):

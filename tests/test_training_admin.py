@@ -42,6 +42,11 @@ def test_api_round_request_and_status(client, database, admin_headers):
     assert client.get(f"/api/v1/admin/training/rounds/{created.json()['id']}/logs", headers=admin_headers).json() == []
 
 
+def test_logs_of_a_round_that_does_not_exist_are_a_404(client, database, admin_headers):
+    response = client.get("/api/v1/admin/training/rounds/12345/logs", headers=admin_headers)
+    assert response.status_code == 404 and "no training round 12345" in response.json()["detail"]
+
+
 # ---------------------------------------------------------------- the live trainer page: ETA, metrics, KL, warnings
 
 import re  # noqa: E402

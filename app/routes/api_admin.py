@@ -15,7 +15,7 @@ from app.services import crowd, exports, imports, tasks, users
 from app.services import stories as stories_service
 from app.services.errors import Invalid, TooLarge
 from app.services.imports import ImportSummary, ModelVersionInfo, PromptPage
-from app.validation import BoundedText, DbId, DbInt, IdList
+from app.validation import BoundedText, DbId, DbInt, IdList, QueryIdList
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(api_admin)],
                    responses=error_responses(401, 403, 503))
@@ -110,6 +110,8 @@ class CrowdInviteRequest(BaseModel):
     task_quota: int = Field(ge=1, le=crowd.MAX_QUOTA, description="tasks per participant")
     session_minutes: int | None = Field(None, ge=1, le=crowd.MAX_SESSION_MINUTES,
                                         description="minutes from a participant's first visit; null: no limit")
+    max_participants: int | None = Field(None, ge=1, le=crowd.MAX_PARTICIPANTS,
+                                         description="the most participants the link takes; null: no cap")
     completion_code: BoundedText(64, min_length=1) = Field(description="letters, digits, '-' or '_'")
     completion_url: BoundedText(500, min_length=1) = Field(description="http(s) URL participants are sent to when done")
 
@@ -328,7 +330,7 @@ def download_export(name: str, fmt: str, database: DatabaseDep):
 @router.get("/stories", response_model=stories_service.StoriesPage, responses=error_responses(422))
 def list_stories(database: DatabaseDep,
                  prompt_id: Annotated[DbId | None, Query(ge=1)] = None,
-                 version_id: Annotated[IdList, Query(description="repeat for several; none: every version")] = [],  # noqa: B006
+                 version_id: Annotated[QueryIdList, Query(description="repeat for several; none: every version")] = [],  # noqa: B006
                  q: Annotated[BoundedText(200) | None, Query(description="a substring of the prompt text")] = None,
                  offset: DbInt = 0,
                  limit: Annotated[int, Query(ge=1, le=stories_service.MAX_LIMIT)] = 20):

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 
 from app.deps import ApiAdmin, DatabaseDep
-from app.routes.responses import error_responses
+from app.routes.responses import csv_download, error_responses
 from app.services import evaluation
 from app.services.evaluation import CampaignCreate, CampaignInfo, Results
 from app.validation import DbId
@@ -42,4 +42,5 @@ def results(campaign_id: DbId, user: ApiAdmin, database: DatabaseDep):
 @router.get("/{campaign_id}/results.csv", response_class=Response,
             responses={200: {"content": {"text/csv": {}}}, **error_responses(404, 422)})
 def results_csv(campaign_id: DbId, user: ApiAdmin, database: DatabaseDep):
-    return Response(evaluation.results_csv(evaluation.results(database, campaign_id)), media_type="text/csv; charset=utf-8")
+    return csv_download(evaluation.results_csv(evaluation.results(database, campaign_id)),
+                        evaluation.results_csv_filename(campaign_id))

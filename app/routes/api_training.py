@@ -35,7 +35,7 @@ def status(_: ApiAdmin, database: DatabaseDep):
     return training.trainer_status(database)
 
 
-@router.get("/rounds/{round_id}/logs", responses=error_responses(422))
+@router.get("/rounds/{round_id}/logs", responses=error_responses(404, 422))
 def round_logs(round_id: DbId, _: ApiAdmin, database: DatabaseDep) -> list[dict]:
     """Per-step metrics of a round: PPO score, KL, losses, clip fraction, entropy, length; reward accuracy."""
     return training.round_logs(database, round_id)

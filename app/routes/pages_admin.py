@@ -15,7 +15,7 @@ from app.models import BATCH_PRIORITIES, CROWD_PLATFORMS, RATING_DIMENSIONS, ROL
 from app.services import charts, crowd, exports, gold, imports, stats, tasks, training, users
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
-from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
+from app.validation import BoundedText, DbId, DbInt, IdList, parse_db_int, parse_id_list
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -292,10 +292,12 @@ def create_invite(request: Request, user: PageAdmin, database: DatabaseDep,
 def crowd_page(request: Request, user: PageAdmin, database: DatabaseDep):
     with database.read() as db:
         links = crowd.list_crowd_invites(db)
+        participants = {link.id: crowd.list_participants(db, link.id) for link in links}
     return _render(request, user, "admin/crowd.html", {
         "links": links, "platforms": CROWD_PLATFORMS, "platform_names": crowd.PLATFORM_NAMES,
         "origin": str(request.base_url).rstrip("/"), "max_quota": crowd.MAX_QUOTA,
-        "max_minutes": crowd.MAX_SESSION_MINUTES,
+        "max_minutes": crowd.MAX_SESSION_MINUTES, "participants": participants,
+        "participant_rows": crowd.PARTICIPANT_ROWS, "max_participants": crowd.MAX_PARTICIPANTS,
     })
 
 
@@ -304,17 +306,15 @@ def create_crowd_link(request: Request, user: PageAdmin, database: DatabaseDep,
                       name: Annotated[BoundedText(200), Form()] = "",
                       platform: Annotated[BoundedText(16), Form()] = "prolific",
                       task_quota: Annotated[DbInt, Form()] = 40,
-                      session_minutes: Annotated[BoundedText(10), Form()] = "",
+                      session_minutes: Annotated[DbInt | None, Form()] = None,  # empty: no limit
+                      max_participants: Annotated[DbInt | None, Form()] = None,  # empty: no cap
                       completion_code: Annotated[BoundedText(64), Form()] = "",
                       completion_url: Annotated[BoundedText(500), Form()] = ""):
     try:
-        minutes = session_minutes.strip()
-        if minutes and not minutes.isdigit():
-            raise Invalid("session_minutes: a whole number of minutes, or empty for no limit")
         with database.write() as db:
             invite = crowd.create_crowd_invite(
-                db, user, name=name, platform=platform, task_quota=task_quota,
-                session_minutes=int(minutes) if minutes else None,
+                db, user, name=name, platform=platform, task_quota=task_quota, session_minutes=session_minutes,
+                max_participants=max_participants,
                 completion_code=completion_code, completion_url=completion_url)
             url = str(request.base_url).rstrip("/") + crowd.link_template(invite)
         _flash(request, f"Crowd link created; paste it into {crowd.PLATFORM_NAMES[platform]}:", invite_url=url)
@@ -436,12 +436,7 @@ def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
 def _gold_form_answer(kind: str, form) -> gold.GoldAnswer:
     """The known answer from the marking form: best/worst radios, or a low and high per dimension."""
     def number(name: str) -> int | None:
-        value = (form.get(name) or "").strip()
-        if not value:
-            return None
-        if not value.isdigit() or len(value) > 9:
-            raise Invalid(f"{name}: a whole number", [{"loc": ["body", name], "msg": "a whole number"}])
-        return int(value)
+        return parse_db_int(form.get(name) or "", name)
 
     if kind == "bws":
         return gold.GoldAnswer(best_id=number("best_id"), worst_id=number("worst_id"))

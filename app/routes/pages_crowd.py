@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
 
-from app.deps import ClockDep, Csrf, DatabaseDep, PageUser, SettingsDep
+from app.deps import ClientAddress, ClockDep, Csrf, DatabaseDep, PageUser, SettingsDep
 from app.routes.pages_auth import sign_in
-from app.services import crowd, tasks
+from app.services import crowd, logins, tasks
 from app.templating import templates
 from app.validation import BoundedText
 
@@ -37,6 +37,7 @@ def start(
     database: DatabaseDep,
     settings: SettingsDep,
     clock: ClockDep,
+    address: ClientAddress,
     participant: Annotated[BoundedText(100), Form()] = "",
     study: Annotated[BoundedText(100), Form()] = "",
     session: Annotated[BoundedText(100), Form()] = "",
@@ -46,8 +47,12 @@ def start(
         platform = crowd.open_crowd_invite(db, token).platform
     ids = crowd.platform_ids(platform, dict(zip(crowd.PLATFORM_PARAMS[platform], (participant, study, session),
                                                 strict=True)))
-    with database.write() as db:
-        user = crowd.join(db, token, ids, clock())
+    try:
+        with database.write() as db:
+            user = crowd.join(db, token, ids, clock(), address, crowd.NewAccountLimits.of(settings))
+    except logins.Throttled as exc:
+        return templates.TemplateResponse(request, "error.html", {"message": exc.message, "errors": []},
+                                          status_code=429, headers={"Retry-After": str(exc.retry_after)})
     sign_in(request, database, settings, clock(), user)
     return RedirectResponse("/annotate", status_code=303)
 

@@ -15,6 +15,7 @@ from app.deps import Csrf, DatabaseDep, PageAdmin
 from app.models import BwsJudgement, Campaign, GenerationRequest, Prompt, Rating, utcnow
 from app.services import charts, evaluation, imports, model_versions, training
 from app.services.errors import Invalid, ServiceError
+from app.routes.responses import csv_download
 from app.templating import templates
 from app.validation import BoundedText, DbId, DbInt, IdList, parse_id_list
 
@@ -119,8 +120,7 @@ def close_campaign(request: Request, campaign_id: DbId, user: PageAdmin, databas
 @router.get("/campaigns/{campaign_id}/results.csv")
 def results_csv(campaign_id: DbId, user: PageAdmin, database: DatabaseDep):
     res = evaluation.results(database, campaign_id)
-    return Response(evaluation.results_csv(res), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}-results.csv"'})
+    return csv_download(evaluation.results_csv(res), evaluation.results_csv_filename(campaign_id))
 
 
 @router.get("/campaigns/{campaign_id}/results.json")

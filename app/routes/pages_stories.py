@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from app.deps import DatabaseDep, PageAdmin
 from app.services import stories
 from app.templating import templates
-from app.validation import BoundedText, DbId, DbInt, IdList
+from app.validation import BoundedText, DbId, DbInt, QueryIdList
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -18,7 +18,7 @@ PAGE_SIZE = 10  # prompts per page: each shows every version's continuations in 
 def stories_page(request: Request, user: PageAdmin, database: DatabaseDep,
                  q: Annotated[BoundedText(200), Query()] = "",
                  prompt_id: Annotated[DbId | None, Query(ge=1)] = None,
-                 version_id: Annotated[IdList, Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+                 version_id: Annotated[QueryIdList, Query()] = [],  # noqa: B006 (FastAPI copies defaults)
                  offset: DbInt = 0,
                  limit: Annotated[int, Query(ge=1, le=stories.MAX_LIMIT)] = PAGE_SIZE):
     page = stories.stories(database, offset=offset, limit=limit, q=q.strip() or None, prompt_id=prompt_id,

@@ -3,6 +3,7 @@ that app/main.py's handlers (and its body-size middleware) write for them."""
 
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 
@@ -39,3 +40,9 @@ _WHAT = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route or router: these error statuses with their real bodies."""
     return {code: {"model": InvalidBody if code == 422 else ErrorBody, "description": _WHAT[code]} for code in codes}
+
+
+def csv_download(text: str, filename: str) -> Response:
+    """A CSV file that browsers save under `filename` (and curl -OJ too)."""
+    return Response(text, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -9,6 +9,11 @@ the time limit are columns of the user (User.task_quota, User.work_ends_at), whi
 checks (app/services/tasks.py). A participant whose quota is done gets the completion code and is
 sent back to the completion URL.
 
+New accounts are limited (one person could otherwise mint accounts, each with a fresh quota, by
+inventing participant ids): an admin may cap a link's participants (max_participants; then "full",
+410), and new accounts per link and per client address within a window are throttled (429 with
+Retry-After; Settings.crowd_accounts_per_*), with the login throttle's counters (app/services/logins.py).
+
 One account per link and participant: a participant of two studies (two links) has two accounts,
 each with its own quota.
 """
@@ -24,8 +29,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import CROWD_PLATFORMS, Assignment, CrowdInvite, CrowdParticipant, CrowdVisit, User, utcnow
 from app.security import new_token
+from app.services import logins
 from app.services.errors import Forbidden, Invalid, NotFound, ServiceError
 
 # The URL parameters each platform fills in: (participant, study, session).
@@ -41,12 +48,27 @@ MTURK_PREVIEW = "ASSIGNMENT_ID_NOT_AVAILABLE"  # MTurk's assignmentId while a wo
 COMPLETION_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_QUOTA = 10_000
 MAX_SESSION_MINUTES = 24 * 60
+MAX_PARTICIPANTS = 100_000
 # A crowd account signs in only through its link: no password hash matches this (Argon2 refuses it).
 NO_PASSWORD = "!crowd"
 
 
 class Closed(ServiceError):
     status_code = 410
+
+
+@dataclass(frozen=True)
+class NewAccountLimits:
+    """How many participant accounts may be made per link and per client address within a window."""
+
+    per_link: int
+    per_address: int
+    window: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> "NewAccountLimits":
+        return cls(settings.crowd_accounts_per_link, settings.crowd_accounts_per_address,
+                   timedelta(seconds=settings.crowd_window_seconds))
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,7 @@ class CrowdInviteInfo(BaseModel):
     platform: str
     task_quota: int
     session_minutes: int | None
+    max_participants: int | None = Field(description="the most participants this link takes; null: no cap")
     completion_code: str
     completion_url: str
     created_at: datetime
@@ -95,20 +118,23 @@ def check_completion_url(url: str) -> str:
 
 def create_crowd_invite(db: Session, created_by: User | None, *, platform: str, task_quota: int,
                         completion_code: str, completion_url: str, session_minutes: int | None = None,
-                        name: str = "") -> CrowdInvite:
+                        max_participants: int | None = None, name: str = "") -> CrowdInvite:
     if platform not in CROWD_PLATFORMS:
         _refuse("platform", f"must be one of {', '.join(CROWD_PLATFORMS)}")
     if not 1 <= task_quota <= MAX_QUOTA:
         _refuse("task_quota", f"must be 1 to {MAX_QUOTA} tasks")
     if session_minutes is not None and not 1 <= session_minutes <= MAX_SESSION_MINUTES:
         _refuse("session_minutes", f"must be 1 to {MAX_SESSION_MINUTES} minutes, or empty for no limit")
+    if max_participants is not None and not 1 <= max_participants <= MAX_PARTICIPANTS:
+        _refuse("max_participants", f"must be 1 to {MAX_PARTICIPANTS}, or empty for no cap")
     completion_code = completion_code.strip()
     if not COMPLETION_CODE.fullmatch(completion_code):
         _refuse("completion_code", "must be 1 to 64 letters, digits, '-' or '_'")
     if len(name) > 200:
         _refuse("name", "at most 200 characters")
     invite = CrowdInvite(token=new_token(), name=name.strip(), platform=platform, task_quota=task_quota,
-                         session_minutes=session_minutes, completion_code=completion_code,
+                         session_minutes=session_minutes, max_participants=max_participants,
+                         completion_code=completion_code,
                          completion_url=check_completion_url(completion_url),
                          created_by_id=created_by.id if created_by else None)
     db.add(invite)
@@ -145,12 +171,14 @@ def platform_ids(platform: str, params: Mapping[str, str]) -> PlatformIds:
     return PlatformIds(*(params[name] for name in names))
 
 
-def join(db: Session, token: str, ids: PlatformIds, now: datetime) -> User:
+def join(db: Session, token: str, ids: PlatformIds, now: datetime, address: str, limits: NewAccountLimits) -> User:
     """The participant's account on this link, made on their first visit (annotator, no password,
-    the link's quota, time counted from now), else the one they already have; records this visit."""
+    the link's quota, time counted from now) within the limits on new accounts, else the one they
+    already have; records this visit."""
     invite = open_crowd_invite(db, token)
     participant = _participant(db, invite.id, ids.participant)
     if participant is None:
+        _admit_new_account(db, invite, address, now, limits)
         try:
             with db.begin_nested():  # a second tab of the same first visit may make it meanwhile
                 participant = _new_participant(db, invite, ids.participant, now)
@@ -166,14 +194,39 @@ def join(db: Session, token: str, ids: PlatformIds, now: datetime) -> User:
     return user
 
 
+def _admit_new_account(db: Session, invite: CrowdInvite, address: str, now: datetime, limits: NewAccountLimits) -> None:
+    """Counts a new account against the link's and the address's throttle (Throttled, 429, when one is
+    full: raising rolls the counts back) and the link's cap (Closed, 410, when full). The link's counter
+    is taken first: on PostgreSQL its row stays locked until the commit, so that concurrent first visits
+    count the link's participants one after the other and the cap holds exactly."""
+    for kind, value, limit, refusal in (
+            ("crowd-link", str(invite.id), limits.per_link, "Too many new participants on this study link just now"),
+            ("crowd-address", address, limits.per_address, "Too many new participants from your address")):
+        count, ends_at = logins.count_attempt(db, kind, value, now, limits.window)
+        if count > limit:
+            retry_after = logins.retry_after_seconds(ends_at, now)
+            raise logins.Throttled(logins.retry_message(refusal, retry_after), retry_after)
+    if invite.max_participants is not None:
+        joined = db.scalar(select(func.count()).select_from(CrowdParticipant).where(CrowdParticipant.invite_id == invite.id))
+        if joined >= invite.max_participants:
+            raise Closed("this study is full: it has all the participants it needs. Please return to the platform.")
+
+
 def _participant(db: Session, invite_id: int, participant_id: str) -> CrowdParticipant | None:
     return db.scalar(select(CrowdParticipant).where(CrowdParticipant.invite_id == invite_id,
                                                     CrowdParticipant.participant_id == participant_id))
 
 
+def participant_username(invite: CrowdInvite, participant_id: str) -> str:
+    """The account name of a participant: "prolific:3:<PID>". The colons keep it apart from every
+    name a person can choose (users.py allows letters, digits, '.', '-' and '_'), so that no sign-up
+    or admin can take a participant's name first."""
+    return f"{invite.platform}:{invite.id}:{participant_id}"
+
+
 def _new_participant(db: Session, invite: CrowdInvite, participant_id: str, now: datetime) -> CrowdParticipant:
     ends = now + timedelta(minutes=invite.session_minutes) if invite.session_minutes else None
-    user = User(username=f"{invite.platform}-{invite.id}-{participant_id}", password_hash=NO_PASSWORD,
+    user = User(username=participant_username(invite, participant_id), password_hash=NO_PASSWORD,
                 role="annotator", task_quota=invite.task_quota, work_ends_at=ends, created_at=now)
     db.add(user)
     db.flush()
@@ -217,10 +270,47 @@ def list_crowd_invites(db: Session, only_id: int | None = None) -> list[CrowdInv
         done = per_participant.get(invite.id, [])
         infos.append(CrowdInviteInfo(
             id=invite.id, token=invite.token, name=invite.name, platform=invite.platform, task_quota=invite.task_quota,
-            session_minutes=invite.session_minutes, completion_code=invite.completion_code,
+            session_minutes=invite.session_minutes, max_participants=invite.max_participants,
+            completion_code=invite.completion_code,
             completion_url=invite.completion_url, created_at=invite.created_at, closed_at=invite.closed_at,
             link=link_template(invite), participants=len(done), finished=sum(1 for d in done if d >= invite.task_quota), judgements=sum(done)))
     return infos
+
+
+class ParticipantRow(BaseModel):
+    """One participant of a crowd link, for the admin's Crowd page."""
+
+    participant_id: str
+    username: str
+    started_at: datetime
+    judgements: int
+    quota_done: bool
+    visits: int
+    last_visit_at: datetime | None
+
+
+PARTICIPANT_ROWS = 200  # per link on the Crowd page, newest first
+
+
+def list_participants(db: Session, invite_id: int, limit: int = PARTICIPANT_ROWS) -> list[ParticipantRow]:
+    """A link's newest participants with their judgements (submitted or surplus) and visits."""
+    done = (select(Assignment.user_id, func.count().label("n"))
+            .join(CrowdParticipant, CrowdParticipant.user_id == Assignment.user_id)
+            .where(CrowdParticipant.invite_id == invite_id, Assignment.status.in_(("submitted", "surplus")))
+            .group_by(Assignment.user_id).subquery())
+    visits = (select(CrowdVisit.participant_id, func.count().label("n"), func.max(CrowdVisit.created_at).label("last"))
+              .join(CrowdParticipant, CrowdParticipant.id == CrowdVisit.participant_id)
+              .where(CrowdParticipant.invite_id == invite_id).group_by(CrowdVisit.participant_id).subquery())
+    rows = db.execute(
+        select(CrowdParticipant.participant_id, User.username, CrowdParticipant.created_at, User.task_quota,
+               func.coalesce(done.c.n, 0), func.coalesce(visits.c.n, 0), visits.c.last)
+        .join(User, User.id == CrowdParticipant.user_id)
+        .outerjoin(done, done.c.user_id == CrowdParticipant.user_id)
+        .outerjoin(visits, visits.c.participant_id == CrowdParticipant.id)
+        .where(CrowdParticipant.invite_id == invite_id).order_by(CrowdParticipant.id.desc()).limit(limit))
+    return [ParticipantRow(participant_id=pid, username=username, started_at=started, judgements=judged,
+                           quota_done=quota is not None and judged >= quota, visits=n_visits, last_visit_at=last)
+            for pid, username, started, quota, judged, n_visits, last in rows]
 
 
 def link_template(invite: CrowdInvite, base_url: str = "") -> str:

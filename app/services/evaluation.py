@@ -370,6 +370,10 @@ CSV_COLUMNS = ["table", "version_a", "version_b", "dimension", "n", "mean", "ci_
                "mean_difference", "wilcoxon_statistic", "p_value", "rank_biserial", "alpha"]
 
 
+def results_csv_filename(campaign_id: int) -> str:
+    return f"campaign-{campaign_id}-results.csv"
+
+
 def results_csv(res: Results) -> str:
     """One long table: rows of kind "mean" (per version and dimension), "paired" and "agreement"."""
     out = io.StringIO()

@@ -44,12 +44,20 @@ _RATE = select(AppSetting.value).where(AppSetting.key == SETTINGS_KEY)
 _GOLD_KINDS = select(Task.kind).join(GoldItem, GoldItem.task_id == Task.id).distinct()
 
 
+def _rate_of(stored: dict | None) -> float:
+    return float((stored or {}).get("rate", DEFAULT_RATE))
+
+
+def rate(db) -> float:
+    """The gold rate as stored now (a session or connection), for what is not on the lease path."""
+    return _rate_of(db.scalar(_RATE))
+
+
 async def refresh(database: Database) -> _Serving:
     """Loads the gold rate and kinds into this process's cache."""
     stored = await database.fetch_one(_RATE, {})
     kinds = await database.fetch_all(_GOLD_KINDS, {})
-    settings = (stored.value if stored else None) or {}
-    serving = _Serving(float(settings.get("rate", DEFAULT_RATE)),
+    serving = _Serving(_rate_of(stored.value if stored else None),
                        frozenset(row.kind for row in kinds), time.monotonic())
     database.state["gold_serving"] = serving
     return serving

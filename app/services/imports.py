@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -197,11 +198,20 @@ def _message(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _loads(text: str) -> Any:
+    """json.loads; a value nested too deeply for Python's parser (a RecursionError, thousands of
+    levels) is refused like malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array of records; "line" is the record's position
         try:
-            records = json.loads(text)
+            records = _loads(text)
         except json.JSONDecodeError as exc:
             _fail(exc.lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
         if not isinstance(records, list):
@@ -213,7 +223,7 @@ def _parse_jsonl(text: str, errors: _Errors) -> list[ImportRow]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _loads(line)
         except json.JSONDecodeError as exc:
             errors.add(number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
             continue
@@ -235,7 +245,7 @@ def _parse_csv(text: str, errors: _Errors, delimiter: str = ",") -> list[ImportR
         _fail(1, "prompt", f"missing CSV column 'prompt' (the header has: {', '.join(header) or 'nothing'})")
     if "continuation" in header and "source" not in header:
         _fail(1, "source", "missing CSV column 'source' (required with a 'continuation' column)")
-    duplicates = sorted({name for name in header if header.count(name) > 1 and name in FIELDS})
+    duplicates = sorted(name for name, n in Counter(header).items() if n > 1 and name in FIELDS)
     if duplicates:
         _fail(1, duplicates[0], f"CSV column {duplicates[0]!r} appears twice")
     rows = []

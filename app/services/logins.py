@@ -94,6 +94,17 @@ def _count_failure(db: Session, key: str, now: datetime, window: timedelta) -> t
     return failures, ends_at
 
 
+def count_attempt(db: Session, kind: str, value: str, now: datetime, window: timedelta) -> tuple[int, datetime]:
+    """One more attempt of `kind` by `value` (an address, a link) in a fixed window, as logins count
+    their failures: the count and the window's end. For other throttles (app/services/crowd.py)."""
+    return _count_failure(db, _key(kind, value), now, window)
+
+
+def retry_message(refusal: str, retry_after: int) -> str:
+    minutes = math.ceil(retry_after / 60)
+    return f"{refusal}. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
+
+
 def _sweep(db: Session, now: datetime) -> None:
     """Deletes counters whose window has ended (an ended window counts as zero anyway). SKIP LOCKED
     (PostgreSQL): rows another login holds are left for later; waiting on them could deadlock."""
@@ -102,7 +113,7 @@ def _sweep(db: Session, now: datetime) -> None:
     db.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(ended)))
 
 
-def _retry_after(ends_at: datetime, now: datetime) -> int:
+def retry_after_seconds(ends_at: datetime, now: datetime) -> int:
     return max(1, math.ceil((ends_at - now).total_seconds()))
 
 
@@ -121,12 +132,10 @@ def login(database: Database, settings: Settings, username: str, password: str, 
         for counter in counters:
             failures, ends_at = _count_failure(db, counter.key, now, window)
             if failures > counter.limit:
-                full.append((counter, _retry_after(ends_at, now)))
+                full.append((counter, retry_after_seconds(ends_at, now)))
         if full:  # raising rolls the counts back: a refused attempt neither counts nor lengthens the lock
             counter, retry_after = max(full, key=lambda item: item[1])
-            minutes = math.ceil(retry_after / 60)
-            raise Throttled(f"{counter.refusal}. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
-                            retry_after)
+            raise Throttled(retry_message(counter.refusal, retry_after), retry_after)
         user = db.scalar(select(User).where(User.username == username))
 
     # 2. The argon2 check, outside any transaction.

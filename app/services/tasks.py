@@ -140,7 +140,9 @@ class RatingSubmission(BaseModel):
 
 class SubmitResult(BaseModel):
     judgement_id: int
-    counted: bool  # False: stored as surplus (late, or beyond R)
+    # False: the lease had run out, so it was stored as surplus. A gold check beyond its R is stored as
+    # surplus too but answered as counted: what an annotator sees never tells gold apart (gold_serving.py).
+    counted: bool
     replayed: bool  # True: this idempotency key was seen before; nothing new was stored
     # With ?next=true: the next task, leased in the same request (saves a round trip per judgement).
     next_task: TaskView | None = None
@@ -705,9 +707,18 @@ COUNT_JUDGEMENT = (
     .values(done_count=Task.done_count + 1, active_leases=Task.active_leases - 1)
 )
 INSERT_JUDGEMENT = {model: insert(model).returning(model.id) for model in (BwsJudgement, Rating)}
-STORED_BY_KEY = {model: select(model.id, model.user_id, model.assignment_id, model.is_surplus)
+STORED_BY_KEY = {model: select(model.id, model.user_id, model.assignment_id, model.is_surplus, model.created_at,
+                                Assignment.expires_at)
+                 .join(Assignment, Assignment.id == model.assignment_id)
                  .where(model.idempotency_key == bindparam("key"))
                  for model in (BwsJudgement, Rating)}
+
+
+def _answered_as_counted(is_surplus: bool, in_time: bool) -> bool:
+    """SubmitResult.counted: whether the judgement came while its lease ran. A judgement in time is
+    surplus only on a gold task that already has its R (gold is served beyond R): answered as counted
+    all the same, as a normal task's would be, so that no answer tells a gold task apart."""
+    return not is_surplus or in_time
 
 
 def _assignment_row(conn: Connection, user: User, assignment_id: int):
@@ -771,7 +782,8 @@ async def _replay(database: Database, model, user: User, key: str, assignment_id
         raise Conflict("this idempotency key belongs to another submission")
     if row.assignment_id != assignment_id:  # the key of another task: answering with that one would lose this one
         raise Conflict("this idempotency key was already used for another task; make a new key per submission")
-    return SubmitResult(judgement_id=row.id, counted=not row.is_surplus, replayed=True)
+    return SubmitResult(judgement_id=row.id, counted=_answered_as_counted(row.is_surplus, row.created_at < row.expires_at),
+                        replayed=True)
 
 
 async def _submit(database: Database, user: User, model, assignment_id: int, kinds: str | tuple[str, ...],
@@ -789,7 +801,8 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
         columns = judgement(row, now)
         counted = _count_judgement(conn, assignment_id, row, now)
         judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
-        return SubmitResult(judgement_id=judgement_id, counted=counted, replayed=False)
+        return SubmitResult(judgement_id=judgement_id, replayed=False,
+                            counted=_answered_as_counted(not counted, row.status == "active" and now < row.expires_at))
 
     async def store_postgres() -> SubmitResult:
         # What never changes of the assignment, from this process's lease if it made it (then the
@@ -808,7 +821,8 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
             _open_assignment(await database.statements.fetch_one(ASSIGNMENT_ROW, {"assignment_id": assignment_id}),
                              user, kinds)
             raise Conflict("this task changed meanwhile; reload it")
-        return SubmitResult(judgement_id=stored.id, counted=not stored.is_surplus, replayed=False)
+        return SubmitResult(judgement_id=stored.id, counted=_answered_as_counted(stored.is_surplus, stored.in_time),
+                            replayed=False)
 
     try:
         return await (database.run_write(store) if database.is_sqlite else store_postgres())
@@ -854,8 +868,12 @@ def _submit_statement_postgres(model):
     # of the UPDATEs above.
     table, columns = model.__table__, SUBMITTED_COLUMNS[model]
     values = [bindparam(f"new_{name}", type_=table.c[name].type) for name in columns]
-    return (insert(model).from_select([*columns, "is_surplus"], select(*values, finished.c.status == "surplus"))
-            .returning(model.id, model.is_surplus).add_cte(released))
+    inserted = (insert(model).from_select([*columns, "is_surplus"], select(*values, finished.c.status == "surplus"))
+                .returning(model.id, model.is_surplus).cte("inserted"))
+    # Whether the lease still ran comes back too, for SubmitResult.counted (_answered_as_counted).
+    in_time = and_(locked.c.status == "active", locked.c.expires_at > now).label("in_time")
+    return (select(inserted.c.id, inserted.c.is_surplus, in_time).select_from(inserted.join(locked, literal(True)))
+            .add_cte(released))
 
 
 def hot_statements_postgres() -> list:
@@ -914,8 +932,13 @@ def progress(database: Database, user: User) -> Progress:
         done_total = db.scalar(select(func.count()).select_from(Assignment).where(finished))
         done_today = db.scalar(select(func.count()).select_from(Assignment).where(finished, Assignment.finished_at >= start_of_day))
         seen = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user.id)
-        left = db.scalar(select(func.count()).select_from(Task).where(
-            Task.kind.in_(kinds), Task.done_count < Task.required, Task.serve_rank < PAUSED_RANK, ~seen))
+        # Gold tasks count as waiting too (those this person may still get), so that a gold lease takes
+        # one off as a normal lease does: a count that stayed put would tell the gold check apart.
+        waiting = and_(Task.done_count < Task.required, Task.serve_rank < PAUSED_RANK)
+        if gold_serving.rate(db) > 0:
+            waiting = or_(waiting, and_(Task.serve_rank == gold_serving.GOLD_RANK, Batch.priority != "paused"))
+        left = db.scalar(select(func.count()).select_from(Task).join(Batch, Batch.id == Task.batch_id)
+                         .where(Task.kind.in_(kinds), waiting, ~seen))
     done_total = done_total or 0
     quota_left = max(0, user.task_quota - done_total) if user.task_quota is not None else None
     return Progress(done_today=done_today or 0, done_total=done_total, tasks_left=left or 0,

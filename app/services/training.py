@@ -23,7 +23,7 @@ from sqlalchemy import select
 from app.db import Database
 from app.models import ModelVersion, TrainerLease, TrainingLog, TrainingRound, utcnow
 from app.services import model_versions
-from app.services.errors import Conflict, Invalid
+from app.services.errors import Conflict, Invalid, NotFound
 from app.services.model_versions import VersionWarning
 from app.services.round_numbers import round_number, round_numbers
 
@@ -321,6 +321,8 @@ def trainer_page(database: Database, history: int = 20) -> TrainerPage:
 def round_logs(database: Database, round_id: int) -> list[dict]:
     """A round's log rows in order; a timing row's own "phase" (the phase it timed) is kept as "timed_phase"."""
     with database.read() as db:
+        if db.get(TrainingRound, round_id) is None:
+            raise NotFound(f"no training round {round_id}")
         rows = db.scalars(select(TrainingLog).where(TrainingLog.round_id == round_id).order_by(TrainingLog.id)).all()
     out = []
     for r in rows:
