@@ -49,6 +49,9 @@ whose quality is known):
   OTHER prompts (the level of an unrelated story) and the share of stories whose own prompt is the most
   similar of all (top-1 of 30); plus the share of the story's word 5-grams copied from its prompt, since
   a story that repeats its prompt would score high on similarity for nothing.
+* story talk: the share of stories that talk about a story rather than tell it ("story", "tale", "plot",
+  "spoof", "let's", "here's", ...; the assistant's voice of an instruction-tuned model), a word-list proxy
+  that is 0 on the hand-written demo continuations; read the stories too.
 * length in words (p10 / p50 / p90), end-of-text rate (the model ended the story itself), the share that
   hit the token cap, and the share whose sampled tokens contain a special token other than end-of-text
   before it (decoded text drops special tokens silently, e.g. SmolLM2's <|endoftext|> document separator).
@@ -199,6 +202,12 @@ def copied_share(prompt: str, story: str, n: int = 5) -> float:
     return sum(g in prompt_grams for g in story_grams) / len(story_grams) if story_grams else 0.0
 
 
+# Words with which a writer talks ABOUT a story instead of telling it (an assistant's voice: "It seems like
+# there's a puzzle here", "Hahaha, a perfect spoof!"): a proxy, 0 on all 180 hand-written demo continuations.
+STORY_TALK = re.compile(r"\b(story|stories|tale|narrative|paragraph|sentence|spoof|plot|SmolLM|you mentioned"
+                        r"|let's|I'd love|as an AI|here's|here is)\b", re.IGNORECASE)
+
+
 def reader_sentences(text: str) -> list[str]:
     """complete_sentences, with a piece joined back to the one before it where the split was not a
     sentence end: after an abbreviation ("Mr. Darcy") or before a lower-case word ('"Run!" she said.')."""
@@ -252,6 +261,7 @@ def reader_measures(prompts: list[str], stories: list[dict], encoder, grammar_py
         "prompt_similarity": round(float(own_sim.mean()), 4),
         "other_prompt_similarity": round(float(others.mean()), 4),
         "own_prompt_top1": round(float(top1.float().mean()), 4),
+        "story_talk": round(sum(bool(STORY_TALK.search(t)) for t in texts) / max(1, len(texts)), 4),
         "copied_5grams": round(sum(copied_share(prompts[s["prompt"]], s["text"]) for s in stories)
                                / max(1, len(stories)), 4),
         "words_p10_p50_p90": [percentile(words, q) for q in (10, 50, 90)],
