@@ -36,6 +36,7 @@ def tiny_base(tmp_path_factory) -> Path:
 def tiny_trainer_env(base: Path) -> dict[str, str]:
     return {
         "STORYLOOP_TRAINER_BASE_POLICY": str(base),
+        "STORYLOOP_TRAINER_POLICY_TRAINING": "lora",  # versions as adapters: the path pretrained bases take
         "STORYLOOP_TRAINER_PPO_STEPS": "3",
         "STORYLOOP_TRAINER_PPO__BATCH_SIZE": "8",
         "STORYLOOP_TRAINER_PPO__MINI_BATCH_SIZE": "4",

@@ -53,9 +53,10 @@ class TrainerSettings(BaseSettings):
     # judgements' pairs). See README "Choosing a round algorithm".
     algorithm: Literal["ppo", "alol", "dpo"] = "ppo"
     # How a round trains its policy: "lora" (a LoRA adapter on the reference, saved as the adapter alone;
-    # the reference is the same network with the adapter off) or "full" (every weight; two whole models
-    # in memory, a whole copy per version: for small models).
-    policy_training: Literal["lora", "full"] = "lora"
+    # the reference is the same network with the adapter off; for pretrained bases) or "full" (every
+    # weight; two whole models in memory, a whole copy per version: the default while the default base
+    # is the 1.9M-parameter bootstrap GPT-2, whose PPO settings were measured with full fine-tuning).
+    policy_training: Literal["lora", "full"] = "full"
     lora: LoRASettings = Field(default_factory=LoRASettings)
     ppo_steps: int = 20  # PPO steps per round
     seed: int = 0
