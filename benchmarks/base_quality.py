@@ -277,7 +277,7 @@ def sample_writer(model, tok, prompt_texts: list[str], n: int, gen_args) -> list
     """``n`` stories per prompt text, sampled and post-processed as trainer/generate.py's generate_stories
     does (same sampler and settings; a story cut by the cap is trimmed to its last full sentence), keeping
     for each whether a special token other than end-of-text came before its end."""
-    from trainer.generate import decode_responses, left_pad_prompts, sample_tokens, trim_to_sentence
+    from trainer.generate import Sampling, decode_responses, left_pad_prompts, sample_tokens, trim_to_sentence
 
     eos, out = tok.eos_token_id, []
     flat = [(i, p) for i, p in enumerate(prompt_texts) for _ in range(n)]
@@ -285,9 +285,10 @@ def sample_writer(model, tok, prompt_texts: list[str], n: int, gen_args) -> list
     for start in range(0, len(flat), gen_args.batch_size):
         batch = flat[start:start + gen_args.batch_size]
         ids, mask = left_pad_prompts(tok, [p for _, p in batch], "cpu")
+        sampling = Sampling(temperature=gen_args.temperature, min_new_tokens=gen_args.min_new_tokens,
+                            top_k=gen_args.top_k, top_p=gen_args.top_p)
         response = sample_tokens(model, ids, mask, max_new_tokens=gen_args.max_new_tokens, eos_token_id=eos,
-                                 pad_token_id=tok.pad_token_id, temperature=gen_args.temperature,
-                                 top_p=gen_args.top_p, min_new_tokens=gen_args.min_new_tokens)  # (b, K)
+                                 pad_token_id=tok.pad_token_id, sampling=sampling)  # (b, K)
         for (i, _), text, row in zip(batch, decode_responses(tok, response, eos), response.tolist()):
             ended = eos in row
             before_end = row[:row.index(eos)] if ended else row
