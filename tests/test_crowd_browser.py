@@ -130,4 +130,4 @@ def test_crowd_campaign_end_to_end(playwright_browser, live, page, width):  # no
 
     page.goto("/admin/crowd")  # the admin watches progress
     cells = page.locator("#crowd-links tbody tr").first.locator("td")
-    assert [cells.nth(i).inner_text() for i in (6, 7, 8)] == ["1", "1", "3"]
+    assert [cells.nth(i).inner_text() for i in (6, 7, 8, 9)] == ["–", "1", "1", "3"]  # no cap, participants, finished, judgements

@@ -17,14 +17,11 @@ from trainer.dpo import DPOSettings, train_dpo
 from trainer.generate import generate_continuations
 from trainer.lora import AdapterOff, LoRASettings, new_adapter
 from trainer.ppo import PPOConfig, PPOTrainer
-from trainer.reward_format import format_for_reward
 
 try:
-    from tests.tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm,
-                                   tiny_reward_model, train_reward_model, train_tiny_tokenizer)
+    from tests.tiny_models import PROMPTS, marker_task, preference_pairs, story_corpus
 except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
-    from tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm, tiny_reward_model,
-                             train_reward_model, train_tiny_tokenizer)
+    from tiny_models import PROMPTS, marker_task, preference_pairs, story_corpus
 
 MARKER = "dragon"
 LORA = LoRASettings(r=8, alpha=16)
@@ -32,12 +29,7 @@ LORA = LoRASettings(r=8, alpha=16)
 
 @pytest.fixture(scope="module")
 def tiny_setup():
-    corpus = story_corpus(3000, marker=MARKER, marker_rate=0.1, seed=0)
-    tok = train_tiny_tokenizer(p + c for p, c in corpus)
-    lm = pretrain_lm(tiny_lm(tok, seed=0), tok, [p + c for p, c in corpus], steps=300, seed=0)
-    rm = train_reward_model(tiny_reward_model(tok, init_from=lm, seed=0), tok,
-                            preference_pairs(2000, MARKER, seed=1), format_for_reward, steps=150, seed=0)
-    return tok, lm, rm
+    return marker_task(MARKER)
 
 
 def marker_rate(model, tok) -> float:

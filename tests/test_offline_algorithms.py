@@ -16,14 +16,11 @@ import torch
 from trainer.alol import ALoLConfig, ALoLTrainer, alol_loss, fit_value_head
 from trainer.auto_metrics import kl_estimate
 from trainer.generate import generate_continuations
-from trainer.reward_format import format_for_reward
 
 try:
-    from tests.tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm,
-                                   tiny_reward_model, train_reward_model, train_tiny_tokenizer)
+    from tests.tiny_models import PROMPTS, marker_task, preference_pairs, story_corpus
 except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
-    from tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm, tiny_reward_model,
-                             train_reward_model, train_tiny_tokenizer)
+    from tiny_models import PROMPTS, marker_task, preference_pairs, story_corpus
 
 MARKER = "dragon"
 KL_MAX = 8.0  # nats per story, as in test_ppo: moving the marker from 0.1 to ~0.97 alone costs ~2 nats
@@ -31,11 +28,7 @@ KL_MAX = 8.0  # nats per story, as in test_ppo: moving the marker from 0.1 to ~0
 
 @pytest.fixture(scope="module")
 def tiny_setup():
-    corpus = story_corpus(3000, marker=MARKER, marker_rate=0.1, seed=0)
-    tok = train_tiny_tokenizer(p + c for p, c in corpus)
-    lm = pretrain_lm(tiny_lm(tok, seed=0), tok, [p + c for p, c in corpus], steps=300, seed=0)
-    rm = train_reward_model(tiny_reward_model(tok, init_from=lm, seed=0), tok,
-                            preference_pairs(2000, MARKER, seed=1), format_for_reward, steps=150, seed=0)
+    tok, lm, rm = marker_task(MARKER)
     stored = story_corpus(800, marker=MARKER, marker_rate=0.1, seed=5)
     return tok, lm, rm, stored
 

@@ -136,3 +136,16 @@ def save_tiny_base(folder: Path, steps: int = 150) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def marker_task(marker: str = "dragon", seed: int = 0):
+    """(tokenizer, LM, reward model) of the tests' learning task: an LM pretrained on stories where ~10% of
+    continuations contain `marker`, and a reward model trained to prefer the ones that do."""
+    from trainer.reward_format import format_for_reward
+
+    corpus = story_corpus(3000, marker=marker, marker_rate=0.1, seed=seed)
+    tok = train_tiny_tokenizer(p + c for p, c in corpus)
+    lm = pretrain_lm(tiny_lm(tok, seed=seed), tok, [p + c for p, c in corpus], steps=300, seed=seed)
+    rm = train_reward_model(tiny_reward_model(tok, init_from=lm, seed=seed), tok,
+                            preference_pairs(2000, marker, seed=seed + 1), format_for_reward, steps=150, seed=seed)
+    return tok, lm, rm

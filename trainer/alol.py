@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .generate import context_length, generate_continuations
+from .lora import make_trainable
 from .ppo import disable_dropout, score_sequences
 
 @dataclass
@@ -246,7 +247,7 @@ class ALoLTrainer:
         if reward_model.config.pad_token_id is None:
             reward_model.config.pad_token_id = self.reward_tokenizer.pad_token_id
         disable_dropout(policy)
-        self.policy = policy
+        self.policy = make_trainable(policy)
         self.optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate)
         self.max_length = context_length(policy)
         self.rows: Batch | None = None  # (N+, T) the positive-advantage rows, padded once

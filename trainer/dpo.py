@@ -23,7 +23,7 @@ from trl import DPOConfig, DPOTrainer
 from trainer.data import PreferencePairs
 from trainer.generate import context_length
 from trainer.hf_args import checkpointing
-from trainer.lora import AdapterOff
+from trainer.lora import AdapterOff, make_trainable
 from trainer.reward_model import _Progress
 
 
@@ -53,10 +53,10 @@ def train_dpo(policy, ref_policy, tokenizer, pairs: PreferencePairs, cfg: DPOSet
     Returns (policy in eval mode, metrics: the last logged values and the training loss)."""
     if len(pairs) == 0:
         raise ValueError("no preference pairs: collect BWS judgements first")
+    make_trainable(policy)
     if isinstance(ref_policy, AdapterOff):  # LoRA: TRL reads the reference with the adapter off itself
         ref_policy = None
     else:
-        policy.requires_grad_(True)
         ref_policy = ref_policy.eval().requires_grad_(False)
     logged: dict[str, float] = {}
 

@@ -55,6 +55,13 @@ def backbone_state_dict(model) -> dict:
     return {k.replace(".base_layer", ""): v for k, v in state.items() if "lora_" not in k}
 
 
+def make_trainable(model):
+    """A PEFT model trains its adapter only (PEFT froze the rest); any other model trains every weight."""
+    if not hasattr(model, "peft_config"):
+        model.requires_grad_(True)
+    return model
+
+
 class AdapterOff:
     """The reference policy as a view of the policy: the same PeftModel called with its adapter disabled.
 

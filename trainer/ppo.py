@@ -41,14 +41,13 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from .generate import (Sampling, context_length, decode_responses, left_pad_prompts, position_ids_from_mask,
                        response_logprobs, sample_tokens, truncate_at_eos)
-from .lora import backbone_state_dict
+from .lora import backbone_state_dict, make_trainable
 from .reward_format import format_for_reward
 
 
@@ -291,6 +290,7 @@ class PPOTrainer:
         if value_model is None:
             value_model = default_value_model(policy, tokenizer, reward_model, self.reward_tokenizer)
         value_model.requires_grad_(True)
+        make_trainable(policy)
         for m in (policy, value_model):
             disable_dropout(m)
         model = PolicyAndValue(policy, value_model).train()
