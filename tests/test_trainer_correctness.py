@@ -164,3 +164,14 @@ def test_pair_margins_leave_held_out_judgements_out(tmp_path, sqlite_url):
     everything = counting_scores(judgements)
     assert expected != pytest.approx([pair_margin(everything, w, l) for j in train
                                       for w, l in implied_pairs(j.items, j.best, j.worst)])
+
+
+def test_the_trainer_page_charts_whether_ppo_updates(tok):
+    """The trainer page charts the first CHART_METRICS metrics a phase logs: PPO's clip fraction and
+    approximate KL of its updates, and the response length, must be among them."""
+    from app.services.training import CHART_METRICS
+
+    trainer = PPOTrainer(PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=8, seed=0),
+                         tiny_lm(tok, seed=0), tok, tiny_reward_model(tok, seed=0))
+    charted = list(trainer.step(PROMPTS[:8]))[:CHART_METRICS]
+    assert {"score", "kl", "clipfrac", "approx_kl", "response_length", "eos_fraction"} <= set(charted)

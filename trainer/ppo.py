@@ -412,14 +412,18 @@ class PPOTrainer:
                     log["vf_clipfrac"].append(masked_mean((vf_losses > (vpred - ret) ** 2).float(), m).item())
                     log["approx_kl"].append(masked_mean(0.5 * log_ratio**2, m).item())
 
-        # 4. KL controller and statistics (averaged over processes)
+        # 4. KL controller and statistics (averaged over processes). The trainer page charts the first
+        # eight of a phase's metrics, so what says whether PPO updates at all (clip fraction, approximate
+        # KL of the updates) and whether stories shrink comes first.
         mean_kl = kl.sum(-1).mean()  # KL per response, summed over its tokens
+        updates = {k: torch.tensor(sum(v) / len(v)) for k, v in log.items()}
         stats = {
-            "score": r.scores.mean(), "normalized_score": scores.mean(), "kl": mean_kl, "kl_coef": torch.tensor(kl_coef),
-            "non_score_reward": (-kl_coef * kl).sum(-1).mean(), "entropy": masked_mean(r.entropy, mask),
-            "response_length": r.lengths.float().mean(), "eos_fraction": r.has_eos.float().mean(),
-            "value_mean": masked_mean(values, mask), "return_mean": masked_mean(returns, mask),
-            **{k: torch.tensor(sum(v) / len(v)) for k, v in log.items()},
+            "score": r.scores.mean(), "kl": mean_kl, "clipfrac": updates.pop("clipfrac"),
+            "approx_kl": updates.pop("approx_kl"), "response_length": r.lengths.float().mean(),
+            "eos_fraction": r.has_eos.float().mean(), "entropy": masked_mean(r.entropy, mask),
+            "kl_coef": torch.tensor(kl_coef), "normalized_score": scores.mean(),
+            "non_score_reward": (-kl_coef * kl).sum(-1).mean(), "value_mean": masked_mean(values, mask),
+            "return_mean": masked_mean(returns, mask), **updates,
         }
         keys = list(stats)
         reduced = self.accelerator.reduce(torch.stack([stats[k].float().to(mask.device) for k in keys]), "mean")
