@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     annotations_per_tuple: int = Field(3, ge=1, description="R: annotations wanted per task")
     lease_seconds: int = Field(600, ge=10, description="how long a fetched task stays reserved")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # A request's body must arrive within this many seconds, plus one for every body_min_bytes_per_second
+    # bytes received (a large upload over a slow link goes on; a client trickling bytes is cut off: 408).
+    body_read_seconds: float = Field(20.0, gt=0)
+    body_min_bytes_per_second: int = Field(20_000, ge=1)
     tuple_size: int = 4
     design_factor: float = 2.0
 

@@ -61,10 +61,10 @@ HOT_PATH_CONNECTIONS = 40
 
 
 @dataclass(frozen=True)
-class _Compiled:
-    """A statement compiled once for asyncpg: its SQL, its parameters' names in $n order, the values
-    of its literal parameters, and the bind processors of its typed ones (UTC datetimes, JSON): what
-    SQLAlchemy does per execution."""
+class Compiled:
+    """A statement compiled once for a driver (asyncpg; sqlite3 for bulk inserts): its SQL, its
+    parameters' names in positional order, the values of its literal parameters, and the bind
+    processors of its typed ones (UTC datetimes, JSON): what SQLAlchemy does per execution."""
 
     sql: str
     names: tuple[str, ...]
@@ -76,6 +76,20 @@ class _Compiled:
         for name, process in self.processors.items():
             params[name] = process(params[name])
         return [params[name] for name in self.names]
+
+
+def compile_statement(statement: Executable, dialect, column_keys: Sequence[str] | None = None) -> Compiled:
+    """The statement compiled for the dialect (column_keys: an INSERT's columns, all of them given)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None)
+    if "POSTCOMPILE" in compiled.string:  # e.g. IN (...) of a list: SQLAlchemy renders those per execution
+        raise ValueError("a statement compiled once must not expand parameters per execution (IN lists)")
+    defaults, processors = {}, {}
+    for bind, name in compiled.bind_names.items():
+        if not bind.required:
+            defaults[name] = bind.effective_value
+        if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None:
+            processors[name] = process
+    return Compiled(compiled.string, tuple(compiled.positiontup), defaults, processors)
 
 
 if asyncpg is not None:
@@ -110,7 +124,7 @@ class AsyncStatements:
         # belongs to the loop that opened it. Other loops (a script's or a test's asyncio.run) open a
         # connection per statement.
         self._pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> _LoopPool
-        self._compiled: dict[Executable, _Compiled] = {}
+        self._compiled: dict[Executable, Compiled] = {}
 
     async def fetch_one(self, statement: Executable, values: dict[str, Any]):
         """The statement's one row or None."""
@@ -192,21 +206,12 @@ class AsyncStatements:
             await conn.prepare(sql)
         return conn
 
-    def _compile(self, statement: Executable) -> _Compiled:
-        compiled = statement.compile(dialect=self._dialect)
-        if "POSTCOMPILE" in compiled.string:  # e.g. IN (...) of a list: SQLAlchemy renders those per execution
-            raise ValueError("a statement for AsyncStatements must not expand parameters per execution (IN lists)")
-        defaults, processors = {}, {}
-        for bind, name in compiled.bind_names.items():
-            if not bind.required:
-                defaults[name] = bind.effective_value
-            if (process := bind.type.dialect_impl(self._dialect).bind_processor(self._dialect)) is not None:
-                processors[name] = process
-        self._compiled[statement] = result = _Compiled(compiled.string, tuple(compiled.positiontup), defaults, processors)
+    def _compile(self, statement: Executable) -> Compiled:
+        self._compiled[statement] = result = compile_statement(statement, self._dialect)
         return result
 
 
-async def _fetch(conn, compiled: _Compiled, arguments: list) -> list:
+async def _fetch(conn, compiled: Compiled, arguments: list) -> list:
     try:
         return await conn.fetch(compiled.sql, *arguments, record_class=Row)
     except asyncpg.IntegrityConstraintViolationError as exc:

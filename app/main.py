@@ -1,5 +1,6 @@
 """The app factory: settings, database, middleware, error pages and routers."""
 
+import asyncio
 import gc
 import logging
 import sqlite3
@@ -29,13 +30,19 @@ from app.services.item_handles import ItemHandles
 from app.templating import ROOT, human_size, templates
 
 
-class BodySizeLimit:
-    """Refuses bodies over the limit before the route reads them (declared or streamed): an API client
-    gets 413 JSON; a browser's form post goes back to the page it came from, with the error as that
-    page's flash message, as for any other bad file (so this runs inside SessionMiddleware)."""
+class BodyLimits:
+    """Guards the reading of a request's body, before the route reads it.
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    Its size (declared or streamed): over max_bytes, an API client gets 413 JSON; a browser's form post
+    goes back to the page it came from, with the error as that page's flash message, as for any other
+    bad file (so this runs inside SessionMiddleware).
+
+    Its time: the body must arrive within read_seconds of the request's start, plus one second per
+    min_rate bytes received, else 408 and the connection is closed. uvicorn bounds neither: 100
+    connections sending a byte every 2 s each held a request open for 40 s and more (issue 26)."""
+
+    def __init__(self, app, max_bytes: int, read_seconds: float = 20.0, min_rate: int = 20_000):
+        self.app, self.max_bytes, self.read_seconds, self.min_rate = app, max_bytes, read_seconds, min_rate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -43,32 +50,43 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        received, too_large, started = 0, False, False
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        received, refusal, started, body_done = 0, None, False, False
 
-        async def counting_receive():
-            nonlocal received, too_large
-            message = await receive()
+        async def guarded_receive():
+            nonlocal received, refusal, body_done
+            if body_done:  # past the body: e.g. waiting for a disconnect while streaming an answer
+                return await receive()
+            left = started_at + self.read_seconds + received / self.min_rate - loop.time()
+            try:
+                async with asyncio.timeout(max(left, 0)):  # no task of its own, unlike wait_for: this is every request
+                    message = await receive()
+            except TimeoutError:
+                refusal = self._too_slow
+                raise _BodyRefused() from None
             received += len(message.get("body", b""))
+            body_done = not message.get("more_body", False)
             if received > self.max_bytes:
-                too_large = True
-                raise _TooLarge()
+                refusal = self._refuse
+                raise _BodyRefused()
             return message
 
         async def guarded_send(message):
             # A framework may turn the error into an answer of its own (FastAPI: 400 "error parsing the
-            # body" for a form); once the body is known to be too large, the answer is our 413.
+            # body" for a form); once the body is refused, the answer is ours.
             nonlocal started
-            if too_large and not started:
+            if refusal is not None and not started:
                 return
             started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _TooLarge:
+            await self.app(scope, guarded_receive, guarded_send)
+        except _BodyRefused:
             pass
-        if too_large and not started:
-            await self._refuse(scope, receive, send)
+        if refusal is not None and not started:
+            await refusal(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
         request = Request(scope)
@@ -84,6 +102,20 @@ class BodySizeLimit:
                                                   status_code=413)
         await response(scope, receive, send)
 
+    async def _too_slow(self, scope, receive, send):
+        request = Request(scope)
+        message = "the request body arrived too slowly; nothing was saved, please send it again"
+        close = {"Connection": "close"}  # the rest of the body is never read
+        if _wants_json(request):
+            response = JSONResponse({"detail": message}, status_code=408, headers=close)
+        else:
+            response = templates.TemplateResponse(request, "error.html", {"message": message[:1].upper() + message[1:] + ".",
+                                                                          "errors": []}, status_code=408, headers=close)
+        await response(scope, receive, send)
+
+
+BodySizeLimit = BodyLimits  # its name before it bounded the time too
+
 
 def _same_site_referer(request: Request) -> str | None:
     """The path (and query) of the page on this site the request came from; None if from elsewhere."""
@@ -93,7 +125,7 @@ def _same_site_referer(request: Request) -> str | None:
     return referer.path + (f"?{referer.query}" if referer.query else "")
 
 
-class _TooLarge(Exception):
+class _BodyRefused(Exception):
     pass
 
 
@@ -176,7 +208,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings, app.state.database = settings, database
     app.state.item_handles = ItemHandles.from_secret(secret_key)  # the same in every worker: one secret key
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)  # inside the session: its flash
+    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, read_seconds=settings.body_read_seconds,
+                       min_rate=settings.body_min_bytes_per_second)  # inside the session: its flash
     app.add_middleware(
         SessionMiddleware, secret_key=secret_key, same_site="lax",
         https_only=settings.secure_cookies, session_cookie="storyloop_session",

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.deps import client_address
-from app.models import Assignment, CrowdParticipant, CrowdVisit, User, utcnow
+from app.models import Assignment, BwsJudgement, CrowdParticipant, CrowdVisit, User, utcnow
 from app.services import crowd, tasks
 from app.services.errors import Invalid
 from tests.conftest import make_user, token_headers
@@ -381,3 +381,63 @@ def test_the_crowd_page_lists_each_participant(client, database, admin_headers):
     cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td>.*?</td>|<td class=\"num\">.*?</td>", rows)]
     assert cells[:2] == [_pid(1), f"prolific:{link['id']}:{_pid(1)}"]
     assert cells[3:6] == ["1", "–", "1"]  # one judgement of a quota of 2; one visit
+
+
+def _lease_and_let_expire(client, headers, database) -> dict:
+    task = client.post("/api/v1/tasks/next", headers=headers).json()
+    with database.write() as db:
+        db.execute(update(Assignment).where(Assignment.id == task["assignment_id"])
+                   .values(expires_at=utcnow() - timedelta(seconds=1)))
+    return task
+
+
+def test_expired_leases_cannot_take_a_participant_past_the_quota(client, database):
+    """Quota 2: four leases left to run out (each frees its place in the quota), then all four
+    answered. The first two are stored (as surplus: late); the others are refused with 403
+    quota_reached and not stored, so the quota ends at 2 of 2."""
+    seed_bws_batch(database, required=3)
+    user = _user_with_quota(database, "hoarder", 2)
+    headers = token_headers(client, "hoarder")
+    leased = [_lease_and_let_expire(client, headers, database) for _ in range(4)]
+    assert len({task["assignment_id"] for task in leased}) == 4
+    answers = []
+    for n, task in enumerate(leased):
+        handles = [item["handle"] for item in task["items"]]
+        answers.append(client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers,
+                                   json={"best": handles[0], "worst": handles[1], "idempotency_key": f"hoard-key-{n}"}))
+    assert [answer.status_code for answer in answers] == [200, 200, 403, 403], [a.text for a in answers]
+    assert answers[2].json() == {"detail": "you have done your quota of 2 tasks: this answer was not stored",
+                                 "errors": [{"reason": "quota_reached"}]}
+    progress = client.get("/api/v1/me/progress", headers=headers).json()
+    assert (progress["done_total"], progress["quota_left"]) == (2, 0)
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(BwsJudgement).where(BwsJudgement.user_id == user.id)) == 2
+        # the refused leases are closed, their places given back
+        assert db.scalar(select(func.count()).select_from(Assignment).where(
+            Assignment.user_id == user.id, Assignment.status == "skipped")) == 2
+
+
+def test_a_page_answer_beyond_the_quota_is_not_stored_and_says_so(client, database, admin_headers):
+    """Through the pages: a participant with quota 1 and two leases that ran out answers both; the
+    second answer leads to the completion page with a note that it was not stored."""
+    link = new_link(client, admin_headers, task_quota=1)
+    seed_bws_batch(database, required=3)
+    join(client, link["token"], prolific_query())
+    user = participant_user(database, "5f1a2b3c4d5e6f7a8b9c0d1e")
+    pages = []
+    for _ in range(2):
+        pages.append(next_task(client))
+        with database.write() as db:
+            db.execute(update(Assignment).where(Assignment.user_id == user.id)
+                       .values(expires_at=utcnow() - timedelta(seconds=1)))
+    answered = []
+    for page in pages:
+        assignment_id = int(str(page.url).rsplit("/", 1)[1])
+        handles = re.findall(r'name="best" value="([^"]+)"', page.text)
+        answered.append(client.post(f"/task/{assignment_id}/bws", headers=HTML, data={
+            "csrf": csrf_of(page.text), "idempotency_key": f"page-key-{assignment_id}",
+            "best": handles[0], "worst": handles[1]}))
+    assert str(answered[1].url).endswith("/crowd/finished")
+    assert "not stored" in answered[1].text and "C0DE42" in answered[1].text
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(BwsJudgement).where(BwsJudgement.user_id == user.id)) == 1

@@ -23,6 +23,7 @@ from app.models import (
     ModelVersion,
     Prompt,
     Task,
+    User,
 )
 from app.services import evaluation
 from app.services.evaluation import CampaignCreate
@@ -273,6 +274,28 @@ def test_results_export_as_csv_and_json(client, database, rated_campaign, admin_
     assert j.status_code == 200
     data = json.loads(j.text)
     assert data["campaign"]["id"] == campaign_id and len(data["means"]) == 2 * len(evaluation.DIMENSIONS)
+
+
+def test_results_leave_out_an_excluded_evaluator(client, database, rated_campaign, admin_headers):
+    """Campaign results read only usable ratings (gold.usable), as exports and training do: excluding
+    e2 leaves e1's ratings alone in the means, the paired tests and results.csv."""
+    campaign_id, *_ = rated_campaign
+    before = client.get(f"/api/v1/admin/campaigns/{campaign_id}/results.csv", headers=admin_headers).text
+    with database.read() as db:
+        e2 = db.scalar(select(User.id).where(User.username == "e2"))
+    excluded = client.put(f"/api/v1/admin/users/{e2}/exclusion", headers=admin_headers, json={"note": "careless"})
+    assert excluded.status_code == 200, excluded.text
+    after = client.get(f"/api/v1/admin/campaigns/{campaign_id}/results.csv", headers=admin_headers).text
+    assert after != before
+    rows = list(csv.DictReader(io.StringIO(after)))
+    plot = next(x for x in rows if x["table"] == "mean" and x["version_a"] == BETA and x["dimension"] == "plot")
+    assert (plot["n"], float(plot["mean"])) == ("4", pytest.approx(sum(SCORES["plot"][BETA]["e1"]) / 4))
+    assert {x["n"] for x in rows if x["table"] == "agreement"} == {"0"}  # no item has two usable ratings left
+    res = client.get(f"/api/v1/admin/campaigns/{campaign_id}/results", headers=admin_headers).json()
+    assert res["evaluators"] == 1
+    assert {(m["n"]) for m in res["means"]} == {4}
+    with database.read() as db:
+        assert {means["n"] for means in evaluation.version_means(db, campaign_id).values()} == {4}
 
 
 def test_results_page_shows_the_numbers(client, database, rated_campaign):

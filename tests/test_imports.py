@@ -1,14 +1,22 @@
 """Admin imports (JSONL and CSV), all or nothing, and the other admin API endpoints."""
 
+import asyncio
 import json
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.config import Settings
+from app.db import Database
+from app.migrate import upgrade_to_head
 from app.models import Batch, Continuation, ModelVersion, Prompt, Task
+from app.services import imports
+from app.services.errors import Invalid
+from benchmarks import import_stall
 from tests.conftest import make_user, token_headers
 
 IMPORTS = "/api/v1/admin/imports"
@@ -346,3 +354,105 @@ def test_users_and_invites(client, database, admin_headers):
                          ("get", "/api/v1/admin/batches"), ("get", "/api/v1/admin/model-versions"),
                          ("post", "/api/v1/admin/invites"), ("get", "/api/v1/admin/exports/pairs.jsonl")]:
         assert getattr(client, method)(path, headers=ann).status_code == 403, path
+
+
+# ---------------------------------------------------------------- large imports beside annotation (SQLite's one writer)
+
+
+def _statements_in_write_transactions(database, run) -> list[int]:
+    """Runs run() and returns, for each write transaction it made, how many statements ran in it."""
+    counts: list[int] = []
+    original = type(database).write
+
+    @contextmanager
+    def counting_write(self):
+        seen = [0]
+
+        def count(*_args):
+            seen[0] += 1
+
+        event.listen(self.engine, "before_cursor_execute", count)
+        try:
+            with original(self) as session:
+                yield session
+        finally:
+            event.remove(self.engine, "before_cursor_execute", count)
+            counts.append(seen[0])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(database), "write", counting_write)
+        run()
+    return counts
+
+
+def test_a_large_import_writes_in_a_few_statements(database):
+    """The import's write transaction (on SQLite it holds the lock every lease and submission waits
+    for) runs a few statements per thousand lines at most: the parsing and checks run before it. It ran
+    one statement per new prompt, and per thousand continuations, before."""
+    data = import_stall.import_file_bytes(6000, per_prompt=3)
+    counts = _statements_in_write_transactions(database, lambda: imports.import_file(database, data, "big.jsonl"))
+    assert len(counts) == 1 and counts[0] <= 20, counts
+    assert _counts(database) == (2000, 6000, 2)
+
+
+def test_annotators_do_not_wait_for_a_large_sqlite_import(tmp_path):
+    """Leases and submissions on SQLite during a 15,000-line import (benchmarks/import_stall.py, smaller)
+    each wait well under a second; they waited for the whole import before (2-3 s here)."""
+    url = f"sqlite:///{tmp_path / 'stall.db'}"
+    upgrade_to_head(url)
+    database = Database.from_url(url)
+    try:
+        users = import_stall.seed(database, prompts=100, annotators=5)
+        data = import_stall.import_file_bytes(15_000, per_prompt=4)
+        timing = SimpleNamespace(think=0.02, warmup=0.3, after=0.2)
+        result = asyncio.run(import_stall.run(database, users, data, timing))
+    finally:
+        database.dispose()
+    assert result["outcome"]["summary"]["continuations_created"] == 15_000, result
+    assert result["during"]["n"] > 0
+    assert result["during"]["worst_s"] < 1.0, result
+
+
+def _big_import_with_gold() -> bytes:
+    return _jsonl(*({"prompt": f"P{i // 4}", "prompt_id": f"p{i // 4}", "continuation": f" story {i}",
+                     "continuation_id": f"c{i}", "source": f"src-{i % 2}"} for i in range(2000)),
+                  *({"prompt": "G", "continuation": f" gold {i}", "source": "src-0", "gold_tuple": "t1",
+                     "gold": "best" if i == 0 else None} for i in range(4)))
+
+
+def test_an_import_that_fails_while_writing_leaves_nothing(database, monkeypatch):
+    """All or nothing, also when the write fails after its rows went in (here, at the gold checks)."""
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(imports, "_store_gold", broken)
+    with pytest.raises(RuntimeError):
+        imports.import_file(database, _big_import_with_gold(), "doomed.jsonl")
+    assert _counts(database) == (0, 0, 0)
+    with database.read() as db:
+        assert db.scalar(select(func.count()).select_from(Batch)) == 0
+    monkeypatch.undo()
+    assert imports.import_file(database, _big_import_with_gold(), "fine.jsonl").gold_items_created == 1
+    assert _counts(database) == (501, 2004, 2)
+
+
+def test_an_import_checks_again_what_arrived_after_its_checks(database, monkeypatch):
+    """The checks run before the write transaction; a continuation id taken between them and the write
+    (another import) is still found, and the import refused whole."""
+    checks = imports._plan
+
+    def checks_then_another_import(db, rows):
+        plan = checks(db, rows)
+        if not started:
+            started.append(True)  # once (the other import runs these checks too)
+            imports.import_file(database, _jsonl({"prompt": "other", "continuation": " x", "continuation_id": "c1999",
+                                                  "source": "other"}))
+        return plan
+
+    started: list[bool] = []
+    monkeypatch.setattr(imports, "_plan", checks_then_another_import)
+    with pytest.raises(Invalid) as refused:
+        imports.import_file(database, _big_import_with_gold(), "late.jsonl")
+    assert refused.value.details == [{"line": 2000, "field": "continuation_id",
+                                      "message": "continuation_id 'c1999' already exists"}]
+    assert _counts(database) == (1, 1, 1)  # the other import's

@@ -3,12 +3,17 @@ integers beyond PostgreSQL's integer range, NUL characters and lone surrogates, 
 column, id lists longer than MAX_ID_LIST, Unicode digits in admin form id fields (app/validation.py).
 Each case runs on SQLite and on PostgreSQL; before app/validation.py most of them were 500s on one or both."""
 
+import contextlib
 import json
+import select as io_select
+import socket
+import time
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from app.config import Settings
 from app.models import (
     ApiToken,
     Assignment,
@@ -308,3 +313,53 @@ def test_an_undecodable_body_is_a_422_naming_the_body(client):
     response = client.post("/api/v1/auth/token", content=b'{"username": "\xff\xfe"}',
                            headers={"Content-Type": "application/json"})
     assert_refused(response, "body")
+
+
+# ---------------------------------------------------------------- bodies that arrive too slowly
+
+
+def _trickle(url: str, connections: int, every: float, give_up: float) -> list[tuple[float, bytes]]:
+    """Opens connections that each declare a 1,000-byte JSON body and send one byte of it every `every`
+    seconds; returns, per connection, when the server answered and closed it and what it said (None
+    for those still open after give_up seconds)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (b"POST /api/v1/auth/token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{")
+    sockets = [socket.create_connection((host, int(port)), timeout=5) for _ in range(connections)]
+    for sock in sockets:
+        sock.sendall(head)
+    start, answers = time.monotonic(), [None] * connections
+    while None in answers and time.monotonic() - start < give_up:
+        readable, _, _ = io_select.select([s for s, a in zip(sockets, answers) if a is None], [], [], every)
+        for sock in readable:
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):  # closed with bytes of ours unread: a reset
+                while chunk := sock.recv(65536):  # to the end: the server closes the connection
+                    answer += chunk
+            answers[sockets.index(sock)] = (time.monotonic() - start, answer)
+        for sock, answer in zip(sockets, answers):
+            if answer is None:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b" ")
+    for sock in sockets:
+        sock.close()
+    return answers
+
+
+def test_a_body_trickled_in_is_cut_off_with_408(database, settings):
+    """Under a real uvicorn: 20 connections sending a byte of their body every 0.2 s each get 408 and
+    are closed once the body's time is up (here 1 s, plus 1 s per 20,000 bytes); they stayed open for
+    as long as the bytes kept coming before. A body that arrives in time is answered as always."""
+    from app.main import create_app
+
+    make_user(database, "patient")
+    app = create_app(Settings(**{**settings.model_dump(), "body_read_seconds": 1.0}), database)
+    with LiveServer(app) as live:
+        answers = _trickle(live.url, connections=20, every=0.2, give_up=8)
+        assert None not in answers, f"{answers.count(None)} of 20 connections still open after 8 s"
+        for seconds, answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"arrived too slowly" in answer and b"connection: close" in answer.lower()
+            assert 0.9 < seconds < 4, seconds
+        login = httpx.post(f"{live.url}/api/v1/auth/token", json={"username": "patient", "password": PASSWORD})
+        assert login.status_code == 200, login.text

@@ -5,8 +5,10 @@ import re
 
 import pytest
 
-from app.models import Continuation, ModelVersion, Prompt
-from app.services import stories
+from sqlalchemy import select
+
+from app.models import Continuation, ModelVersion, Prompt, Task, User
+from app.services import gold, stories
 from tests.conftest import make_user, token_headers
 from tests.test_admin_pages import login, text_of
 from tests.test_model_versions_page import seed_lineage
@@ -112,3 +114,27 @@ def test_stories_page_empty(client, database):
     login(client, "root")
     page = client.get("/admin/stories")
     assert page.status_code == 200 and "No stories yet" in page.text
+
+
+def test_stories_count_only_usable_judgements(database):
+    """As exports and training do (gold.usable): an excluded annotator's judgements and answers to gold
+    tasks leave the stories' scores and appearances."""
+    ids = seed_stories(database)
+    admin = make_user(database, "root", "admin")
+    with database.write() as db:
+        ann2 = db.scalar(select(User.id).where(User.username == "ann2"))
+        gold.exclude(db, ann2, admin, "gold accuracy 0 %")
+    first = stories.stories(database).prompts[0]
+    assert first.judgements == 2  # ann1's two
+    # mixed tuple, ann1: best r1[0], worst base[0]; single tuple, ann1: best base[0], worst base[1]
+    assert [(s.counting, s.appearances, s.best, s.worst) for s in first.by_version[ids["base"]]] == [
+        (0.0, 2, 1, 1), (-0.5, 2, 0, 1), (0.0, 1, 0, 0)]
+    assert [(s.counting, s.appearances) for s in first.by_version[ids["r1"]]] == [(1.0, 1), (0.0, 1)]
+
+    with database.write() as db:  # the unmixed tuple becomes a gold check: its answer is a check, not data
+        single = db.scalar(select(Task.id).where(Task.prompt_id == ids["prompt"], Task.required == 1))
+        gold.mark(db, single, gold.GoldAnswer(best_id=first.by_version[ids["base"]][0].continuation_id))
+    first = stories.stories(database).prompts[0]
+    assert first.judgements == 1
+    # left: ann1 on the mixed tuple (base[0], base[1], r1[0], r1[1])
+    assert [(s.counting, s.appearances) for s in first.by_version[ids["base"]]] == [(-1.0, 1), (0.0, 1), (None, 0)]

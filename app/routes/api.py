@@ -107,7 +107,10 @@ def get_task(assignment_id: DbId, user: ApiUser, database: DatabaseDep, handles:
     return tasks.blind_view(tasks.get_task(database, user, assignment_id), handles)
 
 
-_SUBMIT_ERRORS = error_responses(404, 409, 413, 422)
+_SKIP_ERRORS = error_responses(404, 409, 413, 422)
+_SUBMIT_ERRORS = {**_SKIP_ERRORS, 403: {**error_responses(403)[403], "description": (
+    'your quota of tasks is done (`errors` is `[{"reason": "quota_reached"}]`): an answer to a lease left over '
+    "from before is not stored")}}
 NextQuery = Annotated[bool, Query(description="also lease the next task and return it as next_task")]
 
 
@@ -140,6 +143,6 @@ async def submit_rating(assignment_id: DbId, body: RatingSubmission, user: ApiUs
     return await _with_next(result, next, user, database, settings, handles)
 
 
-@router.post("/tasks/{assignment_id}/skip", status_code=204, responses=_SUBMIT_ERRORS)
+@router.post("/tasks/{assignment_id}/skip", status_code=204, responses=_SKIP_ERRORS)
 async def skip(assignment_id: DbId, body: SkipRequest, user: ApiUser, database: DatabaseDep):
     await tasks.skip_task(database, user, assignment_id, body.reason)

@@ -214,6 +214,12 @@ def _already_finished(request: Request, database, settings, user: User, exc: Con
     return _onward(request, _next_or_done(request, database, settings, user))
 
 
+def _beyond_quota(request: Request, exc: tasks.WorkLimitReached):
+    """An answer to a lease left over after a crowd participant's quota was done: not stored."""
+    _flash(request, exc.message[:1].upper() + exc.message[1:] + ".", "bad")
+    return _onward(request, _redirect("/crowd/finished"))
+
+
 @router.post("/task/{assignment_id}/bws", dependencies=[Csrf])
 def submit_bws(
     request: Request,
@@ -247,6 +253,8 @@ def submit_bws(
         return again("The form was damaged; reload the page and try again.")
     try:
         result = from_thread.run(tasks.submit_bws, database, user, assignment_id, data, handles)
+    except tasks.WorkLimitReached as exc:
+        return _beyond_quota(request, exc)
     except Invalid as exc:
         return again(exc.message[:1].upper() + exc.message[1:] + ".")
     except Conflict as exc:
@@ -291,6 +299,8 @@ def submit_rating(
         return again("Please check the form: " + "; ".join(e["msg"] for e in exc.errors()))
     try:
         result = from_thread.run(tasks.submit_rating, database, user, assignment_id, data)
+    except tasks.WorkLimitReached as exc:
+        return _beyond_quota(request, exc)
     except Invalid as exc:
         return again(exc.message)
     except Conflict as exc:

@@ -71,5 +71,5 @@ def finished(request: Request, user: PageUser, database: DatabaseDep, clock: Clo
     return templates.TemplateResponse(request, "crowd/finished.html", {
         "user": user, "progress": progress, "quota_done": quota_done, "invite": invite,
         "platform": crowd.PLATFORM_NAMES[invite.platform] if invite else None,
-        "redirect_seconds": COMPLETION_REDIRECT_SECONDS,
+        "redirect_seconds": COMPLETION_REDIRECT_SECONDS, "flash": request.session.pop("flash", None),
     })

@@ -12,8 +12,9 @@ is blind (tests/test_blind.py tries to tell the versions apart from what evaluat
 Results (admins only): per version and dimension the mean rating with a 95 % percentile-bootstrap CI
 over the individual ratings; for every pair of versions and every dimension a paired comparison over
 the prompts both were rated on (per-prompt means, Wilcoxon signed-rank, rank-biserial effect size);
-Krippendorff's alpha (ordinal) per dimension over the campaign's items. All ratings of the campaign's
-tasks count, late (surplus) ones included: each is a genuine judgement of a different evaluator.
+Krippendorff's alpha (ordinal) per dimension over the campaign's items. The usable ratings of the
+campaign's tasks count (app/services/gold.py `usable`, as in exports and training: none by an excluded
+evaluator), late (surplus) ones included: each is a genuine judgement of a different evaluator.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from app.models import (
     TaskItem,
     utcnow,
 )
+from app.services import gold
 from app.services.errors import Invalid, NotFound
 from app.services.scoring import bootstrap_mean_ci, krippendorff_alpha, paired_comparison
 from app.validation import BoundedText, DbInt, IdList
@@ -254,7 +256,7 @@ def _rating_rows(db: Session, batch_id: int) -> list[_RatingRow]:
                *[getattr(Rating, d) for d in RATING_DIMENSIONS])
         .join(Task, Task.id == Rating.task_id)
         .join(Continuation, Continuation.id == Rating.continuation_id)
-        .where(Task.batch_id == batch_id)
+        .where(Task.batch_id == batch_id, gold.usable(Rating))
         .order_by(Rating.id)
     ).all()
     out = []

@@ -3,7 +3,9 @@
 The scores page lists only judged continuations; this view lists all of them, judged or not, so an
 admin can read what a new policy wrote the moment the trainer stored it. Each continuation carries its
 BWS counting score and appearances, computed over the BWS judgements of its prompt (the only tuples it
-can meet: items of different prompts never share a tuple), and None / 0 when never judged.
+can meet: items of different prompts never share a tuple), and None / 0 when never judged. Only usable
+judgements count (app/services/gold.py `usable`), as in exports and training: none by an excluded
+annotator, none on a gold task.
 
 Columns are versions in lineage order: policies (base, SFT, each round's policy) oldest first, then
 imported sources.
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Database
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TrainingRound
-from app.services import scoring
+from app.services import gold, scoring
 from app.services.round_numbers import round_numbers
 
 MAX_LIMIT = 100  # prompts per page
@@ -79,15 +81,15 @@ def _versions(db: Session) -> list[StoryVersion]:
 
 
 def _counting(db: Session, prompt_ids: list[int]) -> tuple[dict[int, tuple[float, int, int, int]], dict[int, int]]:
-    """{continuation id: (counting score, appearances, best, worst)} over the BWS judgements of these prompts,
-    and the number of judgements per prompt."""
+    """{continuation id: (counting score, appearances, best, worst)} over the usable BWS judgements of these
+    prompts, and the number of those judgements per prompt."""
     if not prompt_ids:
         return {}, {}
     judgements = db.execute(
         select(BwsJudgement.task_id, BwsJudgement.shown_order, BwsJudgement.best_id, BwsJudgement.worst_id,
                Task.prompt_id)
         .join(Task, Task.id == BwsJudgement.task_id)
-        .where(Task.prompt_id.in_(prompt_ids), Task.kind == "bws")
+        .where(Task.prompt_id.in_(prompt_ids), Task.kind == "bws", gold.usable(BwsJudgement))
         .order_by(BwsJudgement.id)
     ).all()
     annotations: list[scoring.BwsAnnotation] = []

@@ -535,11 +535,19 @@ class WorkLimitReached(Forbidden):
 
 LOCK_USER = select(User.id).where(User.id == bindparam("user_id")).with_for_update()
 # A quota counts judgements (submitted, or stored as surplus: the work was done), not skips, plus the
-# lease running now; an abandoned lease stops counting when it expires.
+# lease running now; an abandoned lease stops counting when it expires. An expired lease may still be
+# answered, but only while the quota has room (_submit): leases left to run out cannot take a
+# participant past it.
+_JUDGED = or_(Assignment.status == "submitted", Assignment.status == "surplus")
+DONE_FOR_QUOTA = select(func.count()).select_from(Assignment).where(Assignment.user_id == bindparam("user_id"), _JUDGED)
 TAKEN_FROM_QUOTA = select(func.count()).select_from(Assignment).where(
     Assignment.user_id == bindparam("user_id"),
-    or_(Assignment.status == "submitted", Assignment.status == "surplus",
-        and_(Assignment.status == "active", Assignment.expires_at > bindparam("now"))))
+    or_(_JUDGED, and_(Assignment.status == "active", Assignment.expires_at > bindparam("now"))))
+BEYOND_QUOTA = "beyond the quota"  # the skip_reason of a lease answered after the quota was done
+
+
+def quota_done(quota: int, note: str = "") -> WorkLimitReached:
+    return WorkLimitReached("quota_reached", f"you have done your quota of {quota} tasks{note}")
 
 
 async def _next_task_within_limits(database: Database, user: User, kinds: tuple[str, ...],
@@ -551,13 +559,15 @@ async def _next_task_within_limits(database: Database, user: User, kinds: tuple[
     def lease(conn: Connection) -> LeasedTask | None:
         now = utcnow()
         conn.execute(LOCK_USER, {"user_id": user.id})  # PostgreSQL; SQLite has one writer anyway
+        if user.task_quota is not None and conn.scalar(DONE_FOR_QUOTA, {"user_id": user.id}) >= user.task_quota:
+            raise quota_done(user.task_quota)  # a lease still in hand could not be answered (_submit)
         current = conn.execute(_current_lease_statement(kinds), {"user_id": user.id, "now": now}).one_or_none()
         if current is not None:
             return _leased_task(conn, database, Lease(*current))
         if user.work_ends_at is not None and now >= user.work_ends_at:
             raise WorkLimitReached("time_up", "your time for this session is up")
         if user.task_quota is not None and conn.scalar(TAKEN_FROM_QUOTA, {"user_id": user.id, "now": now}) >= user.task_quota:
-            raise WorkLimitReached("quota_reached", f"you have done your quota of {user.task_quota} tasks")
+            raise quota_done(user.task_quota)
         gold = _lease_gold(conn, database, user.id, kinds, lease_seconds) if gold_due else None
         if gold is not None:
             return gold
@@ -774,6 +784,14 @@ def _count_judgement(conn: Connection, assignment_id: int, row, now: datetime) -
     return counted
 
 
+def _close_beyond_quota(conn: Connection, assignment_id: int, row) -> None:
+    """A lease answered after its user's quota was done: nothing is stored, the lease is closed as
+    skipped and a running one gives its slot back."""
+    _finish(conn, assignment_id, row.status, "skipped", skip_reason=BEYOND_QUOTA)
+    if row.status == "active":
+        _release_leases(conn, [row.task_id])
+
+
 async def _replay(database: Database, model, user: User, key: str, assignment_id: int) -> SubmitResult | None:
     row = await database.fetch_one(STORED_BY_KEY[model], {"key": key})
     if row is None:
@@ -794,10 +812,15 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
     judgement's columns, is_surplus aside: whether it counts is settled here. A repeated key finds its
     assignment no longer open (or hits the unique key) and is answered from the stored judgement, so
     the common first submission costs no extra lookup."""
-    def store(conn: Connection) -> SubmitResult:  # SQLite: a job of the group commit; count, then insert
+    def store(conn: Connection) -> SubmitResult | None:  # SQLite: a job of the group commit; count, then insert
+        if user.task_quota is not None:  # as in _next_task_within_limits: the user's row first
+            conn.execute(LOCK_USER, {"user_id": user.id})
         row = _open_assignment(conn.execute(ASSIGNMENT_ROW, {"assignment_id": assignment_id}).one_or_none(),
                                user, kinds)
         now = utcnow()
+        if user.task_quota is not None and conn.scalar(DONE_FOR_QUOTA, {"user_id": user.id}) >= user.task_quota:
+            _close_beyond_quota(conn, assignment_id, row)
+            return None
         columns = judgement(row, now)
         counted = _count_judgement(conn, assignment_id, row, now)
         judgement_id = conn.scalar(INSERT_JUDGEMENT[model], {**columns, "is_surplus": not counted})
@@ -825,7 +848,12 @@ async def _submit(database: Database, user: User, model, assignment_id: int, kin
                             replayed=False)
 
     try:
-        return await (database.run_write(store) if database.is_sqlite else store_postgres())
+        if database.is_sqlite or user.task_quota is not None:  # a quota is checked under the user's row lock
+            result = await database.run_write(store)
+            if result is None:
+                raise quota_done(user.task_quota, ": this answer was not stored")
+            return result
+        return await store_postgres()
     except (IntegrityError, Conflict):
         # A concurrent duplicate of this very submission won the race: answer as it was answered.
         if (replayed := await _replay(database, model, user, key, assignment_id)) is not None:
