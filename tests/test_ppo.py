@@ -21,11 +21,9 @@ from trainer.ppo import PPOConfig, PPOTrainer, compute_gae, score_sequences
 from trainer.reward_format import format_for_reward
 
 try:
-    from tests.tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm,
-                                   tiny_reward_model, train_reward_model, train_tiny_tokenizer)
+    from tests.tiny_models import PROMPTS, marker_task, preference_pairs
 except ImportError:  # pytest put tests/ itself on sys.path (no tests/__init__.py)
-    from tiny_models import (PROMPTS, pretrain_lm, preference_pairs, story_corpus, tiny_lm, tiny_reward_model,
-                             train_reward_model, train_tiny_tokenizer)
+    from tiny_models import PROMPTS, marker_task, preference_pairs
 
 MARKER = "dragon"
 SEED = int(os.environ.get("STORYLOOP_PPO_TEST_SEED", "0"))  # re-run with other seeds to check robustness
@@ -72,12 +70,7 @@ def test_truncate_at_eos_keeps_the_eos_token():
 # ----------------------------------------------------------------------------- learning test
 @pytest.fixture(scope="module")
 def tiny_setup():
-    corpus = story_corpus(3000, marker=MARKER, marker_rate=0.1, seed=SEED)
-    tok = train_tiny_tokenizer(p + c for p, c in corpus)
-    lm = pretrain_lm(tiny_lm(tok, seed=SEED), tok, [p + c for p, c in corpus], steps=300, seed=SEED)
-    rm = train_reward_model(tiny_reward_model(tok, init_from=lm, seed=SEED), tok,
-                            preference_pairs(2000, MARKER, seed=SEED + 1), format_for_reward, steps=150, seed=SEED)
-    return tok, lm, rm
+    return marker_task(MARKER, seed=SEED)
 
 
 def _sample_stats(model, tok, rm, n_per_prompt=32):
