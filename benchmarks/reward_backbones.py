@@ -72,16 +72,6 @@ def to_pairs(items, judgements):
     return pairs, [(w, l) for shown, b, wo in judgements for w, l in implied_pairs(shown, b, wo)]
 
 
-def backbone_folder(name: str, cache: Path) -> str:
-    from trainer import pretrained
-
-    if name == "minilm":
-        return str(pretrained.minilm_folder())
-    if name == pretrained.SMOLLM2:
-        return str(pretrained.smollm2_folder(cache))
-    return name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=["minilm"])
@@ -99,6 +89,7 @@ def main() -> None:
 
     from trainer import model_store
     from trainer.data import is_held_out
+    from trainer.pretrained import model_folder
     from trainer.ppo import score_sequences
     from trainer.reward_model import RewardModelConfig, train_reward_model
 
@@ -119,7 +110,7 @@ def main() -> None:
     print("writers by the noise-free preference: " + ", ".join(f"{w} {true_mean[w]:.3f}" for w in
                                                                  sorted(writers, key=true_mean.get, reverse=True)))
     for name in args.backbones:
-        folder = backbone_folder(name, args.cache)
+        folder = model_folder(name, args.cache)
         tokenizer = model_store.load_tokenizer(folder)
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory() as work:

