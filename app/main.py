@@ -114,9 +114,6 @@ class BodyLimits:
         await response(scope, receive, send)
 
 
-BodySizeLimit = BodyLimits  # its name before it bounded the time too
-
-
 def _same_site_referer(request: Request) -> str | None:
     """The path (and query) of the page on this site the request came from; None if from elsewhere."""
     referer = urlsplit(request.headers.get("referer", ""))

@@ -224,13 +224,13 @@ def test_duplicate_external_id_against_the_database_imports_nothing(client, data
 
 @pytest.mark.parametrize("middleware", [True, False])
 def test_oversized_upload_is_refused_with_413(database, settings, middleware):
-    """With the app's BodySizeLimit middleware, and without it (the route checks the file itself)."""
-    from app.main import BodySizeLimit, create_app
+    """With the app's BodyLimits middleware, and without it (the route checks the file itself)."""
+    from app.main import BodyLimits, create_app
 
     small = Settings(**{**settings.model_dump(), "max_upload_bytes": 2048})
     app = create_app(small, database)
     if not middleware:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not BodySizeLimit]
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not BodyLimits]
     with TestClient(app) as client:
         make_user(database, "boss", "admin")
         headers = token_headers(client, "boss")
