@@ -13,12 +13,12 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-# curl and jq: tests/test_readme_api.py runs the README's API examples as written.
+# curl and jq: tests/test_readme_api.py runs the API examples of docs/api.md as written.
 if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq >/dev/null
   else
-    echo "warning: curl or jq is missing (apt-get install curl jq); the README examples' test will be skipped" >&2
+    echo "warning: curl or jq is missing (apt-get install curl jq); the docs examples' test will be skipped" >&2
   fi
 fi
 

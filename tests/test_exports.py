@@ -173,8 +173,10 @@ def _documented_columns() -> dict[str, dict[str, str]]:
     text = (Path(__file__).parents[1] / "docs" / "exports.md").read_text()
     tables = {}
     for section in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
-        name = re.match(r"`(\w+)`", section).group(1)
-        tables[name] = dict(re.findall(r"^\| `(\w+)` \| ([a-z ]+?) \|", section, re.MULTILINE))
+        heading = re.match(r"`(\w+)`$", section.splitlines()[0])
+        if heading is None:  # a section about something other than one export's columns
+            continue
+        tables[heading.group(1)] = dict(re.findall(r"^\| `(\w+)` \| ([a-z ]+?) \|", section, re.MULTILINE))
     return tables
 
 

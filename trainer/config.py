@@ -50,7 +50,7 @@ class TrainerSettings(BaseSettings):
     sft_epochs: float = 1.0
     # What a round trains with unless the admin picks another for it: ppo (samples fresh text, scored by
     # the reward model), alol (offline, from every stored continuation), dpo (TRL, straight from the
-    # judgements' pairs). See README "Choosing a round algorithm".
+    # judgements' pairs). See docs/training.md, "Choosing a round algorithm".
     algorithm: Literal["ppo", "alol", "dpo"] = "ppo"
     # How a round trains its policy: "lora" (a LoRA adapter on the reference, saved as the adapter alone;
     # the reference is the same network with the adapter off; for pretrained bases) or "full" (every

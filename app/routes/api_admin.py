@@ -59,7 +59,7 @@ class BatchInfo(BaseModel):
     wanted: int  # tasks x R
     submissions: int  # every stored judgement, surplus included
     progress: float  # done / wanted
-    priority: str  # up | normal | down | paused (see README, "Serving order")
+    priority: str  # up | normal | down | paused (see docs/annotation.md, "Serving order")
     is_newest_round: bool  # the newest trainer round's batch: served right after pinned-up ones
 
 

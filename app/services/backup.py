@@ -2,7 +2,7 @@
 
 sqlite3's online backup API copies the database page by page, consistently, while other connections
 keep reading and writing (WAL included), so no acknowledged judgement is missing from a finished copy
-and the app need not stop. PostgreSQL has its own tools (pg_dump / pg_restore; see the README).
+and the app need not stop. PostgreSQL has its own tools (pg_dump / pg_restore; see docs/operations.md).
 """
 
 import os
@@ -16,7 +16,7 @@ from app.services.errors import Invalid
 def backup_sqlite(database: Database, target: Path) -> int:
     """Copies the database to `target` (written beside it, then renamed into place). Returns its size."""
     if not database.is_sqlite or not database.engine.url.database:
-        raise Invalid("storyloop backup copies the SQLite database; for PostgreSQL use pg_dump (see the README)")
+        raise Invalid("storyloop backup copies the SQLite database; for PostgreSQL use pg_dump (see docs/operations.md)")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
