@@ -174,9 +174,10 @@ def test_python_examples_run_as_written_on_a_cpu(database, settings, tmp_path):
     run_api_session(database, settings, tmp_path)
     pairs = [json.loads(line) for line in (tmp_path / "storyloop-pairs.jsonl").read_text().splitlines()]
     save_tiny_gpt2(tmp_path, [p["prompt"] + p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
-    # A CPU machine, offline: "gpt2" can only be the tiny folder, and nothing may need a GPU.
+    # A CPU machine, offline, with an empty Hugging Face cache: "gpt2" can only be the tiny folder, and
+    # nothing may need a GPU.
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                        "TOKENIZERS_PARALLELISM": "false"}
+                        "HF_HOME": str(tmp_path / "hf-home"), "TOKENIZERS_PARALLELISM": "false"}
     for number, (source, code) in enumerate(examples):
         script = tmp_path / f"example_{number}.py"
         script.write_text(code)
