@@ -123,10 +123,12 @@ def test_value_model_reads_the_policys_tokens_when_the_reward_model_has_another_
     reward_model = tiny_reward_model(reward_tok, seed=0)
     cfg = PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=8, seed=0)
     trainer = PPOTrainer(cfg, policy, tok, reward_model, reward_tokenizer=reward_tok)
-    value_model = trainer.accelerator.unwrap_model(trainer.model).value_model
-    assert value_model.get_input_embeddings().num_embeddings == len(tok)
+    net = trainer.accelerator.unwrap_model(trainer.model)
+    assert net.value_model is None  # values come from a head on the policy's own hidden states
+    head_before = net.value_head.weight.detach().clone()
     stats = trainer.step(PROMPTS[:8])  # the old value model (a copy of the reward model) raised IndexError here
     assert torch.isfinite(torch.tensor(stats["value_loss"]))
+    assert not torch.equal(net.value_head.weight, head_before)  # the value head learns
 
     # with one tokenizer, the value model starts as the reward model (its head included), as in the references
     shared = PPOTrainer(cfg, tiny_lm(tok, seed=0), tok, tiny_reward_model(tok, seed=0))

@@ -199,6 +199,12 @@ def trim_to_sentence(text: str) -> str:
     return text[: ends[-1].end()] if ends else text
 
 
+def shown_text(text: str, ended: bool) -> str:
+    """What people read (and the reward model scores) of a sample: stripped, and trimmed back to its last
+    full sentence when it was stopped by the token cap rather than by end-of-text."""
+    return text.strip() if ended else trim_to_sentence(text.strip())
+
+
 @dataclass(frozen=True)
 class Story:
     text: str  # stripped, trimmed to its last full sentence when it hit the token cap
@@ -239,7 +245,7 @@ def generate_stories(model, tokenizer, prompts: list[str], num_return_sequences:
     ``max_new_tokens`` without emitting end-of-text is trimmed back to its last full sentence."""
     sampled = _sample_texts(model, tokenizer, prompts, num_return_sequences, max_new_tokens, temperature, top_p,
                             top_k, batch_size, max_prompt_tokens, min_new_tokens)
-    stories = [Story(t.strip() if ended else trim_to_sentence(t.strip()), bool(ended)) for t, ended in sampled]
+    stories = [Story(shown_text(t, ended), bool(ended)) for t, ended in sampled]
     n = num_return_sequences
     return [stories[j * n : (j + 1) * n] for j in range(len(prompts))]
 

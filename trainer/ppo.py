@@ -6,10 +6,11 @@ Follows Ziegler et al. 2019 / Stiennon et al. 2020 and "The N Implementation Det
   policy      AutoModelForCausalLM, trained.
   ref_policy  frozen copy of the policy before RL; the KL penalty keeps the policy close to it.
   reward      AutoModelForSequenceClassification (num_labels=1), frozen; scores prompt+response+EOS.
-  value       AutoModelForSequenceClassification (num_labels=1), trained, read at EVERY position: its
-              backbone's hidden states go through its `score` head. It reads the POLICY's token ids, so
-              it is a copy of the reward model only when both share a vocabulary; otherwise the policy's
-              own network with a new head (see default_value_model).
+  value       read at EVERY position, trained. It reads the POLICY's token ids, so it is a copy of the
+              reward model (AutoModelForSequenceClassification, its backbone's hidden states through its
+              `score` head) only when both share a vocabulary; otherwise a zero-initialised linear head on
+              the policy's own last hidden states (see default_value_model): one forward gives logits and
+              values, which halves a step's compute and memory for a pretrained policy under LoRA.
 
 Every log-prob (rollout, reference, update) comes from trainer/generate.py's response_logprobs with the
 same `Sampling` the rollout drew from: temperature, no end-of-text before min_new_tokens, top-k/top-p.
@@ -24,7 +25,8 @@ one Adam optimizer (loss = pg_loss + vf_coef * vf_loss, gradients clipped jointl
 vf_coef mostly matters through that joint gradient clipping.
 
 Tokenizers: the reward model sees TEXT (prompt + decoded response + EOS, see reward_format.py) re-tokenized
-with its own tokenizer, so it may share the policy's tokenizer or not.
+with its own tokenizer, so it may share the policy's tokenizer or not. The response is scored as people
+read stored stories (generate.shown_text): one cut by the token cap counts up to its last full sentence.
 
 Shapes: B = rollouts (batch_size), b = minibatch, P = padded prompt length, K = response length,
 T = P + K, V = vocabulary.
@@ -46,8 +48,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from .generate import (Sampling, context_length, decode_responses, left_pad_prompts, position_ids_from_mask,
-                       response_logprobs, sample_tokens, truncate_at_eos)
-from .lora import backbone_state_dict, make_trainable
+                       response_logprobs, sample_tokens, shown_text, truncate_at_eos)
+from .lora import make_trainable
 from .reward_format import format_for_reward
 
 
@@ -155,37 +157,38 @@ def token_values(value_model, input_ids, attention_mask, position_ids) -> torch.
 
 
 class PolicyAndValue(nn.Module):
-    """Both trainable networks behind one forward, so DDP sees (and syncs) both in one wrapper."""
+    """Both trainable networks behind one forward, so DDP sees (and syncs) both in one wrapper. Without a
+    value model, values come from `value_head` on the policy's last hidden states (a shared backbone: the
+    value loss trains the policy's adapter, or its weights, too, scaled by vf_coef)."""
 
-    def __init__(self, policy, value_model):
+    def __init__(self, policy, value_model=None):
         super().__init__()
         self.policy, self.value_model = policy, value_model
+        if value_model is None:
+            self.value_head = nn.Linear(policy.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask, position_ids):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        return logits, token_values(self.value_model, input_ids, attention_mask, position_ids)  # (B,T,V), (B,T)
+        if self.value_model is not None:
+            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return logits, token_values(self.value_model, input_ids, attention_mask, position_ids)  # (B,T,V), (B,T)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (B, T, H), after the final norm
+        return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
 
 def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
     return tokenizer_a is tokenizer_b or tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
 
-def default_value_model(policy, tokenizer, reward_model, reward_tokenizer):
+def default_value_model(tokenizer, reward_model, reward_tokenizer):
     """The value model reads the policy's token ids. A copy of the reward model when it shares the policy's
-    vocabulary (the references' choice: it starts out knowing what scores well); otherwise the policy's
-    own network under a new, zero-initialised score head, never one model's embeddings read with the
-    other's token ids."""
-    if same_vocabulary(tokenizer, reward_tokenizer):
-        return copy.deepcopy(reward_model)
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    value_model = AutoModelForSequenceClassification.from_config(config)
-    getattr(value_model, value_model.base_model_prefix).load_state_dict(backbone_state_dict(policy))
-    nn.init.zeros_(value_model.score.weight)
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    return value_model.to(next(policy.parameters()).device)
+    vocabulary (the references' choice: it starts out knowing what scores well); otherwise None: a head on
+    the policy's own hidden states (PolicyAndValue), never one model's embeddings read with the other's
+    token ids, and no second copy of a pretrained policy in memory."""
+    return copy.deepcopy(reward_model) if same_vocabulary(tokenizer, reward_tokenizer) else None
 
 
 @torch.no_grad()
@@ -288,11 +291,12 @@ class PPOTrainer:
         self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval().requires_grad_(False)
         if value_model is None:
-            value_model = default_value_model(policy, tokenizer, reward_model, self.reward_tokenizer)
-        value_model.requires_grad_(True)
+            value_model = default_value_model(tokenizer, reward_model, self.reward_tokenizer)
+        if value_model is not None:
+            value_model.requires_grad_(True)
+            disable_dropout(value_model)
         make_trainable(policy)
-        for m in (policy, value_model):
-            disable_dropout(m)
+        disable_dropout(policy)
         model = PolicyAndValue(policy, value_model).train()
         trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA policy: its adapter only
         optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, eps=config.adam_eps)
@@ -336,11 +340,14 @@ class PPOTrainer:
                 entropy.append(ent)
                 values.append(v[:, P - 1 : -1])  # (b, K): value of the state in which y_t is chosen
             completions = decode_responses(tok, response, tok.eos_token_id)
-            scores = score_sequences(self.reward_model, self.reward_tokenizer, prompts, completions,
+            has_eos = response.eq(tok.eos_token_id).any(-1)  # (B,)
+            # scored as people would read it: a story cut by the token cap, back to its last full sentence
+            shown = [shown_text(c, ended) for c, ended in zip(completions, has_eos.tolist())]
+            scores = score_sequences(self.reward_model, self.reward_tokenizer, prompts, shown,
                                      cfg.reward_batch_size, cfg.reward_max_length)  # (B,)
         self.last_rollout = Rollout(
             prompts=prompts, completions=completions, seq=seq, attn=attn, pos=pos, response=response,
-            mask=mask.float(), lengths=lengths, has_eos=response.eq(tok.eos_token_id).any(-1),
+            mask=mask.float(), lengths=lengths, has_eos=has_eos,
             logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
             entropy=torch.cat(entropy), scores=scores)
         return self.last_rollout
