@@ -25,7 +25,7 @@
     var labels = [];
     grid.forEach(function (row) {
       row.forEach(function (cell, c) {
-        var text = cell.textContent.replace(/\s+/g, " ").trim();
+        var text = (cell.innerText || cell.textContent).replace(/\s+/g, " ").trim();  // innerText: a <br> is a space
         labels[c] = labels[c] || [];
         if (text && labels[c].indexOf(text) < 0) labels[c].push(text);
       });
