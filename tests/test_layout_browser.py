@@ -44,15 +44,14 @@ LONG_ERROR = ("RuntimeError: could not load the reward backbone 'some-organisati
               "from the hub: the host is unreachable (check the network or set STORYLOOP_REWARD_BACKBONE to a local folder)")
 
 
-def _seed_versions(database) -> dict[str, int]:
+def _seed_versions(database) -> None:
     """The base policy and six trained rounds, each with a reward model, PPO logs, automatic metrics and a
     story for each of the first prompts; round 0 (the base) and a failed round 7 in the history."""
     now = utcnow()
     prompts = demo_prompts()
-    ids: dict[str, int] = {}
     with database.write() as db:
         prompt_ids = db.scalars(select(Prompt.id).order_by(Prompt.id).limit(POLICY_PROMPTS)).all()
-        parent = None
+        parent = base_id = None
         for r, (name, algorithm) in enumerate(POLICIES):
             version = ModelVersion(name=name, kind="policy", algorithm=algorithm, parent_id=parent, path=f"policy/{name}",
                                    metrics={"auto": {"mean_reward": -0.4 + 0.2 * r, "distinct_1": 0.47 - 0.01 * r,
@@ -63,7 +62,8 @@ def _seed_versions(database) -> dict[str, int]:
                                             "compute": {"seconds": 412.0 + r, "peak_memory_mb": 1834.0, "device": "cuda:0"}})
             db.add(version)
             db.flush()
-            ids[name] = parent = version.id
+            parent = version.id
+            base_id = base_id or version.id
             for i, prompt_id in enumerate(prompt_ids):
                 story = prompts[i].continuations[r % len(prompts[i].continuations)].text
                 db.add(Continuation(prompt_id=prompt_id, model_version_id=version.id, text=f"{story} ({name})"))
@@ -71,7 +71,7 @@ def _seed_versions(database) -> dict[str, int]:
                 db.add(TrainingRound(status="done", trigger="base", phase="done", policy_version_id=version.id,
                                      started_at=now, finished_at=now))
                 continue
-            reward = ModelVersion(name=f"reward-r{r}", kind="reward", algorithm="reward", parent_id=ids["base-demo"],
+            reward = ModelVersion(name=f"reward-r{r}", kind="reward", algorithm="reward", parent_id=base_id,
                                   path=f"reward/r{r}", metrics={"held_out_accuracy": 0.6 + 0.03 * r, "train_accuracy": 0.8,
                                                                 "held_out_pairs": 40 * r})
             db.add(reward)
@@ -87,7 +87,6 @@ def _seed_versions(database) -> dict[str, int]:
                     "kl_coef": 0.05}))
         db.add(TrainingRound(status="failed", trigger="admin", phase="reward model", algorithm="ppo", error=LONG_ERROR,
                              started_at=now, finished_at=now))
-    return ids
 
 
 def _judge(database, usernames: list[str], per_person: int) -> None:
@@ -110,7 +109,7 @@ def _judge(database, usernames: list[str], per_person: int) -> None:
                                                 RatingSubmission(**scores, idempotency_key=key, duration_ms=15000)))
 
 
-def _seed_campaign(database, ids: dict[str, int]) -> int:
+def _seed_campaign(database) -> int:
     with database.read() as db:
         versions = {v.name: v.id for v in db.scalars(select(ModelVersion))}
         prompt_ids = db.scalars(select(Prompt.id).order_by(Prompt.id).limit(5)).all()
@@ -138,7 +137,7 @@ def _seed_campaign(database, ids: dict[str, int]) -> int:
 
 def seed_site(database, settings: Settings) -> dict:
     seed_demo(database, settings, admin_password=PASSWORD)
-    ids = _seed_versions(database)
+    _seed_versions(database)
     annotators = ["annotator-one", "annotator-two", "a-rather-long-annotator-name", "ann"]
     for name in annotators:
         make_user(database, name)
@@ -147,7 +146,7 @@ def seed_site(database, settings: Settings) -> dict:
         items = [i.continuation_id for i in first_bws.items]
         gold.mark(db, first_bws.id, gold.GoldAnswer(best_id=items[0], worst_id=items[-1]))
         admin = db.scalar(select(User).where(User.username == "admin"))
-        users.create_invite(db, "evaluator", admin)
+        invite_token = users.create_invite(db, "evaluator", admin).token
         link = crowd.create_crowd_invite(db, admin, platform="prolific", task_quota=20, session_minutes=45,
                                          completion_code="C0DE42", name="Pilot study, March",
                                          completion_url="https://app.prolific.com/submissions/complete?cc=C0DE42")
@@ -159,13 +158,13 @@ def seed_site(database, settings: Settings) -> dict:
         users.create_api_token(db, ann, settings, utcnow(), name="a script that exports every night")
     gold.set_settings(database, gold.GoldSettings(rate=0.2, accuracy_threshold=0.7, min_answers=1))
     _judge(database, annotators[:3], per_person=24)
-    campaign_id = _seed_campaign(database, ids)
+    campaign_id = _seed_campaign(database)
     joined = link_path
     for key, value in ids_given.items():
         joined = joined.replace(f"{{{{%{key}%}}}}", value)
     with database.read() as db:
         batch_id = db.scalar(select(Task.batch_id).where(Task.kind == "bws").order_by(Task.id))
-    return {"campaign": campaign_id, "gold_task": first_bws.id, "batch": batch_id, "join": joined}
+    return {"campaign": campaign_id, "gold_task": first_bws.id, "batch": batch_id, "join": joined, "invite": invite_token}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +224,8 @@ EVALUATOR_PAGES = {"/evaluate": [], "/task": ["#submit-btn"]}
 PAGES = ([("admin", path, keys) for path, keys in ADMIN_PAGES.items()]
          + [("ann", path, keys) for path, keys in ANNOTATOR_PAGES.items()]
          + [("elin", path, keys) for path, keys in EVALUATOR_PAGES.items()]
-         + [(None, "/login", ["form.stack button"]), (None, "/join", ["main button, main a.button"])])
+         + [(None, "/login", ["form.stack button"]), (None, "/invite/{invite}", ["main form button"]),
+            (None, "/join", ["main button, main a.button"])])
 
 # What the test finds out of view: the page's extra width, and each table cell, chart or named element that
 # lies (partly) outside the viewport or outside the visible part of a box that scrolls or clips it.
@@ -252,7 +252,10 @@ OUT_OF_VIEW = """([keys, vw]) => {
   const page = document.scrollingElement.scrollWidth;
   if (page > vw + 1) out.push("the page is " + page + " px wide");
   const hourly = document.querySelector("svg.chart.per-hour");
-  const check = (el, box) => { const why = clipped(el, box || el.getBoundingClientRect()); if (why) out.push(name(el) + ": " + why); };
+  const check = (el) => {
+    const why = clipped(el, el.getBoundingClientRect());
+    if (why) out.push(name(el) + ": " + why);
+  };
   for (const el of document.querySelectorAll("main td, main th, main svg.chart")) {
     if (el === hourly || !shown(el)) continue;
     check(el);
