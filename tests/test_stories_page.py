@@ -56,17 +56,20 @@ def test_stories_service_scores_and_unjudged(database):
     assert [p.prompt_id for p in stories.stories(database, offset=1, limit=1).prompts] == [ids["other"]]
 
 
-def test_stories_page_side_by_side(client, database):
+def test_stories_page_a_row_per_version(client, database):
+    """Under each prompt a row per version that wrote for it, in training order; the others named in one line."""
     ids = seed_stories(database)
     make_user(database, "root", "admin")
     login(client, "root")
     page = client.get("/admin/stories")
     assert page.status_code == 200, page.text
-    headers = re.findall(r'<th scope="col" data-version="(\d+)">', page.text)
-    assert headers == [str(ids[k]) for k in ("base", "r1", "r2", "source")]
-    row = re.search(rf'<tr class="stories-row" data-prompt="{ids["prompt"]}">(.*?)</tr>', page.text, re.S).group(1)
-    cells = re.findall(r'<td data-version="(\d+)">(.*?)</td>', row, re.S)
-    assert [int(v) for v, _ in cells] == [ids["base"], ids["r1"], ids["r2"], ids["source"]]
+    group = re.search(rf'<tbody class="prompt-group" id="prompt-{ids["prompt"]}" data-prompt="{ids["prompt"]}">(.*?)</tbody>',
+                      page.text, re.S).group(1)
+    rows = re.findall(r'<tr class="version-row" data-version="(\d+)">', group)
+    assert rows == [str(ids[k]) for k in ("base", "r1", "r2")]
+    cells = re.findall(r'<td data-version="(\d+)">(.*?)</td>', group, re.S)
+    assert [int(v) for v, _ in cells] == [ids["base"], ids["r1"], ids["r2"]]
+    assert re.search(r'<tr class="missing-row">.*No stories of this prompt from\s*human-stories\.', group, re.S)
     r2_cell = dict(cells)[str(ids["r2"])]
     assert UNJUDGED in r2_cell and "not judged yet" in r2_cell
     assert "+0.500" in dict(cells)[str(ids["r1"])]
