@@ -207,12 +207,15 @@ def _compose_commands() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("compose", _compose_commands() or [None], ids=lambda c: " ".join(c) if c else "none")
-def test_compose_accepts_the_file(compose):
+def test_compose_accepts_the_file(compose, tmp_path):
     if compose is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOP_")}
-    checked = subprocess.run([*compose, "config", "-q"], cwd=ROOT, env={**env, "STORYLOOP_SECRET_KEY": SECRET},
+    no_env_file = tmp_path / "empty.env"  # not a developer's .env
+    no_env_file.write_text("")
+    command = [*compose, "--env-file", str(no_env_file), "config", "-q"]
+    checked = subprocess.run(command, cwd=ROOT, env={**env, "STORYLOOP_SECRET_KEY": SECRET},
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
-    refused = subprocess.run([*compose, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "set STORYLOOP_SECRET_KEY" in refused.stderr
