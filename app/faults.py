@@ -95,7 +95,8 @@ def described(exc: BaseException) -> str:
 def refused_start(exc: BaseException, connections_per_worker: int) -> DatabaseUnavailable:
     """The startup error for an unavailable database: what happened, and what to do."""
     if too_many_connections(exc):
-        return DatabaseUnavailable(f"refusing to start: {too_many_connections_hint(connections_per_worker)} ({described(exc)})")
+        hint = too_many_connections_hint(connections_per_worker)
+        return DatabaseUnavailable(f"refusing to start: {hint} ({described(exc)})")
     return DatabaseUnavailable(f"refusing to start: the database is unavailable ({described(exc)}); "
                                "check STORYLOOP_DATABASE_URL and that the database is up")
 
