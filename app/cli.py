@@ -14,6 +14,7 @@ import typer
 
 from app.config import InsecureSecretKey, checked_secret_key, get_settings
 from app.db import Database
+from app.faults import is_unavailable, refused_start
 from app.migrate import upgrade_to_head
 
 cli = typer.Typer(help="storyloop: human judgements of machine-written stories, and the RLHF loop on them.",
@@ -31,7 +32,7 @@ def _database(migrate: bool = True) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
         upgrade_to_head(settings.resolved_database_url)
-    return Database.from_url(settings.resolved_database_url)
+    return Database.from_settings(settings)
 
 
 def _database_when_ready() -> Database:
@@ -88,7 +89,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     except InsecureSecretKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    _database(migrate=True)
+    try:
+        _database(migrate=True)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        typer.echo(f"error: {refused_start(exc, get_settings().db_connections_per_worker)}", err=True)
+        raise typer.Exit(1) from None
     _uvicorn(host, port, workers or default_workers())
 
 

@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     # Cookies only over HTTPS (set true behind TLS).
     secure_cookies: bool = False
 
+    # PostgreSQL connections per process: each web worker holds at most db_annotation_connections +
+    # db_pool_size + db_max_overflow (docs/operations.md: how many workers fit in max_connections).
+    # The annotation path (token check, lease, submission, on the event loop): at most this many
+    # statements at once per worker, on connections opened at worker start and kept.
+    db_annotation_connections: int = Field(10, ge=1)
+    # Everything else (pages, admin, gold leases, the trainer): SQLAlchemy's pool keeps up to
+    # db_pool_size connections, opened on first use, and opens up to db_max_overflow more under load
+    # (closed when returned). A request that finds them all in use waits up to 30 s, then gets 503.
+    db_pool_size: int = Field(5, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+
     # Annotation
     annotations_per_tuple: int = Field(3, ge=1, description="R: annotations wanted per task")
     lease_seconds: int = Field(600, ge=10, description="how long a fetched task stays reserved")
@@ -70,6 +81,11 @@ class Settings(BaseSettings):
     trainer_min_newest_judgements: int = Field(60, ge=1)
     trainer_min_new_judgements: int = 30
     trainer_min_new_fraction: float = 0.0
+
+    @property
+    def db_connections_per_worker(self) -> int:
+        """The most PostgreSQL connections one web worker holds."""
+        return self.db_annotation_connections + self.db_pool_size + self.db_max_overflow
 
     @property
     def resolved_database_url(self) -> str:

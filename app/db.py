@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.faults import is_unavailable
 
 try:  # the PostgreSQL drivers; absent on a SQLite-only install
@@ -26,9 +27,14 @@ except ImportError:  # pragma: no cover
     asyncpg = None
 
 
-def make_engine(url: str) -> Engine:
+_SETTINGS = Settings.model_fields  # the pool sizes' defaults, for code without settings (scripts, tests)
+
+
+def make_engine(url: str, pool_size: int = _SETTINGS["db_pool_size"].default,
+                max_overflow: int = _SETTINGS["db_max_overflow"].default) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+        # Opened on first use, not at start: most of these serve pages and admin requests.
+        return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -51,13 +57,6 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
     return engine
-
-
-# PostgreSQL connections per event loop (one per worker) for AsyncStatements: statements at once. A
-# connection is held until the loop gets round to the answer, which under load is most of the time:
-# 10 capped throughput at 200 annotators (225-276 judgements/s against 309-335 with 40, and more CPU
-# per judgement). 40 is what the threads' pool could open before (10 + 30 overflow).
-HOT_PATH_CONNECTIONS = 40
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,11 @@ class AsyncStatements:
     Connections are outside any transaction between statements (a single statement is atomic), and
     are not pinged before use: one broken by a database restart fails its statement with a
     connection error, which is answered 503 + Retry-After (app/main.py), and every idle connection
-    is dropped with it, as SQLAlchemy's pool does. At most HOT_PATH_CONNECTIONS statements at once
-    per event loop."""
+    is dropped with it, as SQLAlchemy's pool does. At most max_connections statements (and
+    connections) at once per event loop: Settings.db_annotation_connections, sized in docs/operations.md."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_connections: int = _SETTINGS["db_annotation_connections"].default) -> None:
+        self.max_connections = max_connections
         self._dialect = asyncpg_dialect()
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         # The pool of each serving event loop (a worker's; a test client's): an asyncpg connection
@@ -159,9 +159,11 @@ class AsyncStatements:
             pool.put_back(conn)
             return rows
 
-    async def open_connections(self, prepare: Sequence[Executable] = ()) -> None:
+    async def open_connections(self, prepare: Sequence[Executable] = ()) -> BaseException | None:
         """Starts this event loop's pool and opens its connections ahead of need (at worker start),
-        with the statements `prepare` prepared once on each.
+        with the statements `prepare` prepared once on each. Returns why a connection could not be
+        opened, if one could not (the database is not up yet, or refuses more connections): those
+        open on demand later, as without this.
 
         Opening a connection costs a server process and a SCRAM password exchange, several ms of CPU
         on each side: when annotators arrive together, opening them on demand made the first seconds'
@@ -170,14 +172,13 @@ class AsyncStatements:
         caches and asyncpg looks up the types; with 1,000 annotators arriving, the first second
         reached every connection, and its fetches waited 0.2-0.4 s. Preparing a statement does that
         work ahead (the prepared statement is dropped: what it warmed stays)."""
-        pool = self._pools.setdefault(asyncio.get_running_loop(), _LoopPool())
-        wanted = HOT_PATH_CONNECTIONS - len(pool.idle)
+        pool = self._pools.setdefault(asyncio.get_running_loop(), _LoopPool(self.max_connections))
+        wanted = self.max_connections - len(pool.idle)
         sqls = [(self._compiled.get(statement) or self._compile(statement)).sql for statement in prepare]
         opened = await asyncio.gather(*(self._connect(prepare=sqls) for _ in range(wanted)), return_exceptions=True)
         failed = [exc for exc in opened if isinstance(exc, BaseException)]
         pool.idle.extend(conn for conn in opened if not isinstance(conn, BaseException))
-        if failed:  # the database is not up yet: connections open on demand later, as without this
-            log.warning("opened %d of %d PostgreSQL connections ahead: %s", wanted - len(failed), wanted, failed[0])
+        return failed[0] if failed else None
 
     async def close(self) -> None:
         """Ends this event loop's pool, closing its connections (at shutdown)."""
@@ -221,9 +222,10 @@ async def _fetch(conn, compiled: Compiled, arguments: list) -> list:
 class _LoopPool:
     """One event loop's connections: the idle ones, and a bound on statements at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int) -> None:
         self.idle: deque = deque()
-        self.limit = asyncio.Semaphore(HOT_PATH_CONNECTIONS)
+        self.max_connections = max_connections
+        self.limit = asyncio.Semaphore(max_connections)
 
     def take(self):
         """An idle connection that is still open, or None. PostgreSQL closes them all when it restarts."""
@@ -234,7 +236,7 @@ class _LoopPool:
         return None
 
     def put_back(self, conn) -> None:
-        if not conn.is_in_transaction() and len(self.idle) < HOT_PATH_CONNECTIONS:
+        if not conn.is_in_transaction() and len(self.idle) < self.max_connections:
             self.idle.append(conn)
         else:
             conn.terminate()
@@ -264,16 +266,24 @@ class Database:
     state: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_url(cls, url: str) -> "Database":
-        engine = make_engine(url)
+    def from_url(cls, url: str, pool_size: int = _SETTINGS["db_pool_size"].default,
+                 max_overflow: int = _SETTINGS["db_max_overflow"].default,
+                 annotation_connections: int = _SETTINGS["db_annotation_connections"].default) -> "Database":
+        engine = make_engine(url, pool_size, max_overflow)
         write_engine = engine.execution_options(write=True)
         return cls(
             engine=engine,
             write_engine=write_engine,
             read=sessionmaker(engine, expire_on_commit=False),
             write_factory=sessionmaker(write_engine, expire_on_commit=False),
-            statements=None if url.startswith("sqlite") else AsyncStatements(engine),
+            statements=None if url.startswith("sqlite") else AsyncStatements(engine, annotation_connections),
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Database":
+        """The database of the settings, with their connection pool sizes."""
+        return cls.from_url(settings.resolved_database_url, settings.db_pool_size, settings.db_max_overflow,
+                            settings.db_annotation_connections)
 
     def dispose(self) -> None:
         """Closes every pooled connection (scripts and tests, when done with the database)."""

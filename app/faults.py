@@ -70,3 +70,40 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in _UNAVAILABLE_ERRNOS
     return any(m in str(exc).lower() for m in _UNAVAILABLE_MESSAGES)
+
+
+# PostgreSQL refusing a new connection because a limit is reached: max_connections ("sorry, too many
+# clients already"), or a database's or role's CONNECTION LIMIT. SQLSTATE 53300, which psycopg does
+# not carry on a failed connect: match the message.
+_TOO_MANY_CONNECTIONS = ("too many clients", "too many connections")
+
+
+def too_many_connections(exc: BaseException) -> bool:
+    """True when PostgreSQL refused a new connection because its connection limit is reached."""
+    return any(m in str(exc).lower() for m in _TOO_MANY_CONNECTIONS)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The app refuses to start: the database refuses connections or cannot be reached."""
+
+
+def described(exc: BaseException) -> str:
+    """The driver's message on one line (SQLAlchemy's wrapper adds its class and a link)."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split()) or type(exc).__name__
+
+
+def refused_start(exc: BaseException, connections_per_worker: int) -> DatabaseUnavailable:
+    """The startup error for an unavailable database: what happened, and what to do."""
+    if too_many_connections(exc):
+        hint = too_many_connections_hint(connections_per_worker)
+        return DatabaseUnavailable(f"refusing to start: {hint} ({described(exc)})")
+    return DatabaseUnavailable(f"refusing to start: the database is unavailable ({described(exc)}); "
+                               "check STORYLOOP_DATABASE_URL and that the database is up")
+
+
+def too_many_connections_hint(connections_per_worker: int) -> str:
+    """What an operator can do about it, for the log and startup errors."""
+    return (f"PostgreSQL refused a new connection: its connection limit is reached. Each web worker holds up to "
+            f"{connections_per_worker} connections (STORYLOOP_DB_ANNOTATION_CONNECTIONS + STORYLOOP_DB_POOL_SIZE + "
+            "STORYLOOP_DB_MAX_OVERFLOW); run fewer workers, lower those, or raise PostgreSQL's max_connections "
+            "(docs/operations.md, \"PostgreSQL connections\")")

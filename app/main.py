@@ -21,7 +21,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from app.config import Settings, checked_secret_key, get_settings
 from app.db import Database
 from app.deps import LoginRequired
-from app.faults import RETRY_AFTER_SECONDS, is_unavailable
+from app.faults import (
+    RETRY_AFTER_SECONDS, described, is_unavailable, refused_start, too_many_connections, too_many_connections_hint,
+)
 from app.headers import SecurityHeaders
 from app.migrate import check_schema_current
 from app.services import gold_serving, tasks, users
@@ -179,14 +181,24 @@ def _body_hint(request: Request, error: dict) -> str | None:
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
     secret_key = checked_secret_key(settings)  # refuses a missing, default or short key (outside dev mode)
-    database = database or Database.from_url(settings.resolved_database_url)
-    check_schema_current(database.engine)
+    database = database or Database.from_settings(settings)
+    try:
+        check_schema_current(database.engine)
+    except FAULT_TYPES as exc:
+        if not is_unavailable(exc):
+            raise
+        raise refused_start(exc, settings.db_connections_per_worker) from None  # the message says it all
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if database.statements is not None:
-            await database.statements.open_connections(
+            failure = await database.statements.open_connections(
                 prepare=[users.TOKEN_USER_MARKING_USE, *tasks.hot_statements_postgres()])
+            if failure is not None and too_many_connections(failure):
+                log.error("%s (%s)", too_many_connections_hint(settings.db_connections_per_worker), described(failure))
+            elif failure is not None:
+                log.warning("could not open the annotation path's PostgreSQL connections ahead; they open on demand: %s",
+                            described(failure))
         await _warm_up(_app, database)
         _tune_garbage_collector()
         with database.wal_checkpoints_in_background():
@@ -244,8 +256,12 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     async def unavailable(request: Request, exc: Exception):
         if not is_unavailable(exc):
             raise exc  # a bug: ServerErrorMiddleware answers 500 and logs the traceback
-        log.warning("%s %s: database or disk unavailable, answered 503: %s", request.method, request.url.path,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if too_many_connections(exc):
+            log.error("%s %s answered 503: %s", request.method, request.url.path,
+                      too_many_connections_hint(settings.db_connections_per_worker))
+        else:
+            log.warning("%s %s: database or disk unavailable, answered 503: %s", request.method, request.url.path,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         message = f"The service is briefly unavailable; try again in {RETRY_AFTER_SECONDS} seconds."
         if _wants_json(request):

@@ -22,8 +22,10 @@ its default worker count follows (one per core), e.g. 1 worker on "0" against 2 
 
 Each row: judgements/s, latency percentiles, connection errors (a request that failed on a fresh
 connection: reset, refused, closed before the answer) and 5xx answers, server CPU ms per judgement,
-the largest RSS of a server process (each worker), and whether the database holds exactly the
-acknowledged judgements (and no task over R, none twice to one person).
+the largest RSS of a server process (each worker), whether the database holds exactly the
+acknowledged judgements (and no task over R, none twice to one person), and on PostgreSQL the
+server's connections to it once started and at most during the run (pg_stat_activity, sampled every
+0.2 s; the pools' sizes are STORYLOOP_DB_* settings, passed on from the environment).
 
 Without --think every annotator submits as soon as the server answers: the most load, and latency
 is then annotators / throughput. --think gives each annotator a reading pause before each submission.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -51,6 +54,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -62,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 from app.cli import default_workers  # noqa: E402
 from app.db import Database  # noqa: E402
@@ -162,6 +167,37 @@ def stored_judgement_ids(url: str) -> tuple[set[int], dict]:
             .having(func.count() > 1).subquery()))
     engine.dispose()
     return ids, {"tasks_over_R": over, "done_count_mismatch": int(counted != done), "task_user_twice": doubled}
+
+
+class ConnectionCounter:
+    """PostgreSQL: the connections to the benchmark's database (pg_stat_activity, less this counter's
+    own), now and at most while sampling in a thread: what the server's pools hold at start and under load."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url, poolclass=NullPool)
+        self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def now(self) -> int:
+        return self.conn.scalar(text("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> "ConnectionCounter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.engine.dispose()
 
 
 # ---------------------------------------------------------------- the server
@@ -470,7 +506,7 @@ def print_rows(rows: list[dict]) -> None:
     in the same setting (annotators, think time) and database run right after it."""
     header = (f"{'db':<12} {'ann':>4} {'think':>5} {'wrk':>3} {'judg/s':>7} {'x potato':>8} {'fetch p50/p95/p99 ms':>22} "
               f"{'submit p50/p95/p99 ms':>22} {'conn err':>8} {'5xx':>4} {'exact':>5} {'stored/ack':>11} "
-              f"{'srv cpu ms/j':>12} {'rss MB/wrk':>10} {'load':>5}")
+              f"{'srv cpu ms/j':>12} {'rss MB/wrk':>10} {'load':>5} {'pg conns start/peak':>19}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -481,7 +517,13 @@ def print_rows(rows: list[dict]) -> None:
               f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
               f"{r['connection_errors']:>8} {r['server_errors']:>4} {'yes' if row_is_exact(r) else 'NO':>5} "
               f"{r['stored']:>5}/{r['judgements']:<5} {r['server_cpu_ms_per_judgement']:>12.1f} "
-              f"{r['rss_mb_per_worker']:>10.0f} {r['load_average']:>5.1f}")
+              f"{r['rss_mb_per_worker']:>10.0f} {r['load_average']:>5.1f} {_connections(r):>19}")
+
+
+def _connections(row: dict) -> str:
+    if row.get("db_connections_at_start") is None:
+        return ""
+    return f"{row['db_connections_at_start']}/{row['db_connections_peak']}"
 
 
 def print_minutes(rows: list[dict]) -> None:
@@ -523,6 +565,8 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
         port = free_port()
         server = start_server(url, args.workers, port, workdir, args.server_cpus)
         profiler = None
+        counter = ConnectionCounter(url) if kind == "postgresql" else None
+        connections = {"db_connections_at_start": counter.now() if counter else None, "db_connections_peak": None}
         try:
             if args.profile:
                 profiler = subprocess.Popen(
@@ -532,8 +576,11 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
                      "--format", "raw", "-o", f"{args.profile}-{kind}-{n}.folded"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
-            results, elapsed = asyncio.run(run_load(port, tokens, seconds, args.client, args.retry_rate,
-                                                    args.chain, args.think))
+            with counter or contextlib.nullcontext():
+                results, elapsed = asyncio.run(run_load(port, tokens, seconds, args.client, args.retry_rate,
+                                                        args.chain, args.think))
+            if counter:
+                connections["db_connections_peak"] = counter.peak
             cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
             rss_mb = largest_rss_mb(server.pid)
             if profiler is not None:
@@ -543,13 +590,16 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
                     profiler.kill()
         finally:
             stop_server(server)
+            if counter:
+                counter.close()
         stored, integrity = stored_judgement_ids(url)
     finally:
         drop()
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     workers = args.workers or (len(parse_cpus(args.server_cpus)) if args.server_cpus else default_workers())
     setting = {"db": kind, "annotators": n, "workers": workers, "server_cpus": args.server_cpus or "any", "think_s": args.think, "chain": args.chain}
-    return result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity)
+    return {**result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity),
+            **connections}
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def main() -> None:
         settings = Settings(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}", data_dir=Path(tmp),
                             secret_key="screenshots-" + "x" * 32, lease_seconds=3600)
         upgrade_to_head(settings.resolved_database_url)
-        database = Database.from_url(settings.resolved_database_url)
+        database = Database.from_settings(settings)
         seed(database)
         with LiveServer(create_app(settings, database)) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

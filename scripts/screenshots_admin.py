@@ -38,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{Path(tmp) / 'demo.db'}", data_dir=Path(tmp), secret_key="screenshots-" + "x" * 32)
         upgrade_to_head(settings.resolved_database_url)
-        database = Database.from_url(settings.resolved_database_url)
+        database = Database.from_settings(settings)
         seed_demo(database, settings, admin_password=ADMIN_PASSWORD)
         app = create_app(settings, database)
         with TestClient(app) as client:

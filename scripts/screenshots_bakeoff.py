@@ -56,7 +56,7 @@ def main() -> None:
         settings = Settings(database_url=f"sqlite:///{tmp / 'demo.db'}", data_dir=tmp / "data",
                             secret_key="screenshots-" + "x" * 32, annotations_per_tuple=1)
         upgrade_to_head(settings.resolved_database_url)
-        database = Database.from_url(settings.resolved_database_url)
+        database = Database.from_settings(settings)
         with database.write() as db:
             users.create_user(db, "admin", ADMIN_PASSWORD, "admin")
         seed_bws_batch(database, prompts=3, per_prompt=6, required=2)

@@ -145,7 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/shots.db", data_dir=Path(tmp) / "data", secret_key="screenshots-" + "x" * 32)
         upgrade_to_head(settings.resolved_database_url)
-        database = Database.from_url(settings.resolved_database_url)
+        database = Database.from_settings(settings)
         campaign_id = seed(database)
         with LiveServer(create_app(settings, database)) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

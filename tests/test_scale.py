@@ -14,7 +14,6 @@ from sqlalchemy import event, func, select, text, update
 from typer.testing import CliRunner
 
 from app import cli as cli_module
-from app.db import HOT_PATH_CONNECTIONS
 from app.models import ApiToken, Assignment, BwsJudgement, Task, TaskItem, User, utcnow
 from app.services import gold_serving, tasks, users
 from app.services.item_handles import ItemHandles
@@ -273,8 +272,8 @@ def test_a_worker_opens_its_postgresql_connections_before_serving(app, database)
 
     before = backends()
     with TestClient(app):
-        assert backends() - before >= HOT_PATH_CONNECTIONS
-    assert backends() - before < HOT_PATH_CONNECTIONS  # closed at shutdown
+        assert backends() - before >= database.statements.max_connections
+    assert backends() - before < database.statements.max_connections  # closed at shutdown
 
 
 def test_a_worker_prepares_the_annotation_path_on_its_connections_before_serving(app, database, statements, monkeypatch):
@@ -292,7 +291,7 @@ def test_a_worker_prepares_the_annotation_path_on_its_connections_before_serving
 
     async def asked_to_prepare(prepare=()):
         asked.extend(prepare)
-        await open_connections(prepare=prepare)
+        return await open_connections(prepare=prepare)
 
     async def preparing(conn, query, **kwargs):
         prepared.append(query)
@@ -304,7 +303,7 @@ def test_a_worker_prepares_the_annotation_path_on_its_connections_before_serving
     seed_rating_batch(database, required=1)
     make_user(database, "ann")
     with TestClient(app) as client:
-        assert asked and len(prepared) == HOT_PATH_CONNECTIONS * len(asked)  # each one on each connection
+        assert asked and len(prepared) == database.statements.max_connections * len(asked)  # each one on each connection
         headers = token_headers(client, "ann")
         statements.clear()
         kinds = []
