@@ -37,6 +37,7 @@ def tiny_trainer_env(base: Path) -> dict[str, str]:
     return {
         "STORYLOOP_TRAINER_BASE_POLICY": str(base),
         "STORYLOOP_TRAINER_POLICY_TRAINING": "lora",  # versions as adapters: the path pretrained bases take
+        "STORYLOOP_TRAINER_REWARD__BACKBONE": "",  # the reward model on the tiny base's own network
         "STORYLOOP_TRAINER_PPO_STEPS": "3",
         "STORYLOOP_TRAINER_PPO__BATCH_SIZE": "8",
         "STORYLOOP_TRAINER_PPO__MINI_BATCH_SIZE": "4",
