@@ -41,6 +41,7 @@ from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # base_quality's reader measures
 
 from app.db import Database  # noqa: E402
 from app.models import BwsJudgement, Continuation, ModelVersion, Prompt, Task, TaskItem, TrainingLog, TrainingRound  # noqa: E402
@@ -178,10 +179,60 @@ def version_report(db, score, base_id: int) -> list[dict]:
             "preference": mean, "ci95": [low, high],
             "vs_base_diff": test and test["mean_difference"], "vs_base_p": test and test["p_value"],
             "distinct_2": auto.get("distinct_2"), "mean_length": auto.get("mean_length"),
+            "length_p10_p50_p90": [auto.get(f"length_p{q}") for q in (10, 50, 90)],
             "eos_rate": auto.get("eos_rate"), "kl_to_reference": auto.get("kl_to_reference"),
             "perplexity_under_base": auto.get("perplexity"), "copy_similarity": auto.get("copy_similarity"),
         })
     return report
+
+
+def reader_report(database: Database, data_dir: Path, score) -> tuple[dict[int, dict], dict[int, dict]]:
+    """What a reader would see, per version: on-topic (story-prompt similarity under MiniLM) and
+    grammaticality (link grammar), as benchmarks/base_quality.py measures them; and per reward model, how
+    it ranks the six hand-written demo writers against the preference (Spearman over the writers' means).
+    Returns ({version id: measures}, {reward version id: ranking})."""
+    from scipy.stats import spearmanr
+
+    from app.services.story_text import completion_text
+    from base_quality import GrammarUnavailable, link_grammar_verdicts, reader_measures
+    from trainer import model_store
+    from trainer.ppo import score_sequences
+    from trainer.pretrained import SentenceEncoder
+
+    grammar_python: str | None = "/usr/bin/python3"
+    try:
+        link_grammar_verdicts(["The cat sat on the mat."], grammar_python)
+    except GrammarUnavailable as e:
+        print(f"no grammaticality figure: {e}", file=sys.stderr)
+        grammar_python = None
+    encoder = SentenceEncoder()
+    with database.read() as db:
+        prompts = dict(db.execute(select(Prompt.id, Prompt.text).where(Prompt.is_active).order_by(Prompt.id)).all())
+        index = {pid: i for i, pid in enumerate(prompts)}
+        versions = db.scalars(select(ModelVersion).where(ModelVersion.kind.in_(("policy", "source")))
+                              .order_by(ModelVersion.id)).all()
+        stories = {v.id: [(pid, completion_text(t)) for pid, t in db.execute(
+            select(Continuation.prompt_id, Continuation.text).where(Continuation.model_version_id == v.id))
+            if pid in index] for v in versions}
+        sources = {v.id: v.name for v in versions if v.kind == "source"}
+        rewards = [r.id for r in db.scalars(select(ModelVersion).where(ModelVersion.kind == "reward")
+                                            .order_by(ModelVersion.id))]
+    readers = {vid: reader_measures(list(prompts.values()), [{"prompt": index[pid], "text": t} for pid, t in rows],
+                                    encoder, grammar_python) for vid, rows in stories.items() if rows}
+    written = [(sources[vid], prompts[pid], t) for vid in sources for pid, t in stories[vid]]
+    true_mean = {w: sum(score(t) for n, _, t in written if n == w) / sum(n == w for n, _, _ in written)
+                 for w in sources.values()}
+    rankings = {}
+    for rid in rewards:
+        _, model, tokenizer = model_store.load_version(database, data_dir / "models", rid)
+        scores = score_sequences(model, tokenizer, [p for _, p, _ in written], [t for *_, t in written]).tolist()
+        rm_mean = {w: sum(s for (n, _, _), s in zip(written, scores) if n == w) / sum(n == w for n, _, _ in written)
+                   for w in sources.values()}
+        rankings[rid] = {"spearman": float(spearmanr([true_mean[w] for w in true_mean],
+                                                     [rm_mean[w] for w in true_mean]).statistic),
+                         "writers_by_reward_model": sorted(rm_mean, key=rm_mean.get, reverse=True),
+                         "writers_by_preference": sorted(true_mean, key=true_mean.get, reverse=True)}
+    return readers, rankings
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -201,7 +252,11 @@ def main() -> None:
     parser.add_argument("--round-timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the trainer and app")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report on the finished campaign in --data-dir")
     args = parser.parse_args()
+    if args.report_only and args.data_dir is None:
+        parser.error("--report-only needs --data-dir")
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="storyloop-loop-"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -214,32 +269,35 @@ def main() -> None:
     print(f"data folder: {data_dir}; preference {args.preference!r}, noise {args.noise}; "
           f"{args.rounds} rounds x {args.judgements} judgements", flush=True)
 
-    campaign = Campaign(data_dir, free_port(), env)
     score = preference_score(args.preference)
     triggers, eta_ratios, started = [], {}, time.monotonic()
-    try:
-        print("round 0: the base policy writes its stories ...", flush=True)
-        campaign.wait_round_done(0, args.round_timeout)
-        for i in range(1, args.rounds + 1):
-            done = campaign.rounds_done()
-            config = SimulationConfig(annotators=args.annotators, judgements=args.judgements,
-                                      preference=args.preference, noise=args.noise, seed=i, username_prefix=f"sim{i}-")
-            result = run_simulation(campaign.url, "admin", campaign.admin_password, config)
-            print(f"  {result.judgements} judgements in", flush=True)
-            try:
-                wait_for(lambda: True if campaign.status()["current"] or campaign.rounds_done() > done else None,
-                         60, "the trainer to start a round by itself", every=2.0)
-                triggers.append("auto")
-            except TimeoutError:
-                campaign.client.post("/api/v1/admin/training/rounds", headers=campaign.admin).raise_for_status()
-                triggers.append("admin (the automatic trigger did not fire within 60 s)")
-            print(f"round {i}: training ({triggers[-1]}) ...", flush=True)
-            eta_ratios[i] = campaign.wait_round_done(done, args.round_timeout)
-    finally:
-        campaign.stop()
+    if not args.report_only:
+        campaign = Campaign(data_dir, free_port(), env)
+        try:
+            print("round 0: the base policy writes its stories ...", flush=True)
+            campaign.wait_round_done(0, args.round_timeout)
+            for i in range(1, args.rounds + 1):
+                done = campaign.rounds_done()
+                config = SimulationConfig(annotators=args.annotators, judgements=args.judgements,
+                                          preference=args.preference, noise=args.noise, seed=i, username_prefix=f"sim{i}-")
+                result = run_simulation(campaign.url, "admin", campaign.admin_password, config)
+                print(f"  {result.judgements} judgements in", flush=True)
+                try:
+                    wait_for(lambda: True if campaign.status()["current"] or campaign.rounds_done() > done else None,
+                             60, "the trainer to start a round by itself", every=2.0)
+                    triggers.append("auto")
+                except TimeoutError:
+                    campaign.client.post("/api/v1/admin/training/rounds", headers=campaign.admin).raise_for_status()
+                    triggers.append("admin (the automatic trigger did not fire within 60 s)")
+                print(f"round {i}: training ({triggers[-1]}) ...", flush=True)
+                eta_ratios[i] = campaign.wait_round_done(done, args.round_timeout)
+        finally:
+            campaign.stop()
     total = time.monotonic() - started
+    database = Database.from_url(f"sqlite:///{data_dir / 'storyloop.db'}")
+    readers, rankings = reader_report(database, data_dir, score)
 
-    with campaign.database.read() as db:
+    with database.read() as db:
         rounds = round_rows(db)
         base_id = rounds[0].policy_version_id
         active = db.scalar(select(func.count()).select_from(Prompt).where(Prompt.is_active))
@@ -269,11 +327,15 @@ def main() -> None:
                 "reward_train_pairs": reward.metrics.get("train_pairs"),
                 "seconds": (r.finished_at - r.started_at).total_seconds(), "phases": timings,
                 "ppo_mean": ppo,  # PPO's own logged figures, averaged over the round's steps
+                "reward_writers": rankings.get(r.reward_version_id),
+                "policy_compute": db.get(ModelVersion, r.policy_version_id).metrics.get("compute"),
             })
         round0 = rounds[0]
         r0_timings = {t.metrics["phase"]: t.metrics["seconds"] for t in db.scalars(
             select(TrainingLog).where(TrainingLog.round_id == round0.id, TrainingLog.phase == "timing"))}
         versions = version_report(db, score, base_id)
+        for v in versions:
+            v["reader"] = readers.get(v["id"], {})
         samples = {}
         first_prompts = list(db.scalars(select(Prompt.id).where(Prompt.is_active).order_by(Prompt.id).limit(3)))
         newest_id = rounds[-1].policy_version_id
@@ -293,6 +355,14 @@ def main() -> None:
               f"{fmt(v['vs_base_diff'], '+.3f'):>9}{fmt(v['vs_base_p'], '.2g'):>9}{fmt(v['distinct_2']):>8}"
               f"{fmt(v['mean_length'], '.1f'):>7}{fmt(v['eos_rate'], '.2f'):>6}{fmt(v['kl_to_reference'], '.2f'):>8}"
               f"{fmt(v['perplexity_under_base'], '.0f'):>8}{fmt(v['copy_similarity'], '.2f'):>6}")
+    print("\n== what a reader sees (benchmarks/base_quality.py's measures; words p10/p50/p90 by the trainer's count) ==")
+    print(f"{'version':<22}{'on-topic':>9}{'other':>7}{'gram. sent.':>12}{'all gram.':>10}{'story talk':>11}"
+          f"{'words p10/p50/p90':>19}")
+    for v in versions:
+        rd = v["reader"]
+        print(f"{v['version']:<22}{fmt(rd.get('prompt_similarity'), '.3f'):>9}{fmt(rd.get('other_prompt_similarity'), '.3f'):>7}"
+              f"{fmt(rd.get('grammatical_sentences'), '.2f'):>12}{fmt(rd.get('stories_all_grammatical'), '.2f'):>10}"
+              f"{fmt(rd.get('story_talk'), '.2f'):>11}{'/'.join(fmt(x, '.0f') for x in v['length_p10_p50_p90']):>19}")
     print("\n== rounds ==")
     print(f"round 0 (base, id {round0.id}): {(round0.finished_at - round0.started_at).total_seconds():.0f} s; phases "
           + ", ".join(f"{k} {v:.0f} s" for k, v in r0_timings.items()))
@@ -308,12 +378,20 @@ def main() -> None:
               f"prompts judged, spread before a 3rd judgement: {r['spread_before_third']}; reward held-out accuracy "
               f"{fmt(r['reward_held_out_accuracy'], '.2f')} ({r['reward_train_pairs']} train pairs); trigger {trigger}; "
               f"{r['seconds']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["phases"].items()))
+        if r["reward_writers"]:
+            w = r["reward_writers"]
+            print(f"  reward model's ranking of the 6 demo writers: Spearman {w['spearman']:.2f} with the preference "
+                  f"({', '.join(w['writers_by_reward_model'])}; preference: {', '.join(w['writers_by_preference'])})")
+        if r["policy_compute"]:
+            c = r["policy_compute"]
+            print(f"  policy update: {c['seconds']:.0f} s, peak memory {c['peak_memory_mb']:.0f} MB on {c['device']}")
         if r["ppo_mean"]:
             print(f"  PPO, mean over the round's steps: " + ", ".join(f"{k} {v:.4g}" for k, v in r["ppo_mean"].items()))
     if len(per_round) >= 3:
         print(f"round {per_round[2]['round']} / round {per_round[1]['round']} time: "
               f"{per_round[2]['seconds'] / per_round[1]['seconds']:.2f}")
-    print(f"\nwhole campaign: {total / 60:.1f} min")
+    if not args.report_only:
+        print(f"\nwhole campaign: {total / 60:.1f} min")
     print("\n== samples (first story of each, unedited) ==")
     for prompt, pair in samples.items():
         print(f"PROMPT: {prompt}\n  base:   {pair['base']}\n  newest: {pair['newest']}")

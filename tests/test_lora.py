@@ -68,12 +68,20 @@ def test_the_reference_is_the_base_with_the_adapter_off(tiny_setup):
     assert 0 < trainable < 0.25 * sum(p.numel() for p in lm.parameters())
 
 
-def test_ppo_learns_through_the_adapter_alone(tiny_setup):
+@pytest.mark.parametrize("values", ["reward model copy", "head on the policy"])
+def test_ppo_learns_through_the_adapter_alone(tiny_setup, values, monkeypatch):
+    """Both value models: a copy of the reward model (one vocabulary) and the head on the policy's own hidden
+    states that PPO uses when the reward model reads other tokens (the default SmolLM2 + MiniLM pair)."""
+    from trainer import ppo
+
     tok, lm, rm = tiny_setup
+    if values == "head on the policy":
+        monkeypatch.setattr(ppo, "default_value_model", lambda *args: None)
     before = marker_rate(lm, tok)
     policy = new_adapter(copy.deepcopy(lm), LORA)
     trainer = PPOTrainer(PPOConfig(learning_rate=3e-4, batch_size=32, mini_batch_size=8, max_new_tokens=16,
                                    init_kl_coef=0.1), policy, tok, rm, ref_policy=AdapterOff(policy))
+    assert (trainer.accelerator.unwrap_model(trainer.model).value_model is None) == (values == "head on the policy")
     rng = random.Random(0)
     history = [trainer.step([rng.choice(PROMPTS) for _ in range(32)]) for _ in range(15)]
     after = marker_rate(policy, tok)
