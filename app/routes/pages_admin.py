@@ -356,56 +356,66 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
 
 def _training_charts(page: training.TrainerPage) -> dict[str, Any]:
     """First paint of the trainer page's charts (static/js/trainer_status.js redraws them as data arrives):
-    one small chart per metric series of the shown round (single values listed instead), KL per round."""
-    small, values = [], []
+    one small chart per metric series of the shown round (single values listed instead), under a heading per
+    part of the round (reward model, policy update, ...), KL per round."""
+    groups: dict[str, list] = {}
+    values = []
     for s in page.round_metrics.series if page.round_metrics else []:
         if len(s.points) < 2:
             values.append(s)
             continue
-        small.append(charts.line_chart([charts.Series(s.metric, [(float(x), y) for x, y in s.points])],
-                                       title=f"{s.phase}: {s.metric}", x_label="step", y_label=s.metric,
-                                       width=440, height=190))
+        groups.setdefault(s.group, []).append(charts.line_chart(
+            [charts.Series(s.label, [(float(x), y) for x, y in s.points])],
+            title=f"{s.group}: {s.label}", x_label="step", y_label=s.label, width=440, height=190))
     kl = charts.line_chart(
         [charts.Series("KL to the base reference", [(float(k.round_number), k.kl_to_reference) for k in page.kl_per_round])],
         title="KL of each round's policy to the base reference", x_label="training round",
         y_label="KL (nats per story)", height=220, empty="no round has a KL to the reference yet")
-    return {"small_charts": small, "single_values": values, "kl_chart": kl}
+    return {"chart_groups": list(groups.items()), "single_values": values, "kl_chart": kl}
 
 
 @router.get("/training")
-def training_page(request: Request, user: PageAdmin, database: DatabaseDep):
-    page = training.trainer_page(database)
+def training_page(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep):
+    page = training.trainer_page(database, min_new_judgements=settings.trainer_min_new_judgements)
     return _render(request, user, "admin/training.html", {
         "status": page, "version_warnings": page.warnings, "phases": training.PHASES,
         "round_algorithms": training.ROUND_ALGORITHMS, **_training_charts(page)})
 
 
 @router.get("/training/status.json")
-def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.TrainerPage:
+def training_status_json(user: PageAdmin, database: DatabaseDep, settings: SettingsDep) -> training.TrainerPage:
     """The trainer page's data for its polling with the session cookie: the API's status plus the shown
     round's metric series, KL to the reference per round and the version warnings."""
-    return training.trainer_page(database)
+    return training.trainer_page(database, min_new_judgements=settings.trainer_min_new_judgements)
+
+
+def _queued_message(queued: training.RoundView, message: str) -> str:
+    return f"{message} Warning: {queued.warning}" if queued.warning else message
 
 
 @router.post("/training/rounds", dependencies=[Csrf])
-def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep,
+def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
                            algorithm: Annotated[str, Form(max_length=32)] = ""):
     try:
-        queued = training.request_round(database, trigger="admin", algorithm=algorithm or None)
-        _flash(request, f"Round {queued.number} queued ({queued.algorithm or 'the trainer’s default algorithm'}); "
-                        "the trainer starts it at its next poll.")
+        queued = training.request_round(database, trigger="admin", algorithm=algorithm or None,
+                                        min_new_judgements=settings.trainer_min_new_judgements)
+        algorithm_named = queued.algorithm or "the trainer’s default algorithm"
+        _flash(request, _queued_message(queued, f"Round {queued.number} queued ({algorithm_named}); "
+                                                "the trainer starts it at its next poll."))
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")
 
 
 @router.post("/training/bakeoff", dependencies=[Csrf])
-def training_request_bakeoff(request: Request, user: PageAdmin, database: DatabaseDep,
+def training_request_bakeoff(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
                              algorithms: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
                              required: Annotated[int, Form(ge=1, le=100)] = 2):
     try:
-        queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required)
-        _flash(request, f"Bake-off round {queued.number} ({', '.join(algorithms)}) queued; the trainer starts it at its next poll.")
+        queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required,
+                                        min_new_judgements=settings.trainer_min_new_judgements)
+        _flash(request, _queued_message(queued, f"Bake-off round {queued.number} ({', '.join(algorithms)}) queued; "
+                                                "the trainer starts it at its next poll."))
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")
