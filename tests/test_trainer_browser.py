@@ -14,13 +14,19 @@ from tests.test_training_admin import seed_rounds
 pytestmark = pytest.mark.browser
 
 
-def test_trainer_page_updates_without_reload(page, live):  # noqa: F811 (fixtures)
+def _open_trainer_page(page, live):
+    """Seeded rounds (tests.test_training_admin.seed_rounds), an admin on the trainer page after its first poll."""
     server, database = live
     ids = seed_rounds(database)
     make_user(database, "boss", "admin")
     _login_with_keyboard(page, "boss")
     page.goto("/admin/training")
     page.wait_for_function("() => document.querySelector('#trainer-updated').textContent.startsWith('Updated')")
+    return database, ids
+
+
+def test_trainer_page_updates_without_reload(page, live):  # noqa: F811 (fixtures)
+    database, ids = _open_trainer_page(page, live)
     assert "step 10 of 40" in page.locator("#trainer-round").inner_text()
     assert page.locator("#round-charts svg").count() == 2
     round3 = f'#rounds tbody tr[data-round="{ids["round3"]}"]'
@@ -54,12 +60,7 @@ def test_trainer_page_updates_without_reload(page, live):  # noqa: F811 (fixture
 def test_trainer_page_script_labels_ticks_groups_failures_and_times_in_utc(page, live):  # noqa: F811 (fixtures)
     """What trainer_status.js draws: distinct y-tick labels for a KL coefficient that barely moves, charts under
     a heading per part of the round, a failed newest round at the top, linked names in the history, UTC 24 h."""
-    server, database = live
-    ids = seed_rounds(database)
-    make_user(database, "boss", "admin")
-    _login_with_keyboard(page, "boss")
-    page.goto("/admin/training")
-    page.wait_for_function("() => document.querySelector('#trainer-updated').textContent.startsWith('Updated')")
+    database, ids = _open_trainer_page(page, live)
     assert re.fullmatch(r"Updated \d\d:\d\d:\d\d UTC · refreshes every 3 s while this tab is visible\.",
                         page.locator("#trainer-updated").inner_text())
     assert page.locator(f'#rounds tbody tr[data-round="{ids["round1"]}"] a[href="/admin/models#version-{ids["r1"]}"]'
