@@ -16,6 +16,7 @@ from app.services import charts, crowd, exports, gold, imports, stats, tasks, tr
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 from app.validation import BoundedText, DbId, DbInt, IdList, parse_db_int, parse_id_list
+from app.words import plural
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -68,7 +69,7 @@ def bar_chart(per_hour: list[stats.HourCount], width: int = 640, height: int = 2
             "y": round(top + plot_h - bar_h, 1), "h": round(bar_h, 1),
             "bws_h": round(plot_h * h.bws / y_max, 1),
             "label": h.hour.strftime("%H"), "show_label": i % 3 == 0 or i == len(per_hour) - 1,
-            "lx": round(left + i * slot + slot / 2, 1), "title": f"{h.hour:%Y-%m-%d %H}:00 UTC: {h.bws} BWS, {h.ratings} ratings",
+            "lx": round(left + i * slot + slot / 2, 1), "title": f"{h.hour:%Y-%m-%d %H}:00 UTC: {h.bws} BWS, {plural(h.ratings, 'rating')}",
             "hour": h,
         })
     values = sorted({0, y_max // 2, y_max}) if y_max % 2 == 0 else [0, y_max]
@@ -127,7 +128,11 @@ def import_upload(request: Request, user: PageAdmin, database: DatabaseDep,
         _flash(request, f"{name}: {exc.message}", "bad", errors=_error_details(exc.details),
                more_errors=max(len(exc.details) - FLASH_ERRORS, 0))
         return _back("/admin/import")
-    _flash(request, f"Imported {name}.", "ok", summary=summary.model_dump())
+    next_step = None
+    if summary.continuations_created:  # imported stories reach annotators only through a batch
+        next_step = {"text": "Annotators see the new stories only once a batch holds them:",
+                     "link": "build a batch", "href": "/admin/batches"}
+    _flash(request, f"Imported {name}.", "ok", summary=summary.model_dump(), next_step=next_step)
     return _back("/admin/import")
 
 
@@ -175,7 +180,7 @@ def build_bws(
             batch = tasks.build_bws_batch(db, name, by_prompt, seed=seed, required=required,
                                           k=settings.tuple_size, factor=settings.design_factor)
             batch_id, prompts = batch.id, batch.design.get("prompts", 0)
-        _flash(request, f"Built BWS batch #{batch_id} “{name}” over {prompts} prompts (seed {seed}, R = {required}).")
+        _flash(request, f"Built BWS batch #{batch_id} “{name}” over {plural(prompts, 'prompt')} (seed {seed}, R = {required}).")
     except ServiceError as exc:
         _flash(request, f"No batch built: {exc.message}", "bad")
     return _back("/admin/batches")
@@ -199,7 +204,7 @@ def build_rating(
         ids = [c for _, cs in sorted(by_prompt.items()) for c in cs]
         with database.write() as db:
             batch_id = tasks.build_rating_batch(db, name, ids, required=required).id
-        _flash(request, f"Built rating batch #{batch_id} “{name}” with {len(ids)} continuations (R = {required}).")
+        _flash(request, f"Built rating batch #{batch_id} “{name}” with {plural(len(ids), 'continuation')} (R = {required}).")
     except ServiceError as exc:
         _flash(request, f"No batch built: {exc.message}", "bad")
     return _back("/admin/batches")
@@ -426,7 +431,8 @@ def training_request_bakeoff(request: Request, user: PageAdmin, database: Databa
 
 @router.get("/gold")
 def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
-              task_id: Annotated[DbId | None, Query()] = None, batch_id: Annotated[DbId | None, Query()] = None):
+              task_id: Annotated[DbId | None, Query()] = None, batch_id: Annotated[DbId | None, Query()] = None,
+              offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
     report = gold.annotator_report(database)
     with database.read() as db:
         items = gold.list_items(db)
@@ -436,7 +442,7 @@ def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
                 marking = gold.task_for_marking(db, task_id)
             except ServiceError as exc:
                 request.session["flash"] = {"message": exc.message, "kind": "bad"}
-        candidates = gold.batch_tasks(db, batch_id) if batch_id is not None else []
+        candidates = gold.batch_tasks(db, batch_id, offset=offset) if batch_id is not None else None
         batches = stats.batch_progress(db)
     return _render(request, user, "admin/gold.html", {
         "report": report, "items": items, "marking": marking, "dimensions": RATING_DIMENSIONS,
