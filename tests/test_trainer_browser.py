@@ -69,7 +69,7 @@ def test_trainer_page_script_labels_ticks_groups_failures_and_times_in_utc(page,
     with database.write() as db:  # new rows: the script redraws the charts itself
         for step in range(11, 21):
             db.add(TrainingLog(round_id=ids["round3"], phase="ppo", step=step,
-                               metrics={"kl_coef": 0.05 + 0.00003 * (step - 11)}))
+                               metrics={"kl_coef": 0.05 + 4e-7 * (step - 11)}))  # 0.05 to 0.0500036
     page.wait_for_function("() => document.querySelector('#round-metrics').dataset.rows === '21'")
     assert page.locator("#round-charts h3.chart-group").all_inner_texts() == ["Policy update (PPO)"]
     chart = page.locator("#round-charts svg", has=page.locator("title", has_text="KL coefficient β"))
