@@ -182,3 +182,10 @@ def test_tick_labels_of_a_small_range_are_distinct():
                             title="KL coefficient", x_label="step", y_label="β")
     y_labels = re.findall(r'text-anchor="end" font-size="11" fill="#555">([^<]+)<', str(svg))
     assert len(y_labels) >= 3 and len(set(y_labels)) == len(y_labels)
+
+
+def test_the_few_judgements_warning_reads_well_at_none_and_one():
+    assert training.few_judgements_warning(30, 30) is None and training.few_judgements_warning(31, 30, done=True) is None
+    assert training.few_judgements_warning(0, 30).startswith("No new judgements since the last finished round (fewer than 30)")
+    assert training.few_judgements_warning(1, 30).startswith("Only 1 new judgement since")
+    assert training.few_judgements_warning(0, 30, done=True).startswith("Trained on no new judgements (fewer than 30)")

@@ -290,11 +290,12 @@ def few_judgements_warning(new: int, threshold: int, done: bool = False) -> str 
     """The warning for a round on `new` new judgements, before it runs (done=False) or after; None when enough."""
     if new >= threshold:
         return None
-    counted = plural(new, "new judgement")
     if done:
-        return (f"Trained on only {counted} (fewer than {threshold}): its reward model learned little that is "
+        counted = f"only {plural(new, 'new judgement')}" if new else "no new judgements"
+        return (f"Trained on {counted} (fewer than {threshold}): its reward model learned little that is "
                 "new and may score no better than chance; let annotators judge this round's stories before the next.")
-    return (f"Only {counted} since the last finished round (fewer than {threshold}): a round now trains its "
+    counted = f"Only {plural(new, 'new judgement')}" if new else "No new judgements"
+    return (f"{counted} since the last finished round (fewer than {threshold}): a round now trains its "
             "reward model on little that is new, which may score no better than chance. Waiting for more is better.")
 
 
