@@ -26,6 +26,7 @@ from app.demo_data import SOURCES, demo_prompts
 from app.models import Batch, Continuation, ModelVersion, Prompt, Task, User
 from app.services import tasks as task_service
 from app.services import users as user_service
+from app.words import plural
 
 DEMO_ACCOUNTS: tuple[tuple[str, str], ...] = (
     ("admin", "admin"),
@@ -63,11 +64,10 @@ class DemoInfo:
 
     def summary(self) -> str:
         """What is in the database (counted there, not assumed) and which accounts were made or kept."""
-        lines = [
-            ("Demo data created: " if self.created else "Demo data already present (nothing changed): ")
-            + f"{self.prompts} prompts, {self.continuations} continuations, {self.bws_tuples} best-worst "
-            f"tuples, {self.rating_tasks} rating tasks."
-        ]
+        counts = (f"{plural(self.prompts, 'prompt')}, {plural(self.continuations, 'continuation')}, "
+                  f"{plural(self.bws_tuples, 'best-worst tuple')}, {plural(self.rating_tasks, 'rating task')}.")
+        lines = [("Demo data created: " if self.created
+                  else "Demo data already present (nothing changed); the database holds ") + counts]
         lines.extend(f"  {username} password: {password}" for username, password in self.new_accounts.items())
         if self.existing_users:
             lines.append(f"  existing accounts kept, passwords unchanged: {', '.join(self.existing_users)}")
@@ -132,10 +132,21 @@ def _demo_counts(db: Session) -> dict[str, int]:
             "rating_tasks": db.scalar(tasks("rating", RATING_BATCH_NAME)) or 0}
 
 
+def _database_counts(db: Session) -> dict[str, int]:
+    """Everything the database holds now: the demo's rows plus what the trainer and admins added since."""
+    def tasks(kind: str):
+        return select(func.count()).select_from(Task).where(Task.kind == kind)
+
+    return {"prompts": db.scalar(select(func.count()).select_from(Prompt)) or 0,
+            "continuations": db.scalar(select(func.count()).select_from(Continuation)) or 0,
+            "bws_tuples": db.scalar(tasks("bws")) or 0, "rating_tasks": db.scalar(tasks("rating")) or 0}
+
+
 def _existing_info(database: Database) -> DemoInfo:
+    """A later run changes nothing and reports the database as it is (the trainer's stories and tuples included)."""
     with database.read() as db:
         existing = list(db.scalars(select(User.username).where(User.username.in_([u for u, _ in DEMO_ACCOUNTS]))))
-        return DemoInfo(created=False, admin_password=None, existing_users=sorted(existing), **_demo_counts(db))
+        return DemoInfo(created=False, admin_password=None, existing_users=sorted(existing), **_database_counts(db))
 
 
 def seed_demo(database: Database, settings: Settings, *, admin_password: str | None = None) -> DemoInfo:

@@ -5,6 +5,7 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 
 from app.security import csrf_token
+from app.words import plural
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=ROOT / "templates")
@@ -18,3 +19,4 @@ def human_size(size: int) -> str:
 
 
 templates.env.filters["human_size"] = human_size
+templates.env.filters["plural"] = plural  # {{ n | plural("evaluator") }} -> "1 evaluator", "2 evaluators"

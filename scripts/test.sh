@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: SQLite and PostgreSQL database tests, trainer tests with tiny models,
 # and the browser tests in Debian's headless Chromium. Installs the system packages it needs when
-# run as root on Debian (PostgreSQL, Chromium, curl and jq) and starts PostgreSQL itself.
+# run as root on Debian (PostgreSQL, Chromium, curl and jq) and starts PostgreSQL itself (and stops it on exit
+# when it was not running before).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,15 @@ if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
   fi
 fi
 
-STORYLOOP_TEST_POSTGRES_URL=$(scripts/postgres-for-tests.sh)
+# PostgreSQL: stopped again on exit when this run started it (a cluster that was running is left running).
+started=$(mktemp)
+stop_the_cluster_we_started() {
+  if [ -s "$started" ]; then pg_ctlcluster "$(cat "$started")" main stop >&2 || true; fi
+  rm -f "$started"
+}
+trap stop_the_cluster_we_started EXIT
+STORYLOOP_TEST_POSTGRES_URL=$(STORYLOOP_PG_STARTED_FILE=$started scripts/postgres-for-tests.sh)
 export STORYLOOP_TEST_POSTGRES_URL
 export TOKENIZERS_PARALLELISM=false
 
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"  # not exec: the trap above runs after the tests

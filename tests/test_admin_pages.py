@@ -117,7 +117,7 @@ def test_dashboard_shows_the_numbers(admin, database):
                            ("count-tasks", 5), ("count-bws", 5), ("count-ratings", 6)]:
         assert f'id="{element}">{value}<' in body, element
     text = text_of(page)
-    assert "(1 surplus)" in text and "1 skips" in text
+    assert "(1 surplus)" in text and "1 skip" in text and "1 skips" not in text
     # Batch progress: the rating batch has 5 of 6 judgements, 83.3 %.
     assert re.search(rf"#{known.rating_batch} ratings</td><td>rating</td><td class=\"num\">3</td>\s*"
                      r"<td class=\"num\">2</td><td class=\"num\">6</td><td class=\"num\">5</td>", body)

@@ -235,7 +235,7 @@ def test_api_refuses_a_new_task_once_the_quota_is_done(client, database):
     assert submitted.status_code == 200 and submitted.json()["next_task"] is None
     refused = client.post("/api/v1/tasks/next", headers=headers)
     assert refused.status_code == 403
-    assert refused.json() == {"detail": "you have done your quota of 1 tasks", "errors": [{"reason": "quota_reached"}]}
+    assert refused.json() == {"detail": "you have done your quota of 1 task", "errors": [{"reason": "quota_reached"}]}
     assert client.get("/api/v1/me/progress", headers=headers).json()["quota_left"] == 0
     with database.read() as db:
         assert db.scalar(select(func.count()).select_from(Assignment).where(Assignment.user_id == user.id)) == 1

@@ -126,7 +126,7 @@ def test_demo_report_is_true_on_first_and_later_runs(database, settings, tmp_pat
     keep_accounts(again, accounts)  # nothing was created: the file keeps the first run's passwords
     assert dict(line.split(" ", 1) for line in accounts.read_text().splitlines()) == kept
     report = demo_report(again, accounts)
-    assert report.startswith("Demo data already present (nothing changed): "
+    assert report.startswith("Demo data already present (nothing changed); the database holds "
                              f"{len(SEEDS)} prompts, {len(SEEDS) * len(SOURCES)} continuations")
     assert f"as kept in {accounts}" in report and "not stored" not in report
     for username, password in kept.items():

@@ -82,3 +82,6 @@ def test_dashboard_live_status_updates_without_reload(page, live):
     assert "running" in page.locator("#live-trainer").inner_text()
     assert "min" in page.locator("#live-eta").inner_text() or " s" in page.locator("#live-eta").inner_text()
     assert page.locator("#live-status").get_attribute("data-updated") != first
+    # the time beside the UTC chart is UTC too, 24 h (it was the browser's 12-hour local time)
+    updated = page.locator("#live-status").get_attribute("data-updated")
+    assert page.locator("#live-status > p.small").inner_text() == f"Updated {updated[11:19]} UTC · refreshes every 3 s"

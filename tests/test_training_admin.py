@@ -30,7 +30,7 @@ def test_admin_page_queues_a_round_once_and_shows_progress(client, database):
     assert 55 <= status["current"]["eta_seconds"] <= 70  # 2 s a step, 30 steps to go
     page = client.get("/admin/training")
     assert "step 10 of 40" in page.text and "started by an admin (Start a round now)" in page.text
-    assert "Round 0: logged metrics" in page.text and "ppo · score" in text_of(page)  # a single value, not a chart
+    assert "Round 0: logged metrics" in page.text and "Policy update (PPO) · reward-model score" in text_of(page)  # a single value, not a chart
 
 
 def test_api_round_request_and_status(client, database, admin_headers):
@@ -167,9 +167,10 @@ def test_trainer_page_renders_charts_eta_and_warnings(client, database):
     text = text_of(page)
     assert re.search(r"Whole round: about 2 min \d+ s left", text), text
     assert "KL to the reference more than doubled over policy-r1's (0.40 → 1.25 nats per story)" in text
-    assert "ppo: score" in page.text and "ppo: kl" in page.text and "KL (nats per story)" in page.text
+    assert "Policy update (PPO): reward-model score" in page.text and "Policy update (PPO): KL to the reference (nats)" in page.text
+    assert "KL (nats per story)" in page.text
     assert page.text.count("<svg") == 3  # two PPO metrics and KL per round; the single accuracy is a value
-    assert "reward model · held_out_accuracy 0.7" in text
+    assert "Reward model · held-out accuracy 0.7" in text
     phase_times = re.search(r'<table id="phase-times">.*?</table>', page.text, re.S).group(0)
     assert "1 min 15 s" in phase_times and "6 min 40 s" in phase_times  # this round's reward model, the previous PPO
     assert "key=" not in page.text and "score=" not in page.text

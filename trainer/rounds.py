@@ -50,7 +50,7 @@ from app.services.gold import usable
 from app.services.round_numbers import round_number
 from app.services.story_text import completion_text
 from app.services.tasks import build_bws_batch, mark_newest_round_batch
-from app.services.training import BAKEOFF, ROUND_ALGORITHMS
+from app.services.training import BAKEOFF, ROUND_ALGORITHMS, judgement_counts
 from trainer import lora, model_store, pretrained
 from trainer.auto_metrics import compute_for_version, score_versions
 from trainer.config import TrainerSettings
@@ -574,9 +574,7 @@ def run_round(database: Database, settings: Settings, cfg: TrainerSettings, roun
 def judgements_since_last_round(database: Database) -> tuple[int, int]:
     """(judgements now, judgements the last finished round used)."""
     with database.read() as db:
-        now = db.scalar(select(func.count()).select_from(BwsJudgement).where(usable(BwsJudgement))) or 0
-        used = db.scalar(select(func.max(TrainingRound.judgements_used)).where(TrainingRound.status == "done")) or 0
-    return now, used
+        return judgement_counts(db)
 
 
 def newest_round_judgements(database: Database) -> int | None:

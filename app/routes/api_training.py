@@ -5,7 +5,7 @@ from typing import Literal
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
-from app.deps import ApiAdmin, DatabaseDep
+from app.deps import ApiAdmin, DatabaseDep, SettingsDep
 from app.routes.responses import error_responses
 from app.services import training
 from app.services.training import RoundView, TrainerStatus
@@ -21,18 +21,21 @@ class RoundRequest(BaseModel):
 
 
 @router.post("/rounds", response_model=RoundView, status_code=201, responses=error_responses(409, 422))
-def request_round(_: ApiAdmin, database: DatabaseDep, body: RoundRequest | None = Body(None)):
+def request_round(_: ApiAdmin, database: DatabaseDep, settings: SettingsDep, body: RoundRequest | None = Body(None)):
     """Queue a training round (optionally with its algorithm, or a bake-off of several); the trainer
-    process picks it up at its next poll."""
+    process picks it up at its next poll. `warning` is set when the round would train on fewer new
+    judgements than trainer_min_new_judgements (it is queued all the same)."""
     body = body or RoundRequest()
     return training.request_round(database, trigger="admin", algorithm=body.algorithm, bakeoff=body.bakeoff,
-                                  bakeoff_required=body.bakeoff_required)
+                                  bakeoff_required=body.bakeoff_required,
+                                  min_new_judgements=settings.trainer_min_new_judgements)
 
 
 @router.get("/status", response_model=TrainerStatus)
-def status(_: ApiAdmin, database: DatabaseDep):
-    """Whether a trainer is alive, the current round (phase, step of total, ETA) and recent history."""
-    return training.trainer_status(database)
+def status(_: ApiAdmin, database: DatabaseDep, settings: SettingsDep):
+    """Whether a trainer is alive, the current round (phase, step of total, ETA), recent history, the
+    newest round's failure (`failed`, with what to do) and the new judgements a round now would train on."""
+    return training.trainer_status(database, min_new_judgements=settings.trainer_min_new_judgements)
 
 
 @router.get("/rounds/{round_id}/logs", responses=error_responses(404, 422))

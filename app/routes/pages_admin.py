@@ -16,6 +16,7 @@ from app.services import charts, crowd, exports, gold, imports, stats, tasks, tr
 from app.services.errors import Invalid, ServiceError
 from app.templating import templates
 from app.validation import BoundedText, DbId, DbInt, IdList, parse_db_int, parse_id_list
+from app.words import plural
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -68,7 +69,7 @@ def bar_chart(per_hour: list[stats.HourCount], width: int = 640, height: int = 2
             "y": round(top + plot_h - bar_h, 1), "h": round(bar_h, 1),
             "bws_h": round(plot_h * h.bws / y_max, 1),
             "label": h.hour.strftime("%H"), "show_label": i % 3 == 0 or i == len(per_hour) - 1,
-            "lx": round(left + i * slot + slot / 2, 1), "title": f"{h.hour:%Y-%m-%d %H}:00 UTC: {h.bws} BWS, {h.ratings} ratings",
+            "lx": round(left + i * slot + slot / 2, 1), "title": f"{h.hour:%Y-%m-%d %H}:00 UTC: {h.bws} BWS, {plural(h.ratings, 'rating')}",
             "hour": h,
         })
     values = sorted({0, y_max // 2, y_max}) if y_max % 2 == 0 else [0, y_max]
@@ -127,7 +128,11 @@ def import_upload(request: Request, user: PageAdmin, database: DatabaseDep,
         _flash(request, f"{name}: {exc.message}", "bad", errors=_error_details(exc.details),
                more_errors=max(len(exc.details) - FLASH_ERRORS, 0))
         return _back("/admin/import")
-    _flash(request, f"Imported {name}.", "ok", summary=summary.model_dump())
+    next_step = None
+    if summary.continuations_created:  # imported stories reach annotators only through a batch
+        next_step = {"text": "Annotators see the new stories only once a batch holds them:",
+                     "link": "build a batch", "href": "/admin/batches"}
+    _flash(request, f"Imported {name}.", "ok", summary=summary.model_dump(), next_step=next_step)
     return _back("/admin/import")
 
 
@@ -175,7 +180,7 @@ def build_bws(
             batch = tasks.build_bws_batch(db, name, by_prompt, seed=seed, required=required,
                                           k=settings.tuple_size, factor=settings.design_factor)
             batch_id, prompts = batch.id, batch.design.get("prompts", 0)
-        _flash(request, f"Built BWS batch #{batch_id} “{name}” over {prompts} prompts (seed {seed}, R = {required}).")
+        _flash(request, f"Built BWS batch #{batch_id} “{name}” over {plural(prompts, 'prompt')} (seed {seed}, R = {required}).")
     except ServiceError as exc:
         _flash(request, f"No batch built: {exc.message}", "bad")
     return _back("/admin/batches")
@@ -199,7 +204,7 @@ def build_rating(
         ids = [c for _, cs in sorted(by_prompt.items()) for c in cs]
         with database.write() as db:
             batch_id = tasks.build_rating_batch(db, name, ids, required=required).id
-        _flash(request, f"Built rating batch #{batch_id} “{name}” with {len(ids)} continuations (R = {required}).")
+        _flash(request, f"Built rating batch #{batch_id} “{name}” with {plural(len(ids), 'continuation')} (R = {required}).")
     except ServiceError as exc:
         _flash(request, f"No batch built: {exc.message}", "bad")
     return _back("/admin/batches")
@@ -356,56 +361,66 @@ def export_download(name: str, fmt: str, user: PageAdmin, database: DatabaseDep)
 
 def _training_charts(page: training.TrainerPage) -> dict[str, Any]:
     """First paint of the trainer page's charts (static/js/trainer_status.js redraws them as data arrives):
-    one small chart per metric series of the shown round (single values listed instead), KL per round."""
-    small, values = [], []
+    one small chart per metric series of the shown round (single values listed instead), under a heading per
+    part of the round (reward model, policy update, ...), KL per round."""
+    groups: dict[str, list] = {}
+    values = []
     for s in page.round_metrics.series if page.round_metrics else []:
         if len(s.points) < 2:
             values.append(s)
             continue
-        small.append(charts.line_chart([charts.Series(s.metric, [(float(x), y) for x, y in s.points])],
-                                       title=f"{s.phase}: {s.metric}", x_label="step", y_label=s.metric,
-                                       width=440, height=190))
+        groups.setdefault(s.group, []).append(charts.line_chart(
+            [charts.Series(s.label, [(float(x), y) for x, y in s.points])],
+            title=f"{s.group}: {s.label}", x_label="step", y_label=s.label, width=440, height=190))
     kl = charts.line_chart(
         [charts.Series("KL to the base reference", [(float(k.round_number), k.kl_to_reference) for k in page.kl_per_round])],
         title="KL of each round's policy to the base reference", x_label="training round",
         y_label="KL (nats per story)", height=220, empty="no round has a KL to the reference yet")
-    return {"small_charts": small, "single_values": values, "kl_chart": kl}
+    return {"chart_groups": list(groups.items()), "single_values": values, "kl_chart": kl}
 
 
 @router.get("/training")
-def training_page(request: Request, user: PageAdmin, database: DatabaseDep):
-    page = training.trainer_page(database)
+def training_page(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep):
+    page = training.trainer_page(database, min_new_judgements=settings.trainer_min_new_judgements)
     return _render(request, user, "admin/training.html", {
         "status": page, "version_warnings": page.warnings, "phases": training.PHASES,
         "round_algorithms": training.ROUND_ALGORITHMS, **_training_charts(page)})
 
 
 @router.get("/training/status.json")
-def training_status_json(user: PageAdmin, database: DatabaseDep) -> training.TrainerPage:
+def training_status_json(user: PageAdmin, database: DatabaseDep, settings: SettingsDep) -> training.TrainerPage:
     """The trainer page's data for its polling with the session cookie: the API's status plus the shown
     round's metric series, KL to the reference per round and the version warnings."""
-    return training.trainer_page(database)
+    return training.trainer_page(database, min_new_judgements=settings.trainer_min_new_judgements)
+
+
+def _queued_message(queued: training.RoundView, message: str) -> str:
+    return f"{message} Warning: {queued.warning}" if queued.warning else message
 
 
 @router.post("/training/rounds", dependencies=[Csrf])
-def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep,
+def training_request_round(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
                            algorithm: Annotated[str, Form(max_length=32)] = ""):
     try:
-        queued = training.request_round(database, trigger="admin", algorithm=algorithm or None)
-        _flash(request, f"Round {queued.number} queued ({queued.algorithm or 'the trainer’s default algorithm'}); "
-                        "the trainer starts it at its next poll.")
+        queued = training.request_round(database, trigger="admin", algorithm=algorithm or None,
+                                        min_new_judgements=settings.trainer_min_new_judgements)
+        algorithm_named = queued.algorithm or "the trainer’s default algorithm"
+        _flash(request, _queued_message(queued, f"Round {queued.number} queued ({algorithm_named}); "
+                                                "the trainer starts it at its next poll."))
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")
 
 
 @router.post("/training/bakeoff", dependencies=[Csrf])
-def training_request_bakeoff(request: Request, user: PageAdmin, database: DatabaseDep,
+def training_request_bakeoff(request: Request, user: PageAdmin, database: DatabaseDep, settings: SettingsDep,
                              algorithms: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
                              required: Annotated[int, Form(ge=1, le=100)] = 2):
     try:
-        queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required)
-        _flash(request, f"Bake-off round {queued.number} ({', '.join(algorithms)}) queued; the trainer starts it at its next poll.")
+        queued = training.request_round(database, trigger="admin", bakeoff=algorithms, bakeoff_required=required,
+                                        min_new_judgements=settings.trainer_min_new_judgements)
+        _flash(request, _queued_message(queued, f"Bake-off round {queued.number} ({', '.join(algorithms)}) queued; "
+                                                "the trainer starts it at its next poll."))
     except ServiceError as exc:
         _flash(request, exc.message, "bad")
     return _back("/admin/training")
@@ -416,7 +431,8 @@ def training_request_bakeoff(request: Request, user: PageAdmin, database: Databa
 
 @router.get("/gold")
 def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
-              task_id: Annotated[DbId | None, Query()] = None, batch_id: Annotated[DbId | None, Query()] = None):
+              task_id: Annotated[DbId | None, Query()] = None, batch_id: Annotated[DbId | None, Query()] = None,
+              offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
     report = gold.annotator_report(database)
     with database.read() as db:
         items = gold.list_items(db)
@@ -426,7 +442,7 @@ def gold_page(request: Request, user: PageAdmin, database: DatabaseDep,
                 marking = gold.task_for_marking(db, task_id)
             except ServiceError as exc:
                 request.session["flash"] = {"message": exc.message, "kind": "bad"}
-        candidates = gold.batch_tasks(db, batch_id) if batch_id is not None else []
+        candidates = gold.batch_tasks(db, batch_id, offset=offset) if batch_id is not None else None
         batches = stats.batch_progress(db)
     return _render(request, user, "admin/gold.html", {
         "report": report, "items": items, "marking": marking, "dimensions": RATING_DIMENSIONS,

@@ -57,6 +57,17 @@ def fmt(v: float) -> str:
     return f"{v:.3f}".rstrip("0").rstrip(".")
 
 
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """fmt() of each tick, with more significant digits where that would print two ticks alike (a small
+    range far from zero: a KL coefficient between 0.05 and 0.0503 reads 0.05, 0.0501, 0.0502, 0.0503)."""
+    labels = [fmt(t) for t in ticks]
+    digits = 2
+    while len(set(labels)) < len(labels) and digits <= 15:
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        digits += 1
+    return labels
+
+
 class _Frame:
     """Plot area geometry and scales."""
 
@@ -84,12 +95,12 @@ def _open(width: int, height: int, title: str, css_class: str) -> list[str]:
             f"<title>{escape(title)}</title>"]
 
 
-def _y_axis(f: _Frame, ticks: Sequence[float], label: str, fmt_tick=fmt) -> list[str]:
+def _y_axis(f: _Frame, ticks: Sequence[float], label: str) -> list[str]:
     out = []
-    for t in ticks:
+    for t, text in zip(ticks, tick_labels(ticks), strict=True):
         y = f.y(t)
         out.append(f'<line x1="{f.left}" x2="{f.left + f.pw}" y1="{y}" y2="{y}" stroke="#e3e3e3" stroke-width="1"/>')
-        out.append(f'<text x="{f.left - 6}" y="{y + 4}" text-anchor="end" font-size="11" fill="#555">{escape(fmt_tick(t))}</text>')
+        out.append(f'<text x="{f.left - 6}" y="{y + 4}" text-anchor="end" font-size="11" fill="#555">{escape(text)}</text>')
     out.append(f'<line x1="{f.left}" x2="{f.left}" y1="{f.top}" y2="{f.top + f.ph}" stroke="#222"/>')
     cy = f.top + f.ph / 2
     out.append(f'<text transform="translate(14 {cy}) rotate(-90)" text-anchor="middle" font-size="12" fill="#222">{escape(label)}</text>')
@@ -139,7 +150,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     f = _Frame(width, height, (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1]))
     parts = _open(width, height, title, "line")
     parts += _y_axis(f, y_ticks, y_label)
-    parts += _x_axis(f, [(t, fmt(t)) for t in x_ticks], x_label)
+    parts += _x_axis(f, list(zip(x_ticks, tick_labels(x_ticks), strict=True)), x_label)
     for x, label in markers:
         px = f.x(x)
         parts.append(f'<line x1="{px}" x2="{px}" y1="{f.top}" y2="{f.top + f.ph}" stroke="#999" stroke-dasharray="4 3"/>')
@@ -225,7 +236,7 @@ def ci_chart(rows: Sequence[tuple[str, str, float | None, float | None, float | 
     for t in ticks:
         x = f.x(t)
         parts.append(f'<line x1="{x}" x2="{x}" y1="{f.top}" y2="{f.top + f.ph}" stroke="#e3e3e3"/>')
-    parts += _x_axis(f, [(t, fmt(t)) for t in ticks], x_label)
+    parts += _x_axis(f, list(zip(ticks, tick_labels(ticks), strict=True)), x_label)
     by_key = {(r[0], r[1]): r for r in rows}
     for gi, g in enumerate(groups):
         y_top = f.top + gi * block + gap / 2

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from app.db import Database
 from app.models import (
@@ -104,13 +104,35 @@ class TaskSummary(BaseModel):
     kind: str
     prompt: str
     is_gold: bool
+    items: list[tuple[int, str]] = []  # (continuation id, its opening words): what tells a prompt's tasks apart
 
 
-def batch_tasks(db: Session, batch_id: int, limit: int = 100) -> list[TaskSummary]:
-    """A batch's first tasks, to pick gold ones from on the admin page."""
+class TaskPage(BaseModel):
+    """One page of a batch's tasks, in id order."""
+
+    tasks: list[TaskSummary]
+    total: int  # tasks in the batch
+    offset: int
+    limit: int
+
+
+SNIPPET_WORDS = 8  # opening words of each continuation shown beside a task
+
+
+def _snippet(text: str) -> str:
+    words = text.split()
+    return " ".join(words[:SNIPPET_WORDS]) + (" …" if len(words) > SNIPPET_WORDS else "")
+
+
+def batch_tasks(db: Session, batch_id: int, offset: int = 0, limit: int = 100) -> TaskPage:
+    """A page of a batch's tasks with their continuations' opening words, to pick gold ones from on the admin page."""
     golds = set(db.scalars(select(GoldItem.task_id).join(Task, Task.id == GoldItem.task_id).where(Task.batch_id == batch_id)))
-    tasks = db.scalars(select(Task).where(Task.batch_id == batch_id).order_by(Task.id).limit(limit)).all()
-    return [TaskSummary(task_id=t.id, kind=t.kind, prompt=t.prompt.text, is_gold=t.id in golds) for t in tasks]
+    total = db.scalar(select(func.count()).select_from(Task).where(Task.batch_id == batch_id)) or 0
+    tasks = db.scalars(select(Task).where(Task.batch_id == batch_id).order_by(Task.id).offset(offset).limit(limit)
+                       .options(selectinload(Task.items))).all()
+    return TaskPage(total=total, offset=offset, limit=limit, tasks=[
+        TaskSummary(task_id=t.id, kind=t.kind, prompt=t.prompt.text, is_gold=t.id in golds,
+                    items=[(i.continuation_id, _snippet(i.continuation.text)) for i in t.items]) for t in tasks])
 
 
 def _invalid(field: str, message: str) -> Invalid:

@@ -64,6 +64,7 @@ from app.services.bws_design import design_stats, design_tuples
 from app.services.errors import Conflict, Forbidden, Invalid, NotFound
 from app.services.item_handles import ItemHandles
 from app.validation import BoundedText
+from app.words import plural
 
 ROLE_TASK_KINDS = {"annotator": ("bws", "rating"), "evaluator": ("rating", "eval"), "admin": ("bws", "rating", "eval")}
 RATING_KINDS = ("rating", "eval")  # "eval": a blind evaluation-campaign item, rated like a rating task
@@ -547,7 +548,7 @@ BEYOND_QUOTA = "beyond the quota"  # the skip_reason of a lease answered after t
 
 
 def quota_done(quota: int, note: str = "") -> WorkLimitReached:
-    return WorkLimitReached("quota_reached", f"you have done your quota of {quota} tasks{note}")
+    return WorkLimitReached("quota_reached", f"you have done your quota of {plural(quota, 'task')}{note}")
 
 
 async def _next_task_within_limits(database: Database, user: User, kinds: tuple[str, ...],

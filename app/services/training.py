@@ -18,14 +18,16 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db import Database
-from app.models import ModelVersion, TrainerLease, TrainingLog, TrainingRound, utcnow
+from app.models import Batch, BwsJudgement, ModelVersion, TrainerLease, TrainingLog, TrainingRound, utcnow
 from app.services import model_versions
+from app.services.gold import usable
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.model_versions import VersionWarning
 from app.services.round_numbers import round_number, round_numbers
+from app.words import plural
 
 TRAINER_LEASE = "trainer"
 LEASE_STALE_SECONDS = 90  # a trainer that has not renewed its lease for this long is presumed dead
@@ -44,6 +46,54 @@ TRIGGERS = {"base": "the base policy (round 0 writes the first stories; no judge
 PREVIOUS_ROUNDS = 10  # finished rounds searched for phase durations
 CHART_POINTS = 150  # points kept per metric series sent to the page (evenly thinned, last one kept)
 CHART_METRICS = 8  # metric series shown per phase
+# A round on fewer new judgements than this is warned about, before and after (Settings.trainer_min_new_judgements,
+# what an automatic round waits for under the "any" trigger; this is its default, for callers without Settings).
+DEFAULT_MIN_NEW_JUDGEMENTS = 30
+# What the trainer page calls each logged metric (the keys trainer/ reporters log); others get a readable form
+METRIC_LABELS = {
+    # reward model (trainer/reward_model.py, rounds.train_reward_phase)
+    "loss": "training loss", "train_loss": "final training loss", "train_pairs": "training pairs",
+    "train_pairs_within_max_length": "training pairs within the length limit", "held_out_pairs": "held-out pairs",
+    "train_accuracy": "training accuracy", "held_out_accuracy": "held-out accuracy",
+    "new_pairs": "pairs from new judgements", "warm_start_from": "warm start from version", "judgements": "judgements",
+    "last_judgement_id": "newest judgement id",
+    # policy updates (trainer/ppo.py, alol.py, dpo.py)
+    "score": "reward-model score", "normalized_score": "normalised score", "kl": "KL to the reference (nats)",
+    "approx_kl": "approximate KL of an update", "clipfrac": "clipped fraction", "vf_clipfrac": "value clipped fraction",
+    "policy_loss": "policy loss", "value_loss": "value loss", "entropy": "entropy (nats per token)",
+    "kl_coef": "KL coefficient β", "response_length": "story length (tokens)", "eos_fraction": "share of stories that end",
+    "non_score_reward": "KL penalty in the reward", "value_mean": "mean value", "return_mean": "mean return",
+    "log_ratio": "log-ratio to the start policy", "grad_norm": "gradient norm", "time_s": "seconds per step",
+    "mean_reward": "mean reward", "mean_value": "mean value", "mean_positive_advantage": "mean positive advantage",
+    "positive_rows": "stories with a positive advantage", "rows": "stories", "value_held_out_mse": "value head held-out MSE",
+    "value_held_out_mse_first": "value head held-out MSE, first epoch", "value_best_epoch": "value head best epoch",
+    "value_rows": "value head training stories", "value_held_out_rows": "value head held-out stories", "pairs": "pairs",
+    "steps": "steps", "lr": "learning rate", "loss_ema": "training loss (moving average)", "seconds": "seconds",
+}
+# Which part of a round a phase's metrics belong to: the page groups its charts under these headings
+PHASE_GROUPS = {"base policy": "Base policy", "sft": "Base policy", "base generate": "Generation",
+                "reward model": "Reward model", "ppo": "Policy update (PPO)",
+                "alol": "Policy update (A-LoL)", "dpo": "Policy update (DPO)", "generate": "Generation",
+                "queue": "Generation", "metrics": "After the round"}
+
+
+def metric_label(key: str) -> str:
+    """'kl_coef' -> 'KL coefficient β'; an unknown key reads as words: 'foo_bar/baz' -> 'foo bar / baz'."""
+    return METRIC_LABELS.get(key) or key.replace("_", " ").replace("/", " / ").strip() or key
+
+
+def phase_group(phase: str) -> str:
+    return PHASE_GROUPS.get(phase) or phase.replace("_", " ").capitalize() or "Other"
+
+
+# A failed round's advice, by the phase it failed in (FAILED_ADVICE_DEFAULT for the others).
+FAILED_ADVICE = {
+    "base policy": "The base policy could not be made or loaded: check STORYLOOP_TRAINER_BASE_POLICY (a hub id "
+                   "needs the model hub reachable from the trainer; a local folder or \"bootstrap\", which trains "
+                   "one offline, need no network), restart the trainer, then press Start a round now.",
+}
+FAILED_ADVICE_DEFAULT = ("Fix the cause the error names (the trainer's log has the whole traceback), then press Start "
+                         "a round now. Automatic rounds do not retry a failed round until new judgements arrive.")
 
 
 class RoundView(BaseModel):
@@ -58,9 +108,14 @@ class RoundView(BaseModel):
     round_eta_seconds: float | None = None  # left in the whole round (see the module docstring)
     trigger_label: str = ""
     judgements_used: int
+    new_judgements: int | None = None  # judgements its reward model had that no earlier finished round used
+    warning: str | None = None  # e.g. it trained (or will train) on too few new judgements
     reward_version_id: int | None
     policy_version_id: int | None
     batch_id: int | None
+    reward_version_name: str | None = None  # the names the history table shows (linked) instead of bare ids
+    policy_version_name: str | None = None
+    batch_name: str | None = None
     algorithm: str | None = None  # None: not started yet, the trainer's configured default will be used
     bakeoff: dict | None = None  # a bake-off's plan: algorithms, the versions trained, its campaign
     error: str | None
@@ -71,6 +126,26 @@ class RoundView(BaseModel):
     phase_seconds: dict[str, float] = {}  # finished phases of this round and how long each took
 
 
+class FailedRound(BaseModel):
+    """The newest round, when it failed: stated at the top of the trainer page with what to do."""
+
+    id: int
+    number: int
+    phase: str  # the phase it failed in
+    error: str  # the error's first line (the whole error, traceback included, is the round's `error`)
+    advice: str
+    finished_at: datetime | None
+
+
+class NewJudgements(BaseModel):
+    """Judgements the next round's reward model would see that no finished round used, against the
+    threshold below which a round is warned about (Settings.trainer_min_new_judgements)."""
+
+    count: int
+    threshold: int
+    warning: str | None  # set when a round now would train on fewer than `threshold` new judgements
+
+
 class TrainerStatus(BaseModel):
     trainer_alive: bool
     trainer_holder: str | None
@@ -78,11 +153,15 @@ class TrainerStatus(BaseModel):
     current: RoundView | None
     history: list[RoundView]
     previous_phase_seconds: dict[str, float] = {}  # the previous finished round's phase durations (for the ETA)
+    failed: FailedRound | None = None  # the newest round, when it failed
+    new_judgements: NewJudgements | None = None  # None until a base policy exists (round 0 needs no judgements)
 
 
 class MetricSeries(BaseModel):
     phase: str
-    metric: str
+    metric: str  # the logged key
+    label: str = ""  # what the page calls it (metric_label)
+    group: str = ""  # the part of the round it belongs to (phase_group): reward model, policy update, ...
     points: list[tuple[int, float]]  # (step, value), thinned to CHART_POINTS
 
 
@@ -199,11 +278,49 @@ def _view(r: TrainingRound, number: int, now: datetime, done: dict[str, float] |
     )
 
 
+def judgement_counts(db) -> tuple[int, int]:
+    """(usable judgements now, judgements the last finished round used): what the trainer's automatic
+    trigger and the few-judgements warning compare."""
+    now = db.scalar(select(func.count()).select_from(BwsJudgement).where(usable(BwsJudgement))) or 0
+    used = db.scalar(select(func.max(TrainingRound.judgements_used)).where(TrainingRound.status == "done")) or 0
+    return now, used
+
+
+def few_judgements_warning(new: int, threshold: int, done: bool = False) -> str | None:
+    """The warning for a round on `new` new judgements, before it runs (done=False) or after; None when enough."""
+    if new >= threshold:
+        return None
+    if done:
+        counted = f"only {plural(new, 'new judgement')}" if new else "no new judgements"
+        return (f"Trained on {counted} (fewer than {threshold}): its reward model learned little that is "
+                "new and may score no better than chance; let annotators judge this round's stories before the next.")
+    counted = f"Only {plural(new, 'new judgement')}" if new else "No new judgements"
+    return (f"{counted} since the last finished round (fewer than {threshold}): a round now trains its "
+            "reward model on little that is new, which may score no better than chance. Waiting for more is better.")
+
+
+def _new_judgements(db, threshold: int) -> NewJudgements | None:
+    """None while no round has finished: the next round is round 0, whose base writes without judgements."""
+    if db.scalar(select(TrainingRound.id).where(TrainingRound.status == "done").limit(1)) is None:
+        return None
+    now, used = judgement_counts(db)
+    new = max(now - used, 0)
+    return NewJudgements(count=new, threshold=threshold, warning=few_judgements_warning(new, threshold))
+
+
+def _failed(view: RoundView) -> FailedRound:
+    first_line = (view.error or "").strip().splitlines()[0] if (view.error or "").strip() else "no error was recorded"
+    return FailedRound(id=view.id, number=view.number, phase=view.phase, error=first_line,
+                       advice=FAILED_ADVICE.get(view.phase, FAILED_ADVICE_DEFAULT), finished_at=view.finished_at)
+
+
 def request_round(database: Database, trigger: str = "admin", algorithm: str | None = None,
-                  bakeoff: list[str] | None = None, bakeoff_required: int = 2) -> RoundView:
+                  bakeoff: list[str] | None = None, bakeoff_required: int = 2,
+                  min_new_judgements: int = DEFAULT_MIN_NEW_JUDGEMENTS) -> RoundView:
     """Queue a round for the trainer; refuses while one is already queued or running. `algorithm`: one of
     ROUND_ALGORITHMS (None: the trainer's configured default). `bakeoff`: two or more of them instead, for
-    a bake-off round whose blind campaign asks `bakeoff_required` evaluators per story."""
+    a bake-off round whose blind campaign asks `bakeoff_required` evaluators per story. The returned round's
+    `warning` says when it will train on fewer than `min_new_judgements` new judgements (queued all the same)."""
     if algorithm is not None and algorithm not in ROUND_ALGORITHMS:
         raise Invalid(f"algorithm must be one of {', '.join(ROUND_ALGORITHMS)}")
     plan = None
@@ -218,13 +335,43 @@ def request_round(database: Database, trigger: str = "admin", algorithm: str | N
         pending = db.scalar(select(TrainingRound).where(TrainingRound.status.in_(("requested", "running"))))
         if pending is not None:
             raise Conflict(f"round {round_number(db, pending.id)} is already {pending.status}")
+        new_judgements = _new_judgements(db, min_new_judgements)
         r = TrainingRound(status="requested", trigger=trigger, algorithm=algorithm, bakeoff=plan)
         db.add(r)
         db.flush()
-        return _view(r, round_number(db, r.id), utcnow())
+        view = _view(r, round_number(db, r.id), utcnow())
+        view.warning = new_judgements.warning if new_judgements else None
+        return view
 
 
-def _status(db, now: datetime, history: int) -> TrainerStatus:
+def _name_outputs(db, views: list[RoundView]) -> None:
+    """Fills in the names of the rounds' reward models, policies and batches."""
+    version_ids = ({v.reward_version_id for v in views} | {v.policy_version_id for v in views}) - {None}
+    batch_ids = {v.batch_id for v in views} - {None}
+    versions = dict(db.execute(select(ModelVersion.id, ModelVersion.name).where(ModelVersion.id.in_(version_ids))).all())
+    batches = dict(db.execute(select(Batch.id, Batch.name).where(Batch.id.in_(batch_ids))).all())
+    for v in views:
+        v.reward_version_name = versions.get(v.reward_version_id)
+        v.policy_version_name = versions.get(v.policy_version_id)
+        v.batch_name = batches.get(v.batch_id)
+
+
+def _trained_on(db, rounds: list[TrainingRound], threshold: int) -> dict[int, tuple[int, str | None]]:
+    """{round id: (new judgements, warning)} for the rounds that trained a reward model: the judgements
+    it used beyond those of the newest finished round before it (judgements_used counts all it read)."""
+    done = db.execute(select(TrainingRound.id, TrainingRound.judgements_used)
+                      .where(TrainingRound.status == "done").order_by(TrainingRound.id)).all()
+    out = {}
+    for r in rounds:
+        if r.reward_version_id is None:
+            continue
+        before = max((used for round_id, used in done if round_id < r.id), default=0)
+        new = max(r.judgements_used - before, 0)
+        out[r.id] = (new, few_judgements_warning(new, threshold, done=True))
+    return out
+
+
+def _status(db, now: datetime, history: int, min_new_judgements: int = DEFAULT_MIN_NEW_JUDGEMENTS) -> TrainerStatus:
     lease = db.get(TrainerLease, TRAINER_LEASE)
     rounds = db.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(history)).all()
     alive = lease is not None and lease.heartbeat_at > now - timedelta(seconds=LEASE_STALE_SECONDS)
@@ -248,17 +395,27 @@ def _status(db, now: datetime, history: int) -> TrainerStatus:
     numbers = round_numbers(db)
     views = {r.id: _view(r, numbers[r.id], now, timings.get(r.id), previous, plan) if r is shown
              else _view(r, numbers[r.id], now, timings.get(r.id)) for r in rounds}
+    _name_outputs(db, list(views.values()))
+    new_judgements = _new_judgements(db, min_new_judgements)
+    for round_id, (new, warning) in _trained_on(db, rounds, min_new_judgements).items():
+        views[round_id].new_judgements, views[round_id].warning = new, warning
+    if current is not None and current.reward_version_id is None and new_judgements is not None:
+        views[current.id].warning = new_judgements.warning  # what its reward model is about to train on
+    newest = views[rounds[0].id] if rounds else None
     return TrainerStatus(
         trainer_alive=alive, trainer_holder=lease.holder if lease else None,
         heartbeat_at=lease.heartbeat_at if lease else None,
         current=views[current.id] if current else None, history=[views[r.id] for r in rounds],
         previous_phase_seconds=previous,
+        failed=_failed(newest) if newest is not None and newest.status == "failed" else None,
+        new_judgements=new_judgements,
     )
 
 
-def trainer_status(database: Database, history: int = 20) -> TrainerStatus:
+def trainer_status(database: Database, history: int = 20,
+                   min_new_judgements: int = DEFAULT_MIN_NEW_JUDGEMENTS) -> TrainerStatus:
     with database.read() as db:
-        return _status(db, utcnow(), history)
+        return _status(db, utcnow(), history, min_new_judgements)
 
 
 def _thin(points: list[tuple[int, float]], keep: int = CHART_POINTS) -> list[tuple[int, float]]:
@@ -288,7 +445,8 @@ def _round_metrics(db, round_id: int) -> RoundMetrics:
     order = {p: i for i, p in enumerate(PHASES)}
     ordered = sorted(series.items(), key=lambda kv: order.get(kv[0][0], len(PHASES)))
     return RoundMetrics(round_id=round_id, round_number=round_number(db, round_id), rows=len(rows),
-                        series=[MetricSeries(phase=p, metric=m, points=_thin(pts)) for (p, m), pts in ordered])
+                        series=[MetricSeries(phase=p, metric=m, label=metric_label(m), group=phase_group(p), points=_thin(pts))
+                                for (p, m), pts in ordered])
 
 
 def kl_per_round(db) -> list[KlPoint]:
@@ -305,11 +463,12 @@ def kl_per_round(db) -> list[KlPoint]:
     return out
 
 
-def trainer_page(database: Database, history: int = 20) -> TrainerPage:
+def trainer_page(database: Database, history: int = 20,
+                 min_new_judgements: int = DEFAULT_MIN_NEW_JUDGEMENTS) -> TrainerPage:
     """The trainer page and its polling: status, the metrics of the current round (else the latest that
     started), KL to the reference per round, and the version warnings."""
     with database.read() as db:
-        status = _status(db, utcnow(), history)
+        status = _status(db, utcnow(), history, min_new_judgements)
         shown = status.current if status.current and status.current.status == "running" else \
             next((r for r in status.history if r.status != "requested"), None)
         metrics = _round_metrics(db, shown.id) if shown else None

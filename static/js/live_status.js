@@ -61,9 +61,14 @@
       cell("judgements in the last hour", String(tp.last_hour), "live-hour"),
       cell("campaigns waiting for generation", ev.campaigns_waiting + " (" + ev.generation_requests_pending + " stories to write)", "live-campaigns"),
     ]);
-    var stamp = el("p", { class: "muted small", text: "Updated " + new Date(data.generated_at).toLocaleTimeString() + " · refreshes every 3 s" });
+    var stamp = el("p", { class: "muted small", text: "Updated " + utcTime(data.generated_at) + " UTC · refreshes every 3 s" });
     box.replaceChildren(el("h2", { text: "Live" }), grid, stamp);
     box.dataset.updated = data.generated_at;
+  }
+
+  function utcTime(iso) {  /* "HH:MM:SS" in UTC, 24 h, as every time the server renders (a stamp without a zone is UTC) */
+    var d = new Date(iso.endsWith("Z") || /[+-]\d\d:\d\d$/.test(iso) ? iso : iso + "Z");
+    return d.toISOString().slice(11, 19);
   }
 
   function poll() {

@@ -46,11 +46,23 @@
     return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
+  function plural(count, noun) { return count + " " + noun + (count === 1 ? "" : "s"); }
+
   function num(v) {
     if (v === null || v === undefined) return "–";
     var a = Math.abs(v);
     if (a !== 0 && (a < 0.001 || a >= 100000)) return v.toExponential(2);
     return String(Number(v.toPrecision(4)));
+  }
+
+  /* num() of each tick, with more significant digits where two ticks would read alike (a KL coefficient
+   * between 0.05 and 0.0503 reads 0.05, 0.0502, 0.0503, not 0.05 three times). */
+  function tickLabels(values) {
+    var labels = values.map(num);
+    for (var digits = 5; digits <= 15 && new Set(labels).size < labels.length; digits++) {
+      labels = values.map(function (v) { return String(Number(v.toPrecision(digits))); });
+    }
+    return labels;
   }
 
   function utc(iso) {  /* "YYYY-MM-DD HH:MM:SS" in UTC, as the server renders it */
@@ -80,14 +92,16 @@
     function X(v) { return (left + (v - x0) / (x1 - x0) * pw).toFixed(1); }
     function Y(v) { return (top + ph - (v - y0) / (y1 - y0) * ph).toFixed(1); }
     root.appendChild(svg("text", { x: left, y: 18, "font-size": 12, fill: "#222" }, o.title));
-    [y0, (y0 + y1) / 2, y1].forEach(function (t) {
+    var yTicks = [y0, (y0 + y1) / 2, y1], yLabels = tickLabels(yTicks);
+    yTicks.forEach(function (t, i) {
       root.appendChild(svg("line", { x1: left, x2: left + pw, y1: Y(t), y2: Y(t), stroke: "#e3e3e3" }));
-      root.appendChild(svg("text", { x: left - 6, y: Number(Y(t)) + 4, "text-anchor": "end", "font-size": 11, fill: "#555" }, num(t)));
+      root.appendChild(svg("text", { x: left - 6, y: Number(Y(t)) + 4, "text-anchor": "end", "font-size": 11, fill: "#555", "class": "y-tick" }, yLabels[i]));
     });
     root.appendChild(svg("line", { x1: left, x2: left, y1: top, y2: top + ph, stroke: "#222" }));
     root.appendChild(svg("line", { x1: left, x2: left + pw, y1: top + ph, y2: top + ph, stroke: "#222" }));
+    var xLabels = tickLabels([x0, x1]);
     [x0, x1].forEach(function (t, i) {
-      root.appendChild(svg("text", { x: X(t), y: top + ph + 15, "text-anchor": i ? "end" : "start", "font-size": 11, fill: "#555" }, num(t)));
+      root.appendChild(svg("text", { x: X(t), y: top + ph + 15, "text-anchor": i ? "end" : "start", "font-size": 11, fill: "#555" }, xLabels[i]));
     });
     root.appendChild(svg("text", { x: left + pw / 2, y: h - 6, "text-anchor": "middle", "font-size": 12, fill: "#222" }, o.xLabel));
     var segments = [], current = [];
@@ -107,8 +121,15 @@
     return root;
   }
 
-  function describeRound(c, trainerAlive) {
-    if (!c) return ["No round is queued or running."];
+  function describeRound(c, trainerAlive, newest) {
+    if (!c) {
+      var idle = ["No round is queued or running."];
+      if (newest && newest.status === "done" && newest.warning) {
+        idle.push(" ", el("span", { "class": "warning", id: "newest-round-warning" },
+                          [el("strong", { text: "Round " + newest.number + ":" }), " " + newest.warning]));
+      }
+      return idle;
+    }
     var parts = ["Round " + c.number + ": ", el("strong", { text: c.status })];
     if (c.status === "running" && !trainerAlive) { // killed mid-round: the heartbeat went stale
       parts.push(" · ", el("strong", { "class": "interrupted", text: "interrupted" }),
@@ -128,7 +149,9 @@
     $("trainer-alive").replaceChildren.apply($("trainer-alive"), s.trainer_alive
       ? ["Trainer ", el("strong", { text: s.trainer_holder || "" }), " is running (last heartbeat " + utc(s.heartbeat_at).slice(11) + " UTC)."]
       : [el("strong", { text: "No trainer is running." }), " Start one with ", el("code", { text: "storyloop trainer" }), " (the demo starts it for you)."]);
-    $("trainer-round").replaceChildren.apply($("trainer-round"), describeRound(c, s.trainer_alive));
+    $("trainer-round").replaceChildren.apply($("trainer-round"), describeRound(c, s.trainer_alive, s.history[0]));
+    renderFailed(s.failed);
+    renderNewJudgements(s.new_judgements);
     var eta = $("trainer-round-eta");
     if (c && c.round_eta_seconds !== null) {
       eta.replaceChildren("Whole round: about ", el("strong", { text: duration(c.round_eta_seconds) }), " left ",
@@ -141,8 +164,33 @@
     var progress = $("trainer-progress");
     if (c && c.total_steps) progress.replaceChildren(el("progress", { max: String(c.total_steps), value: String(c.step), "aria-label": "phase progress" }));
     else progress.replaceChildren();
-    var start = $("start-round");
-    if (start) start.disabled = !!c;
+    var reason = c ? "Round " + c.number + " is already " + c.status + ": the trainer runs one round at a time." : "";
+    ["start-round", "start-bakeoff"].forEach(function (id) {
+      var button = $(id);
+      if (button) button.disabled = !!c;
+      if ($(id + "-reason")) $(id + "-reason").textContent = reason;
+    });
+  }
+
+  function renderFailed(f) {  /* the newest round failed: what went wrong and what to do, at the top */
+    var box = $("trainer-failed");
+    if (!box) return;
+    box.hidden = !f;
+    if (!f) { box.replaceChildren(); return; }
+    var head = [el("strong", { text: "Round " + f.number + " failed" })];
+    if (f.phase) head.push(" in phase " + f.phase);
+    if (f.finished_at) head.push(" at " + stamp(f.finished_at) + " UTC");
+    head.push(": ", el("span", { "class": "error", text: f.error }));
+    box.replaceChildren(el("p", {}, head), el("p", { text: "What to do: " + f.advice }));
+  }
+
+  function renderNewJudgements(n) {
+    var line = $("new-judgements");
+    if (!line) return;
+    line.classList.toggle("warning", !!(n && n.warning));
+    if (!n) line.replaceChildren();
+    else if (n.warning) line.replaceChildren(el("strong", { text: "Warning:" }), " " + n.warning);
+    else line.replaceChildren(plural(n.count, "new judgement") + " since the last finished round (a round is warned about below " + n.threshold + ").");
   }
 
   function renderWarnings(warnings) {
@@ -163,14 +211,16 @@
     card.dataset.round = round;
     card.dataset.rows = rows;
     $("round-metrics-title").textContent = rm ? "Round " + rm.round_number + ": logged metrics" : "Logged metrics";
-    var values = [], charts = [];
+    var values = [], charts = [], group = null;
     (rm ? rm.series : []).forEach(function (s, i) {
+      var label = s.label || s.metric, part = s.group || s.phase;
       if (s.points.length < 2) {
-        values.push(el("li", {}, [el("span", { "class": "muted", text: s.phase + " · " + s.metric }), " ",
+        values.push(el("li", {}, [el("span", { "class": "muted", text: part + " · " + label }), " ",
                                   el("strong", { text: s.points.length ? num(s.points[s.points.length - 1][1]) : "–" })]));
       } else {
+        if (part !== group) { group = part; charts.push(el("h3", { "class": "chart-group", text: part })); }
         var wrap = el("div", { "class": "chart-wrap" });
-        wrap.appendChild(lineChart(s.points, { title: s.phase + ": " + s.metric, xLabel: "step", color: COLORS[i % COLORS.length] }));
+        wrap.appendChild(lineChart(s.points, { title: part + ": " + label, xLabel: "step", color: COLORS[i % COLORS.length] }));
         charts.push(wrap);
       }
     });
@@ -212,12 +262,16 @@
         el("td", { text: (r.algorithm || "") + (r.bakeoff ? " (" + r.bakeoff.algorithms.join(", ") +
           (r.bakeoff.campaign_id ? "; campaign " + r.bakeoff.campaign_id : "") + ")" : "") }),
         el("td", { "class": "num", text: String(r.judgements_used) }),
-        el("td", { text: r.reward_version_id ? String(r.reward_version_id) : "" }),
-        el("td", { text: r.policy_version_id ? String(r.policy_version_id) : "" }),
-        el("td", { text: r.batch_id ? String(r.batch_id) : "" }),
+        el("td", {}, [r.reward_version_id ? el("a", { href: "/admin/models#reward-" + r.reward_version_id,
+                                                      text: r.reward_version_name || "#" + r.reward_version_id }) : null]),
+        el("td", {}, [r.policy_version_id ? el("a", { href: "/admin/models#version-" + r.policy_version_id,
+                                                      text: r.policy_version_name || "#" + r.policy_version_id }) : null]),
+        el("td", {}, [r.batch_id ? el("a", { href: "/admin/batches#batch-" + r.batch_id,
+                                             text: "#" + r.batch_id + " " + (r.batch_name || "") }) : null]),
         el("td", { text: stamp(r.started_at) }), el("td", { text: stamp(r.finished_at) }),
         el("td", { "class": "num", text: r.duration_seconds === null ? "" : duration(r.duration_seconds) }),
-        el("td", { "class": "small", text: r.error ? r.error.split("\n")[0] : "" }),
+        el("td", { "class": "small" }, [r.error ? r.error.split("\n")[0] : "",
+          r.warning && r.status === "done" ? el("span", { "class": "warning", text: "Warning: " + r.warning }) : null]),
       ]);
     });
     if (!rows.length) rows = [el("tr", {}, [el("td", { colspan: "12", "class": "muted", text: "No rounds yet." })])];
@@ -232,7 +286,7 @@
     renderTimings(s);
     renderKl(s.kl_per_round);
     renderHistory(s.history);
-    $("trainer-updated").textContent = "Updated " + new Date().toLocaleTimeString() + " · refreshes every 3 s while this tab is visible.";
+    $("trainer-updated").textContent = "Updated " + utc(new Date().toISOString()).slice(11) + " UTC · refreshes every 3 s while this tab is visible.";
   }
 
   function poll() {
