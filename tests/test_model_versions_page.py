@@ -17,9 +17,10 @@ from app.models import (
     TaskItem,
     TrainingLog,
     TrainingRound,
+    User,
     utcnow,
 )
-from app.services import charts, model_versions
+from app.services import charts, gold, model_versions
 from tests.conftest import make_user
 from tests.test_admin_pages import login, text_of
 
@@ -110,9 +111,6 @@ def test_mixed_bws_scores_by_hand(database):
 def test_mixed_bws_scores_count_only_usable_judgements(client, database):
     """As exports and training do (gold.usable): an excluded annotator's judgements and answers to gold
     tasks leave the models page's BWS scores."""
-    from app.models import User
-    from app.services import gold
-
     ids = seed_lineage(database)
     admin = make_user(database, "root", "admin")
     with database.write() as db:

@@ -7,12 +7,12 @@ from datetime import timedelta
 from functools import cache
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db import Database
-from app.models import Assignment, User, utcnow
+from app.models import Assignment, Task, TaskItem, User, utcnow
 from app.security import hash_password
-from app.services import stats, tasks
+from app.services import gold, stats, tasks
 from app.services.tasks import RatingSubmission
 from tests.conftest import PASSWORD
 from tests.factories import seed_rating_batch, seed_stories, submit_bws_by_ids
@@ -248,11 +248,6 @@ def test_split_half_trials_are_bounded():
 
 def _exclude_and_mark_gold(database: Database, known: Known) -> None:
     """Excludes d (BWS) and e2 (ratings); makes batch 2's tuple and the first rating item gold checks."""
-    from sqlalchemy import select
-
-    from app.models import Task, TaskItem
-    from app.services import gold
-
     with database.write() as db:
         admin = db.scalar(select(User).where(User.username == "boss"))
         for name in ("d", "e2"):
