@@ -117,7 +117,7 @@ def test_dashboard_shows_the_numbers(admin, database):
                            ("count-tasks", 5), ("count-bws", 5), ("count-ratings", 6)]:
         assert f'id="{element}">{value}<' in body, element
     text = text_of(page)
-    assert "(1 surplus)" in text and "1 skip" in text and "1 skips" not in text
+    assert "(1 surplus; 6 used by exports and training)" in text and "1 skip" in text and "1 skips" not in text
     # Batch progress: the rating batch has 5 of 6 judgements, 83.3 %.
     assert re.search(rf"#{known.rating_batch} ratings</td><td>rating</td><td class=\"num\">3</td>\s*"
                      r"<td class=\"num\">2</td><td class=\"num\">6</td><td class=\"num\">5</td>", body)
@@ -315,3 +315,25 @@ def test_overview_api(web, database):
     scores = web.get("/api/v1/admin/scores", params={"limit": 3}, headers=headers).json()
     assert len(scores) == 3 and scores[0]["counting"] == 1.0
     assert web.get("/api/v1/admin/scores", params={"limit": 0}, headers=headers).status_code == 422
+
+
+def test_scores_and_overview_shown_count_only_usable_judgements(web, database):
+    """The scores page and API, and the dashboard, leave out an excluded annotator's judgements and gold
+    answers, as exports and training do (the numbers, by hand, in test_stats)."""
+    from tests.conftest import token_headers
+    from tests.test_stats import _exclude_and_mark_gold
+
+    known = seed_known_dataset(database)
+    _exclude_and_mark_gold(database, known)
+    headers = token_headers(web, "boss")
+    scores = web.get("/api/v1/admin/scores", headers=headers).json()
+    assert [(s["continuation_id"], s["appearances"], s["best"]) for s in scores] == [
+        (known.c[0], 3, 3), (known.c[1], 3, 0), (known.c[2], 3, 0), (known.c[3], 3, 0)]
+    body = web.get("/api/v1/admin/overview", headers=headers).json()
+    assert (body["reliability"]["bws_judgements"], body["reliability"]["agreement_n"]) == (3, 3)
+    login(web, "boss")
+    rows = re.findall(r"<tr><td class=\"num\">\d+</td><td class=\"num\">(\d+)</td>", web.get("/admin/scores").text)
+    assert [int(r) for r in rows] == known.c
+    dashboard = text_of(web.get("/admin"))
+    assert "5 BWS judgements (0 surplus; 3 used by exports and training)" in dashboard
+    assert "6 ratings (1 surplus; 2 used by exports and training)" in dashboard

@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+import statistics
 import uuid
 
 import pyarrow.parquet as pq
@@ -406,3 +407,65 @@ def test_an_annotator_sees_nothing_that_tells_gold_apart(client, database):
         assert db.get(Task, gold_task.id).done_count == 1
         assert db.scalar(select(Assignment.status).where(Assignment.task_id == gold_task.id,
                                                          Assignment.user_id != other.id)) == "surplus"
+
+
+class _FixedDraw:
+    """gold_serving.draw for a test: every lease draws `value` (below the rate: a gold check)."""
+
+    value = 0.0
+
+    def random(self) -> float:
+        return self.value
+
+
+TIMED_PER_KIND = 30
+SAME_TIME_FACTOR = 2.0  # medians of gold and normal within this factor, either way
+
+
+def test_gold_tasks_take_as_long_as_normal_ones(client, database, monkeypatch):
+    """No timing side channel: leasing and answering a gold check through the API takes as long as a
+    normal task, within noise. 30 of each, interleaved in random order (so that a busy machine slows
+    both alike), gold tasks already full (their answers stored as surplus, the costliest gold case);
+    the medians of gold and normal must lie within a factor 2 of each other, lease and submission
+    each. Extra synchronous work on gold (more queries, a slower statement) would show."""
+    from time import perf_counter
+
+    batch_id = seed_bws_batch(database, prompts=20, per_prompt=8, required=1)
+    tasks = _bws_tasks(database, batch_id)
+    warm_up = 3
+    golds = tasks[:TIMED_PER_KIND + warm_up]
+    for task in golds:
+        _mark_bws(database, task)
+    gold_ids = {task.id for task in golds}
+    with database.write() as db:  # everyone has answered them already: a new answer is surplus
+        for task in golds:
+            db.get(Task, task.id).done_count = task.required
+    _set(database, rate=0.5)
+    draw = _FixedDraw()
+    monkeypatch.setattr(gold_serving, "draw", draw)
+    make_user(database, "ann")
+    headers = token_headers(client, "ann")
+
+    def one(kind: str) -> tuple[float, float]:
+        draw.value = 0.0 if kind == "gold" else 0.99
+        start = perf_counter()
+        task = client.post("/api/v1/tasks/next", headers=headers).json()
+        leased = perf_counter()
+        answer = {"best": task["items"][0]["handle"], "worst": task["items"][1]["handle"], "idempotency_key": uuid.uuid4().hex}
+        response = client.post(f"/api/v1/tasks/{task['assignment_id']}/bws", headers=headers, json=answer)
+        submitted = perf_counter()
+        assert response.status_code == 200 and response.json()["counted"], response.text
+        with database.read() as db:
+            assert (db.get(Assignment, task["assignment_id"]).task_id in gold_ids) == (kind == "gold")
+        return leased - start, submitted - leased
+
+    for kind in ["gold", "normal"] * warm_up:  # first uses compile statements and fill caches
+        one(kind)
+    order = ["gold", "normal"] * TIMED_PER_KIND
+    random.Random(0).shuffle(order)
+    seconds = {"gold": [], "normal": []}
+    for kind in order:
+        seconds[kind].append(one(kind))
+    for step, name in enumerate(("lease", "submission")):
+        gold_median, normal_median = (statistics.median(s[step] for s in seconds[kind]) for kind in ("gold", "normal"))
+        assert 1 / SAME_TIME_FACTOR <= gold_median / normal_median <= SAME_TIME_FACTOR, (name, gold_median, normal_median)

@@ -17,9 +17,10 @@ from app.models import (
     TaskItem,
     TrainingLog,
     TrainingRound,
+    User,
     utcnow,
 )
-from app.services import charts, model_versions
+from app.services import charts, gold, model_versions
 from tests.conftest import make_user
 from tests.test_admin_pages import login, text_of
 
@@ -105,6 +106,28 @@ def test_mixed_bws_scores_by_hand(database):
     assert scores[ids["base"]] == {"score": -0.25, "appearances": 4, "best": 0, "worst": 1}
     assert scores[ids["r1"]] == {"score": 0.25, "appearances": 4, "best": 2, "worst": 1}
     assert ids["r2"] not in scores
+
+
+def test_mixed_bws_scores_count_only_usable_judgements(client, database):
+    """As exports and training do (gold.usable): an excluded annotator's judgements and answers to gold
+    tasks leave the models page's BWS scores."""
+    ids = seed_lineage(database)
+    admin = make_user(database, "root", "admin")
+    with database.write() as db:
+        gold.exclude(db, db.scalar(select(User.id).where(User.username == "ann2")), admin, "gold accuracy 0 %")
+    with database.read() as db:
+        scores = model_versions.mixed_bws_scores(db)
+    # ann1 on the mixed tuple only: base shown twice, worst once; r1 shown twice, best once.
+    assert scores[ids["base"]] == {"score": -0.5, "appearances": 2, "best": 0, "worst": 1}
+    assert scores[ids["r1"]] == {"score": 0.5, "appearances": 2, "best": 1, "worst": 0}
+    login(client, "root")
+    assert "+0.500" in text_of(client.get("/admin/models"))
+
+    with database.write() as db:  # the mixed tuple becomes a gold check: no BWS data left
+        mixed = db.scalar(select(Task.id).where(Task.required == 2))
+        gold.mark(db, mixed, gold.GoldAnswer(best_id=db.get(Task, mixed).items[2].continuation_id))
+    with database.read() as db:
+        assert model_versions.mixed_bws_scores(db) == {}
 
 
 def test_models_page_data(database):

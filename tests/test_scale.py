@@ -113,6 +113,39 @@ def test_postgresql_leases_and_submits_in_one_statement_each(database, statement
         assert (judgement.best_id, judgement.worst_id, judgement.is_surplus) == (items[0], items[3], False)
 
 
+def test_postgresql_gold_checks_lease_and_submit_in_one_statement_each_too(database, statements):
+    """A gold check takes the normal lease's way (one statement to lease, one to submit), so that no
+    extra round trips tell it apart by its timing (tests/test_gold.py times both through the API)."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's path")
+    from app.services import gold
+
+    seed_bws_batch(database, prompts=1, per_prompt=8, required=1)
+    with database.write() as db:
+        gold_task = db.scalars(select(Task).order_by(Task.id)).first()
+        gold_item = gold.mark(db, gold_task.id, gold.GoldAnswer(best_id=gold_task.items[0].continuation_id))
+        gold_task_id = gold_item.task_id
+    gold.set_settings(database, gold.GoldSettings(rate=1.0))  # every lease a gold draw
+    user, handles = _annotator(database), ItemHandles.from_secret(TEST_SECRET_KEY)
+    database.state["last_expiry_sweep"] = time.monotonic()
+    asyncio.run(gold_serving.due(database, ("bws",)))
+    statements.clear()
+
+    leased = asyncio.run(tasks.next_task(database, user, 600))
+    assert leased.task_id == gold_task_id
+    assert len(statements) == 3  # the lease, the prompt's text, the continuations' texts: as a normal lease
+    statements.clear()
+    items = [item.continuation_id for item in leased.items]
+    body = tasks.BwsSubmission(best=handles.handle(leased.assignment_id, items[0]),
+                               worst=handles.handle(leased.assignment_id, items[3]), idempotency_key=uuid.uuid4().hex)
+    stored = asyncio.run(tasks.submit_bws(database, user, leased.assignment_id, body, handles))
+    assert len(statements) == 1 and stored.counted
+    normal = asyncio.run(tasks.next_task(database, user, 600))  # no gold left for this person: a normal task
+    assert normal.task_id != gold_task_id
+    with database.read() as db:
+        assert (db.get(Task, gold_task_id).done_count, db.get(Task, gold_task_id).active_leases) == (1, 0)
+
+
 def test_postgresql_lease_statement_is_one_round_trip_once_texts_are_cached(database, statements):
     if database.is_sqlite:
         pytest.skip("PostgreSQL's path")

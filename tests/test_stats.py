@@ -7,12 +7,12 @@ from datetime import timedelta
 from functools import cache
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db import Database
-from app.models import Assignment, User, utcnow
+from app.models import Assignment, Task, TaskItem, User, utcnow
 from app.security import hash_password
-from app.services import stats, tasks
+from app.services import gold, stats, tasks
 from app.services.tasks import RatingSubmission
 from tests.conftest import PASSWORD
 from tests.factories import seed_rating_batch, seed_stories, submit_bws_by_ids
@@ -115,7 +115,8 @@ def test_counts_and_batch_progress(database):
         "users_total": 8, "users_active": 8, "users_by_role": {"annotator": 4, "evaluator": 3, "admin": 1},
         "prompts": 3, "continuations": 11, "model_versions": 2, "batches": 3,
         "tasks": 5, "tasks_bws": 2, "tasks_rating": 3,
-        "bws_judgements": 5, "bws_surplus": 0, "ratings": 6, "ratings_surplus": 1, "skips": 1,
+        "bws_judgements": 5, "bws_surplus": 0, "bws_usable": 5, "ratings": 6, "ratings_surplus": 1, "ratings_usable": 6,
+        "skips": 1,
     }
     progress = {b.batch_id: b for b in o.batches}
     assert [b.batch_id for b in o.batches] == [known.rating_batch, known.bws2, known.bws1]  # newest first
@@ -243,3 +244,53 @@ def test_empty_database(database):
 def test_split_half_trials_are_bounded():
     assert stats.split_half_trials(0) == 100 and stats.split_half_trials(1500) == 100
     assert stats.split_half_trials(15_000) == 10 and stats.split_half_trials(10_000_000) == 5
+
+
+def _exclude_and_mark_gold(database: Database, known: Known) -> None:
+    """Excludes d (BWS) and e2 (ratings); makes batch 2's tuple and the first rating item gold checks."""
+    with database.write() as db:
+        admin = db.scalar(select(User).where(User.username == "boss"))
+        for name in ("d", "e2"):
+            gold.exclude(db, db.scalar(select(User.id).where(User.username == name)), admin, "test")
+        bws2_task = db.scalar(select(Task.id).where(Task.batch_id == known.bws2))
+        gold.mark(db, bws2_task, gold.GoldAnswer(best_id=known.x[0]))
+        rated0_task = db.scalar(select(Task.id).join(TaskItem, TaskItem.task_id == Task.id)
+                                .where(Task.batch_id == known.rating_batch, TaskItem.continuation_id == known.rated[0]))
+        gold.mark(db, rated0_task, gold.GoldAnswer(rating_ranges={"grammar": (4, 5)}))
+
+
+def test_scores_reliability_and_agreement_count_only_usable_judgements(database):
+    """As exports and training do (gold.usable): an excluded annotator's judgements and answers to gold
+    tasks leave the BWS scores, the reliability figures and the consensus. The annotators table still
+    counts everything each person did, and shows an excluded annotator's agreement with the others."""
+    known = seed_known_dataset(database)
+    _exclude_and_mark_gold(database, known)
+    c = known.c
+
+    # a, b, c only: best c0 x3; worst c3 x2, c2 x1; each shown 3 times. Batch 2's tuple is gold: no scores.
+    scores = stats.bws_scores(database, limit=None)
+    assert [(s.continuation_id, s.appearances, s.best, s.worst) for s in scores] == [
+        (c[0], 3, 3, 0), (c[1], 3, 0, 0), (c[2], 3, 0, 1), (c[3], 3, 0, 2)]
+    assert [s.counting for s in scores] == pytest.approx([1.0, 0.0, -1 / 3, -2 / 3])
+    assert stats.bws_scores(database, limit=None, prompt_id=known.p2) == []
+
+    o = stats.overview(database)
+    counts = o.counts
+    assert (counts.bws_judgements, counts.bws_usable, counts.ratings, counts.ratings_usable) == (5, 3, 6, 2)
+    rel = o.reliability
+    assert (rel.bws_judgements, rel.ratings) == (3, 2)
+    # Leave-one-out among a, b, c; d's judgement is held against all three (it is no part of the consensus):
+    #   a: b, c -> c0 = 1, c1 = 0, c2 = c3 = -1/2: best c0 -> 1; worst c3 in {c2, c3} -> 1/2.  b: the same.
+    #   c: a, b -> c0 = 1, c1 = c2 = 0, c3 = -1: best c0 -> 1; worst c2 -> 0.
+    #   d: a, b, c -> c0 = 1, c1 = 0, c2 = -1/3, c3 = -2/3: best c1 -> 0; worst c0 -> 0.
+    assert (rel.agreement_n, rel.best_agreement, rel.worst_agreement) == (3, 1.0, pytest.approx(1 / 3))
+    by_name = {a.username: a for a in o.annotators}
+    agreement = {n: (by_name[n].best_agreement, by_name[n].worst_agreement, by_name[n].agreement_n) for n in "abcd"}
+    assert agreement == {"a": (1.0, 0.5, 1), "b": (1.0, 0.5, 1), "c": (1.0, 0.0, 1), "d": (0.0, 0.0, 1)}
+    # The table still counts what everyone did, gold answers and excluded annotators' included.
+    assert [(by_name[n].bws, by_name[n].ratings) for n in ("a", "d", "e1", "e2")] == [(2, 0), (1, 0), (0, 3), (0, 3)]
+    # Ratings: e1's of rated[1] (3, 3, 3, 3) and rated[2] (1, 2, 4, 5) only; one rater: alpha undefined.
+    dims = {d.dimension: d for d in rel.dimensions}
+    assert {d: (dims[d].n, dims[d].mean) for d in dims} == {
+        "grammar": (2, 2.0), "creativity": (2, 2.5), "consistency": (2, 3.5), "plot": (2, 4.0)}
+    assert all(d.alpha is None for d in dims.values())

@@ -38,7 +38,7 @@ from app.models import (
     TrainingLog,
     TrainingRound,
 )
-from app.services import evaluation
+from app.services import evaluation, gold
 
 AUTO_METRICS = ("mean_reward", "distinct_1", "distinct_2", "mean_length", "perplexity", "eos_rate", "length_p10",
                 "length_p50", "length_p90", "kl_to_reference", "copy_similarity")
@@ -119,8 +119,10 @@ class ModelsPage(BaseModel):
 
 
 def mixed_bws_scores(db: Session) -> dict[int, dict[str, int | float]]:
-    """{version id: {score, appearances, best, worst}} from judgements of tuples mixing versions."""
-    judgements = db.execute(select(BwsJudgement.task_id, BwsJudgement.best_id, BwsJudgement.worst_id)).all()
+    """{version id: {score, appearances, best, worst}} from usable judgements (gold.usable, as exports
+    and training) of tuples mixing versions."""
+    judgements = db.execute(select(BwsJudgement.task_id, BwsJudgement.best_id, BwsJudgement.worst_id)
+                            .where(gold.usable(BwsJudgement))).all()
     if not judgements:
         return {}
     task_ids = {j.task_id for j in judgements}

@@ -5,9 +5,14 @@ every judgement by construction -- consensus agreement, Bradley-Terry, split-hal
 Krippendorff's alpha -- loads the judgement rows, as compact tuples, and works on them with numpy
 and app.services.scoring.
 
-Which judgements count here: every stored judgement, surplus included. A surplus judgement (late,
-or beyond R) is a real human judgement that merely did not count towards a task's quota, so it
-informs scores and agreement as much as any other. Counts report surplus separately.
+Which judgements count here. Scores, reliability (split-half, rating means and alpha) and the
+consensus that agreement is measured against read only the judgements exports and training read
+(gold.usable: not by an excluded annotator, not on a gold task), surplus included: a surplus
+judgement (late, or beyond R) is a real human judgement that merely did not count towards a task's
+quota. What people did -- counts, batch progress, judgements per hour, the annotators table's counts
+and medians -- counts every stored judgement; the counts say how many of them are usable. An
+excluded annotator's agreement is still shown: their non-gold judgements held against the others'
+consensus. Answers to gold tasks are measured on the Gold page, not here.
 
 Consensus agreement of an annotator (BWS), exactly:
   For each BWS judgement j (items I_j, best b_j, worst w_j) we compute every item's counting score
@@ -17,7 +22,8 @@ Consensus agreement of an annotator (BWS), exactly:
   appearances_-j(i) how often i was shown, all over judgements other than j (across every tuple of
   the prompt that contains i, not only j's tuple). If some item of I_j has appearances_-j(i) = 0,
   the consensus for j is undefined and j is left out (it counts in neither numerator nor
-  denominator). Otherwise let TOP be the items of I_j with the highest score_-j and BOTTOM those
+  denominator). Only usable judgements make the consensus, so "except j" matters only for a usable
+  j; a judgement by an excluded annotator is held against all the usable ones. Otherwise let TOP be the items of I_j with the highest score_-j and BOTTOM those
   with the lowest. j earns best-credit 1/|TOP| if b_j is in TOP, else 0 (a tie among m items gives
   1/m, the chance of picking the consensus item among them), and worst-credit 1/|BOTTOM| if w_j is
   in BOTTOM, else 0. An annotator's best_agreement is the mean best-credit over their judgements
@@ -27,13 +33,14 @@ Consensus agreement of an annotator (BWS), exactly:
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import Integer, case, func, literal, select, union_all
+from sqlalchemy import Integer, case, exists, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app.db import Database
@@ -43,6 +50,7 @@ from app.models import (
     Batch,
     BwsJudgement,
     Continuation,
+    GoldItem,
     Invite,
     ModelVersion,
     Prompt,
@@ -52,7 +60,7 @@ from app.models import (
     User,
     utcnow,
 )
-from app.services import scoring
+from app.services import gold, scoring
 
 SPLIT_HALF_SEED = 0
 SPLIT_HALF_TRIALS = 100  # at most; fewer for big data, see split_half_trials()
@@ -82,8 +90,10 @@ class Counts(BaseModel):
     tasks_rating: int
     bws_judgements: int  # all stored, surplus included
     bws_surplus: int
+    bws_usable: int  # of those, what exports and training read (gold.usable)
     ratings: int  # all stored, surplus included
     ratings_surplus: int
+    ratings_usable: int
     skips: int
 
 
@@ -132,6 +142,8 @@ class DimensionStats(BaseModel):
 
 
 class Reliability(BaseModel):
+    """Over usable judgements only (gold.usable), as exports and training."""
+
     bws_judgements: int
     # Split-half reliability of counting scores (scoring.split_half_reliability: random halves of
     # every tuple's judgements, correlation of the two halves' scores, no Spearman-Brown correction).
@@ -172,15 +184,18 @@ class Overview(BaseModel):
 
 
 class _BwsData:
-    """All BWS judgements as arrays: items[j] is the tuple shown (padded with -1)."""
+    """BWS judgements as arrays: tuples[j] is the tuple shown; usable[j] whether exports and training
+    read it (gold.usable), on_gold[j] whether it answers a gold task. `only_usable` loads just those."""
 
-    def __init__(self, db: Session):
-        rows = db.execute(
+    def __init__(self, db: Session, only_usable: bool = False):
+        query = (
             select(BwsJudgement.id, BwsJudgement.user_id, BwsJudgement.task_id, BwsJudgement.best_id, BwsJudgement.worst_id,
-                   Task.prompt_id)
+                   Task.prompt_id, gold.usable(BwsJudgement).label("usable"),
+                   exists().where(GoldItem.task_id == BwsJudgement.task_id).label("on_gold"))
             .join(Task, Task.id == BwsJudgement.task_id)
             .order_by(BwsJudgement.id)
-        ).all()
+        )
+        rows = db.execute(query.where(gold.usable(BwsJudgement)) if only_usable else query).all()
         judged_tasks = select(BwsJudgement.task_id).distinct().scalar_subquery()
         items_of: dict[int, list[int]] = defaultdict(list)
         for task_id, continuation_id in db.execute(
@@ -194,8 +209,21 @@ class _BwsData:
         self.prompt_ids = [r[5] for r in rows]
         self.best = np.array([r[3] for r in rows], dtype=np.int64)
         self.worst = np.array([r[4] for r in rows], dtype=np.int64)
+        self.usable = np.array([bool(r[6]) for r in rows], dtype=bool)
+        self.on_gold = np.array([bool(r[7]) for r in rows], dtype=bool)
         self.tuples: list[tuple[int, ...]] = [tuple(items_of[r[2]]) for r in rows]
         self.credits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def usable_only(self) -> _BwsData:
+        """The same data, keeping only the usable judgements."""
+        kept = copy.copy(self)
+        keep = np.flatnonzero(self.usable)
+        for name in ("user_ids", "best", "worst", "usable", "on_gold"):
+            setattr(kept, name, getattr(self, name)[keep])
+        for name in ("task_ids", "prompt_ids", "tuples"):
+            setattr(kept, name, [getattr(self, name)[j] for j in keep.tolist()])
+        kept.credits = None
+        return kept
 
     def __len__(self) -> int:
         return len(self.tuples)
@@ -238,14 +266,16 @@ def _compute_credits(data: _BwsData) -> tuple[np.ndarray, np.ndarray, np.ndarray
     best_idx = np.searchsorted(universe, data.best)
     worst_idx = np.searchsorted(universe, data.worst)
 
-    appearances = np.bincount(idx[mask], minlength=m + 1).astype(float)
-    best_total = np.bincount(best_idx, minlength=m + 1).astype(float)
-    worst_total = np.bincount(worst_idx, minlength=m + 1).astype(float)
+    # The consensus: usable judgements only. Each leaves itself out; the others have nothing to leave out.
+    own = data.usable[:, None]
+    appearances = np.bincount(idx[mask & own], minlength=m + 1).astype(float)
+    best_total = np.bincount(best_idx[data.usable], minlength=m + 1).astype(float)
+    worst_total = np.bincount(worst_idx[data.usable], minlength=m + 1).astype(float)
 
     is_best = idx == best_idx[:, None]
     is_worst = idx == worst_idx[:, None]
-    app = appearances[idx] - 1.0
-    net = best_total[idx] - is_best - (worst_total[idx] - is_worst)
+    app = appearances[idx] - own
+    net = best_total[idx] - (is_best & own) - (worst_total[idx] - (is_worst & own))
     defined = np.all(~mask | (app > 0), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(mask & (app > 0), net / np.where(app > 0, app, 1.0), np.nan)
@@ -263,10 +293,12 @@ def _compute_credits(data: _BwsData) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _agreement_by_user(data: _BwsData) -> dict[int, tuple[float | None, float | None, int]]:
+    """Over each annotator's judgements on normal tasks (gold answers are measured on the Gold page),
+    an excluded annotator's included."""
     defined, best_credit, worst_credit = _consensus_credits(data)
     result: dict[int, tuple[float | None, float | None, int]] = {}
     for user_id in np.unique(data.user_ids):
-        sel = (data.user_ids == user_id) & defined
+        sel = (data.user_ids == user_id) & defined & ~data.on_gold
         k = int(sel.sum())
         result[int(user_id)] = (
             (float(best_credit[sel].mean()), float(worst_credit[sel].mean()), k) if k else (None, None, 0)
@@ -295,13 +327,15 @@ def _counts(db: Session) -> Counts:
             _count(BwsJudgement), _count(BwsJudgement, BwsJudgement.is_surplus.is_(True)),
             _count(Rating), _count(Rating, Rating.is_surplus.is_(True)),
             _count(Assignment, Assignment.status == "skipped"),
+            _count(BwsJudgement, gold.usable(BwsJudgement)), _count(Rating, gold.usable(Rating)),
         )
     ).one()
     return Counts(
         users_total=total, users_active=active, users_by_role=by_role,
         prompts=row[0], continuations=row[1], model_versions=row[2], batches=row[3],
         tasks=row[4], tasks_bws=row[5], tasks_rating=row[6],
-        bws_judgements=row[7], bws_surplus=row[8], ratings=row[9], ratings_surplus=row[10], skips=row[11],
+        bws_judgements=row[7], bws_surplus=row[8], bws_usable=row[12],
+        ratings=row[9], ratings_surplus=row[10], ratings_usable=row[13], skips=row[11],
     )
 
 
@@ -449,12 +483,14 @@ def _finite(value) -> float | None:
 
 
 def _rating_dimensions(db: Session) -> list[DimensionStats]:
-    row = db.execute(select(func.count(), *[func.avg(getattr(Rating, d)) for d in RATING_DIMENSIONS])).one()
+    row = db.execute(select(func.count(), *[func.avg(getattr(Rating, d)) for d in RATING_DIMENSIONS])
+                     .where(gold.usable(Rating))).one()
     # Krippendorff's alpha (ordinal): units are continuations, raters are users. A user who rated
     # the same continuation more than once (in two batches) counts once, with their latest rating.
     latest: dict[tuple[int, int], tuple[int, ...]] = {}
     for user_id, continuation_id, *values in db.execute(
         select(Rating.user_id, Rating.continuation_id, *[getattr(Rating, d) for d in RATING_DIMENSIONS])
+        .where(gold.usable(Rating))
         .order_by(Rating.id)
     ):
         latest[(user_id, continuation_id)] = tuple(values)
@@ -471,12 +507,14 @@ def _rating_dimensions(db: Session) -> list[DimensionStats]:
 
 def _reliability(db: Session, bws: _BwsData) -> Reliability:
     defined, best_credit, worst_credit = _consensus_credits(bws)
+    defined = defined & bws.usable
     k = int(defined.sum())
-    trials = split_half_trials(len(bws))
-    split = scoring.split_half_reliability(bws.annotations(), trials=trials, seed=SPLIT_HALF_SEED)
+    usable = bws.usable_only()
+    trials = split_half_trials(len(usable))
+    split = scoring.split_half_reliability(usable.annotations(), trials=trials, seed=SPLIT_HALF_SEED)
     dims = _rating_dimensions(db)
     return Reliability(
-        bws_judgements=len(bws),
+        bws_judgements=len(usable),
         split_half_spearman=_finite(split["spearman_mean"]), split_half_spearman_std=_finite(split["spearman_std"]),
         split_half_pearson=_finite(split["pearson_mean"]), split_half_trials_run=trials,
         split_half_trials=int(split["trials"]),
@@ -499,9 +537,10 @@ def bws_scores(database: Database, limit: int | None = None, prompt_id: int | No
     (ties: higher Bradley-Terry first, then lower id). `prompt_id` keeps one prompt; `limit` keeps
     the first rows. Bradley-Terry is fitted once per prompt, and only for the prompts of the rows
     returned: items of different prompts never meet in a tuple, so their strengths are not
-    comparable anyway, and one fit costs time growing with the square of its items."""
+    comparable anyway, and one fit costs time growing with the square of its items. Usable judgements
+    only (gold.usable), as exports and training."""
     with database.read() as db:
-        data = _BwsData(db)
+        data = _BwsData(db, only_usable=True)
         by_prompt = data.annotations_by_prompt()
         if prompt_id is not None:
             by_prompt = {prompt_id: by_prompt[prompt_id]} if prompt_id in by_prompt else {}

@@ -511,7 +511,10 @@ async def next_task(database: Database, user: User, lease_seconds: int, kinds: S
             if user.task_quota is not None or user.work_ends_at is not None:  # crowd participants only
                 return await _next_task_within_limits(database, user, kinds, lease_seconds, gold_due)
             if gold_due:
-                gold = await database.run_write(lambda conn: _lease_gold(conn, database, user.id, kinds, lease_seconds))
+                if database.is_sqlite:
+                    gold = await database.run_write(lambda conn: _lease_gold(conn, database, user.id, kinds, lease_seconds))
+                else:
+                    gold = await _lease_next_postgres(database, user.id, kinds, lease_seconds, gold=True)
                 if gold is not None:
                     return gold
             if database.is_sqlite:
@@ -603,16 +606,25 @@ SHUFFLED_POSITIONS = 16
 
 
 @cache
-def _lease_statement_postgres(kinds: tuple[str, ...]):
+def _lease_statement_postgres(kinds: tuple[str, ...], gold: bool):
     """The user's running lease if any; else a slot of the first free task taken (as in
     _take_slot_statement) and its assignment inserted, its items in the order of the permutation
-    `shuffle` (drawn in Python from the OS: a position's rank in it is the item's place on screen)."""
+    `shuffle` (drawn in Python from the OS: a position's rank in it is the item's place on screen).
+    `gold`: the task is a gold check (gold_serving.pick_statement, not capped by R) instead, in the
+    same one statement, so that a gold lease costs what a normal one does (no timing tells them apart).
+    Pass both arguments by position: the cache keys `gold=True` apart from `True`, and the statements
+    prepared at worker start must be the very objects the leases run."""
     current = _current_lease_statement(kinds).cte("current_lease")
     # Joined to the free task rather than `id = (subquery)` as in _take_slot_statement: inside this
     # statement that form now and then updated nothing under concurrent leases while tasks were free
     # (the annotator got 204); the join never did (tests/test_scale.py).
-    free = _first_free_task(kinds, skip_locked=True).element.where(~exists(current.select())).subquery("free")
-    taken = (update(Task).where(Task.id == free.c.id, _has_slot)
+    if gold:
+        free = gold_serving.pick_statement(kinds).where(~exists(current.select())).subquery("free")
+        slot = []  # gold is served beyond R
+    else:
+        free = _first_free_task(kinds, skip_locked=True).element.where(~exists(current.select())).subquery("free")
+        slot = [_has_slot]
+    taken = (update(Task).where(Task.id == free.c.id, *slot)
              .values(active_leases=Task.active_leases + 1).returning(Task.id, Task.kind, Task.prompt_id).cte("taken"))
     rank = func.array_position(bindparam("shuffle", type_=ARRAY(Integer)), TaskItem.position)
     shown_order = (select(func.json_agg(aggregate_order_by(TaskItem.continuation_id, rank)))
@@ -628,7 +640,10 @@ def _lease_statement_postgres(kinds: tuple[str, ...]):
         .join(taken, taken.c.id == new.c.task_id))
 
 
-async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int) -> LeasedTask | None:
+async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[str, ...], lease_seconds: int,
+                               gold: bool = False) -> LeasedTask | None:
+    """A lease in one statement (_lease_statement_postgres); `gold`: a gold check, None when the user
+    has had every one."""
     now = utcnow()
     if _sweep_due(database):
         await database.run_write(lambda conn: expire_leases(conn, now))
@@ -639,7 +654,7 @@ async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[st
         # versions (a task's stored items follow the continuation ids).
         _shuffler.shuffle(shuffle)
         values = {"user_id": user_id, "now": now, "expires_at": now + timedelta(seconds=lease_seconds), "shuffle": shuffle}
-        row = await database.statements.fetch_one(_lease_statement_postgres(kinds), values)
+        row = await database.statements.fetch_one(_lease_statement_postgres(kinds, gold), values)
         if row is None:
             return None
         lease = Lease(*row)
@@ -648,8 +663,8 @@ async def _lease_next_postgres(database: Database, user_id: int, kinds: tuple[st
         return await _leased_task_postgres(database, lease)
 
     leased = await lease()
-    # Nothing free: maybe a lease just ran out.
-    if leased is None and await database.run_write(lambda conn: expire_leases(conn, now)):
+    # Nothing free: maybe a lease just ran out (gold is not capped by R: its leases hold no slot back).
+    if leased is None and not gold and await database.run_write(lambda conn: expire_leases(conn, now)):
         leased = await lease()
     return leased
 
@@ -908,8 +923,9 @@ def _submit_statement_postgres(model):
 def hot_statements_postgres() -> list:
     """An annotator's fetch and submit on PostgreSQL, past the token check: the statements worth
     preparing on each connection at worker start (AsyncStatements.open_connections)."""
-    return [_lease_statement_postgres(ROLE_TASK_KINDS["annotator"]), PROMPT_TEXTS_ANY, CONTINUATION_TEXTS_ANY,
-            ASSIGNMENT_ROW, *map(_submit_statement_postgres, SUBMITTED_COLUMNS), *STORED_BY_KEY.values()]
+    annotator = ROLE_TASK_KINDS["annotator"]
+    return [_lease_statement_postgres(annotator, False), _lease_statement_postgres(annotator, True),
+            PROMPT_TEXTS_ANY, CONTINUATION_TEXTS_ANY, ASSIGNMENT_ROW, *map(_submit_statement_postgres, SUBMITTED_COLUMNS), *STORED_BY_KEY.values()]
 
 
 def _chosen_continuations(handles: ItemHandles, assignment_id: int, item_order: list[int], data: BwsSubmission) -> tuple[int, int]:
