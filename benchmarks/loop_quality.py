@@ -252,6 +252,10 @@ def main() -> None:
     parser.add_argument("--round-timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the trainer and app")
+    parser.add_argument("--bakeoff", default="",
+                        help="after the rounds, M more judgements and a bake-off round of these algorithms "
+                             "(e.g. alol,dpo), each trained from the newest version; with --rounds 0 and the "
+                             "--data-dir of a finished campaign, it continues that campaign")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report on the finished campaign in --data-dir")
     args = parser.parse_args()
@@ -272,17 +276,22 @@ def main() -> None:
     score = preference_score(args.preference)
     triggers, eta_ratios, started = [], {}, time.monotonic()
     if not args.report_only:
+        if args.bakeoff:  # the bake-off is asked for by the admin: no automatic round may start before it
+            env["STORYLOOP_TRAINER_MIN_NEWEST_JUDGEMENTS"] = "1000000"
         campaign = Campaign(data_dir, free_port(), env)
         try:
             print("round 0: the base policy writes its stories ...", flush=True)
             campaign.wait_round_done(0, args.round_timeout)
-            for i in range(1, args.rounds + 1):
+            first = campaign.rounds_done()
+            for i in range(first, first + args.rounds):
                 done = campaign.rounds_done()
                 config = SimulationConfig(annotators=args.annotators, judgements=args.judgements,
                                           preference=args.preference, noise=args.noise, seed=i, username_prefix=f"sim{i}-")
                 result = run_simulation(campaign.url, "admin", campaign.admin_password, config)
                 print(f"  {result.judgements} judgements in", flush=True)
                 try:
+                    if args.bakeoff:
+                        raise TimeoutError  # automatic rounds are off for this run
                     wait_for(lambda: True if campaign.status()["current"] or campaign.rounds_done() > done else None,
                              60, "the trainer to start a round by itself", every=2.0)
                     triggers.append("auto")
@@ -291,6 +300,16 @@ def main() -> None:
                     triggers.append("admin (the automatic trigger did not fire within 60 s)")
                 print(f"round {i}: training ({triggers[-1]}) ...", flush=True)
                 eta_ratios[i] = campaign.wait_round_done(done, args.round_timeout)
+            if args.bakeoff:
+                done = campaign.rounds_done()
+                config = SimulationConfig(annotators=args.annotators, judgements=args.judgements, preference=args.preference,
+                                          noise=args.noise, seed=100 + done, username_prefix=f"simb{done}-")
+                print(f"  {run_simulation(campaign.url, 'admin', campaign.admin_password, config).judgements} "
+                      "judgements in", flush=True)
+                campaign.client.post("/api/v1/admin/training/rounds", headers=campaign.admin,
+                                     json={"bakeoff": args.bakeoff.split(",")}).raise_for_status()
+                print(f"bake-off round ({args.bakeoff}) ...", flush=True)
+                campaign.wait_round_done(done, args.round_timeout * 2)
         finally:
             campaign.stop()
     total = time.monotonic() - started
@@ -328,7 +347,8 @@ def main() -> None:
                 "seconds": (r.finished_at - r.started_at).total_seconds(), "phases": timings,
                 "ppo_mean": ppo,  # PPO's own logged figures, averaged over the round's steps
                 "reward_writers": rankings.get(r.reward_version_id),
-                "policy_compute": db.get(ModelVersion, r.policy_version_id).metrics.get("compute"),
+                "policy_compute": (db.get(ModelVersion, r.policy_version_id).metrics.get("compute")
+                                   if r.policy_version_id else None),  # a bake-off's are in its versions
             })
         round0 = rounds[0]
         r0_timings = {t.metrics["phase"]: t.metrics["seconds"] for t in db.scalars(
