@@ -10,6 +10,7 @@ exactly the judgements that were acknowledged.
 
     python benchmarks/annotate_load.py --annotators 50 200 --seconds 20 --db sqlite postgresql
     python benchmarks/annotate_load.py --annotators 200 --seconds 30 --db postgresql --potato
+    python benchmarks/annotate_load.py --annotators 200 --seconds 20 --items 400 --db postgresql sqlite --potato
     python benchmarks/annotate_load.py --annotators 1000 --think 4 --db postgresql --minutes 10
 
 The server is started as `storyloop serve` starts it (its worker count unless --workers, its
@@ -20,8 +21,22 @@ and prints fetch/submit latency and errors per minute (does latency grow with hi
 --server-cpus pins the server (not the load generator, not PostgreSQL) to some cores with taskset;
 its default worker count follows (one per core), e.g. 1 worker on "0" against 2 on "0,1".
 
-Each row: judgements/s, latency percentiles, connection errors (a request that failed on a fresh
-connection: reset, refused, closed before the answer) and 5xx answers, server CPU ms per judgement,
+--items N seeds N BWS tuples, for storyloop and Potato alike (default: enough for 1500 judgements/s
+over the run, about 10,000 for 20 s); Potato's cost per judgement grows with N and storyloop's does
+not, so compare the two at stated, equal counts: hundreds (Potato's usual) and tens of thousands.
+With few items storyloop may judge them all before the time is up; its rate is then over the time it
+took (the rows' `seconds`).
+
+Each row starts with its conditions: database, items, annotators, think time, workers, the
+machine's cores and load average at the start, and the load generator's own CPU in cores (its CPU
+seconds over the run's wall seconds: on a small machine it competes with the servers). Then server
+CPU per judgement, the headline: the app's processes and, on PostgreSQL, the benchmark database's
+backends apart (from /proc, sampled with the connection counts below; PostgreSQL must run on this
+machine; the cluster's shared processes are not counted), and their sum; with --potato, that sum
+over Potato's, and judgements/s over Potato's. CPU is counted over the timed window only, for Potato
+too (its logins, a PBKDF2 check each, and its warm-up come before). Then judgements/s, latency
+percentiles, connection errors (a request that failed on a fresh
+connection: reset, refused, closed before the answer) and 5xx answers,
 the largest RSS of a server process (each worker), whether the database holds exactly the
 acknowledged judgements (and no task over R, none twice to one person), and on PostgreSQL the
 server's connections to it once started and at most during the run (pg_stat_activity, sampled every
@@ -32,7 +47,9 @@ is then annotators / throughput. --think gives each annotator a reading pause be
 
 The load generator speaks HTTP/1.1 on raw asyncio streams by default (--client raw): on a small
 machine it shares the CPUs with the server, and httpx costs several times more CPU per request.
---client httpx uses httpx.AsyncClient instead. Client CPU is reported so its share is visible.
+--client httpx uses httpx.AsyncClient instead (storyloop's runs only: Potato's client,
+benchmarks/potato_load.py, is always a raw one, so compare the two with --client raw). Client CPU is
+reported so its share is visible.
 Like a browser, the raw client sends a request again on a new connection when a kept-alive one
 turns out to have been closed by the server while idle; only a failure on a fresh connection
 counts as a connection error.
@@ -169,31 +186,77 @@ def stored_judgement_ids(url: str) -> tuple[set[int], dict]:
     return ids, {"tasks_over_R": over, "done_count_mismatch": int(counted != done), "task_user_twice": doubled}
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of one process, from /proc; None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class BackendCpu:
+    """CPU seconds spent by a set of processes that come and go (PostgreSQL's backends) over a window:
+    per pid, its last reading less its reading when the window opened (0 for a pid first seen later,
+    whose whole life is in the window). A backend that exits between two readings loses only its
+    CPU since the last one."""
+
+    def __init__(self):
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def read(self, pids, opening: bool = False) -> None:
+        for pid in pids:
+            cpu = process_cpu(pid)
+            if cpu is None:
+                continue
+            if pid not in self.first:
+                self.first[pid] = cpu if opening else 0.0
+            self.last[pid] = cpu
+
+    def seconds(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
 class ConnectionCounter:
     """PostgreSQL: the connections to the benchmark's database (pg_stat_activity, less this counter's
-    own), now and at most while sampling in a thread: what the server's pools hold at start and under load."""
+    own), now and at most while sampling in a thread: what the server's pools hold at start and under load.
+    The same samples give the CPU of those connections' backends while sampling (`db_cpu_s`, read from
+    /proc: PostgreSQL must run on this machine; the cluster's shared processes, WAL writer,
+    checkpointer and the rest, are not counted, since other databases' work lands on them too)."""
 
     def __init__(self, url: str):
         self.engine = create_engine(url, poolclass=NullPool)
         self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self.peak = 0
+        self.cpu = BackendCpu()
+        self.db_cpu_s: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def now(self) -> int:
         return self.conn.scalar(text("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"))
 
+    def backend_pids(self) -> list[int]:
+        return list(self.conn.scalars(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")))
+
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, self.now())
+            pids = self.backend_pids()
+            self.peak = max(self.peak, len(pids))
+            self.cpu.read(pids)
 
     def __enter__(self) -> "ConnectionCounter":
+        self.cpu.read(self.backend_pids(), opening=True)
         self._thread.start()
         return self
 
     def __exit__(self, *_exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu.read(self.backend_pids())
+        self.db_cpu_s = self.cpu.seconds()
 
     def close(self) -> None:
         self.conn.close()
@@ -447,15 +510,7 @@ def server_pids(pid: int) -> list[int]:
 
 def children_cpu(pid: int) -> float:
     """CPU seconds of a process tree (server + its workers), read from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in server_pids(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError):
-            pass
-    return total
+    return sum(cpu for p in server_pids(pid) if (cpu := process_cpu(p)) is not None)
 
 
 def largest_rss_mb(pid: int) -> float:
@@ -471,10 +526,20 @@ def largest_rss_mb(pid: int) -> float:
     return largest / 1024
 
 
+def conditions(db: str, items: int, annotators: int, think: float, workers: int) -> dict:
+    """What a row's figures depend on, recorded in every row (and printed beside every ratio). The
+    load average is the machine's when the run starts: the load generator shares the machine."""
+    return {"db": db, "items": items, "annotators": annotators, "think_s": think, "workers": workers,
+            "load_average_start": os.getloadavg()[0], "cores": os.cpu_count()}
+
+
 def result_row(setting: dict, results: Results, elapsed: float, client_cpu: float, server_cpu: float,
-               rss_mb: float, stored: set, integrity: dict) -> dict:
-    """One row of the table, for storyloop's runs and Potato's (benchmarks/potato_load.py) alike."""
+               rss_mb: float, stored: set, integrity: dict, db_cpu: float | None = None) -> dict:
+    """One row of the table, for storyloop's runs and Potato's (benchmarks/potato_load.py) alike.
+    server_cpu is the app's processes'; db_cpu PostgreSQL's backends' (None where there are none)."""
     judgements = len(results.acknowledged)
+    app_ms = server_cpu * 1000 / max(1, judgements)
+    db_ms = db_cpu * 1000 / max(1, judgements) if db_cpu is not None else None
     return {
         **setting, "seconds": round(elapsed, 1), "judgements": judgements, "judgements_per_s": judgements / elapsed,
         **{f"{kind}_p{p}": percentile(values, p)
@@ -484,10 +549,14 @@ def result_row(setting: dict, results: Results, elapsed: float, client_cpu: floa
         "reconnects": results.reconnects, "ran_out": results.ran_out,
         "exact": stored == results.acknowledged, "stored": len(stored), **integrity,
         "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu, 1),
+        # The load generator's share of the machine, in cores: what the servers did not get.
+        "client_cores": client_cpu / elapsed if elapsed else float("nan"),
         # CPU per judgement is the figure that survives a busy machine: 1000 / it = judgements/s per core.
-        "server_cpu_ms_per_judgement": server_cpu * 1000 / max(1, judgements),
+        "server_cpu_ms_per_judgement": app_ms,
+        "db_cpu_s": round(db_cpu, 1) if db_cpu is not None else None, "db_cpu_ms_per_judgement": db_ms,
+        "total_cpu_ms_per_judgement": app_ms + (db_ms or 0.0),
         "rss_mb_per_worker": round(rss_mb, 1),
-        "load_average": os.getloadavg()[0],
+        "load_average_end": os.getloadavg()[0],
         "per_minute": [minute_row(m, results.minutes[m]) for m in sorted(results.minutes)],
     }
 
@@ -502,22 +571,32 @@ def row_is_exact(row: dict) -> bool:
 
 
 def print_rows(rows: list[dict]) -> None:
-    """The table; with Potato rows, each storyloop row also shows its judgements/s over Potato's
-    in the same setting (annotators, think time) and database run right after it."""
-    header = (f"{'db':<12} {'ann':>4} {'think':>5} {'wrk':>3} {'judg/s':>7} {'x potato':>8} {'fetch p50/p95/p99 ms':>22} "
-              f"{'submit p50/p95/p99 ms':>22} {'conn err':>8} {'5xx':>4} {'exact':>5} {'stored/ack':>11} "
-              f"{'srv cpu ms/j':>12} {'rss MB/wrk':>10} {'load':>5} {'pg conns start/peak':>19}")
+    """The table. Every row starts with its conditions (database, items seeded, annotators, think
+    time, workers, the machine's cores and load average at the start, the load generator's CPU in
+    cores), then server CPU per judgement: the app's, PostgreSQL's backends' and their sum. With
+    Potato rows, each storyloop row also shows its total CPU per judgement over Potato's and its
+    judgements/s over Potato's in the same conditions, Potato run right after it."""
+    header = (f"{'db':<12} {'items':>6} {'ann':>4} {'think':>5} {'wrk':>3} {'cores':>5} {'load0':>5} {'client':>6}  "
+              f"{'app ms/j':>8} {'db ms/j':>7} {'tot ms/j':>8} {'cpu/pot':>7}  {'judg/s':>7} {'x potato':>8} "
+              f"{'fetch p50/p95/p99 ms':>22} {'submit p50/p95/p99 ms':>22} {'conn err':>8} {'5xx':>4} {'exact':>5} "
+              f"{'stored/ack':>11} {'rss MB/wrk':>10} {'pg conns start/peak':>19}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        ratio = r.get("ratio_to_potato")
-        print(f"{r['db']:<12} {r['annotators']:>4} {r['think_s']:>5g} {r['workers']:>3} {r['judgements_per_s']:>7.0f} "
-              f"{(f'{ratio:.1f}x' if ratio else ''):>8} "
+        ratio, cpu_ratio = r.get("ratio_to_potato"), r.get("cpu_ratio_to_potato")
+        db_ms = r.get("db_cpu_ms_per_judgement")
+        print(f"{r['db']:<12} {r.get('items', 0):>6} {r['annotators']:>4} {r['think_s']:>5g} {r['workers']:>3} "
+              f"{r.get('cores', 0):>5} {r.get('load_average_start', float('nan')):>5.1f} {r.get('client_cores', float('nan')):>6.2f}  "
+              f"{r['server_cpu_ms_per_judgement']:>8.2f} {(f'{db_ms:.2f}' if db_ms is not None else '-'):>7} "
+              f"{r.get('total_cpu_ms_per_judgement', r['server_cpu_ms_per_judgement']):>8.2f} "
+              f"{(f'{cpu_ratio:.2f}x' if cpu_ratio else ''):>7}  "
+              f"{r['judgements_per_s']:>7.0f} {(f'{ratio:.1f}x' if ratio else ''):>8} "
               f"{r['fetch_p50']:>6.1f}/{r['fetch_p95']:>6.1f}/{r['fetch_p99']:>6.1f}  "
               f"{r['submit_p50']:>6.1f}/{r['submit_p95']:>6.1f}/{r['submit_p99']:>6.1f}  "
               f"{r['connection_errors']:>8} {r['server_errors']:>4} {'yes' if row_is_exact(r) else 'NO':>5} "
-              f"{r['stored']:>5}/{r['judgements']:<5} {r['server_cpu_ms_per_judgement']:>12.1f} "
-              f"{r['rss_mb_per_worker']:>10.0f} {r['load_average']:>5.1f} {_connections(r):>19}")
+              f"{r['stored']:>5}/{r['judgements']:<5} {r['rss_mb_per_worker']:>10.0f} {_connections(r):>19}")
+    print("(client: the load generator's CPU in cores; app/db ms/j: server CPU per judgement of the app's processes"
+          " and of PostgreSQL's backends; cpu/pot: tot ms/j over Potato's, Potato run right after in the same conditions)")
 
 
 def _connections(row: dict) -> str:
@@ -557,7 +636,7 @@ def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, workdir: Path) -> dict:
     """One storyloop run on a fresh database of `kind` with n annotators; returns its row."""
-    tasks = args.tasks or int(1500 * seconds / args.required) + n
+    tasks = args.items or default_items(seconds, n)
     url, drop = fresh_database(kind, args.postgres_url, workdir)
     try:
         upgrade_to_head(url)
@@ -575,6 +654,9 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
                      "--duration", str(int(seconds)),
                      "--format", "raw", "-o", f"{args.profile}-{kind}-{n}.folded"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            workers = args.workers or (len(parse_cpus(args.server_cpus)) if args.server_cpus else default_workers())
+            setting = {**conditions(kind, tasks, n, args.think, workers),
+                       "server_cpus": args.server_cpus or "any", "chain": args.chain, "client": args.client}
             cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), children_cpu(server.pid)
             with counter or contextlib.nullcontext():
                 results, elapsed = asyncio.run(run_load(port, tokens, seconds, args.client, args.retry_rate,
@@ -596,10 +678,16 @@ def run_storyloop(kind: str, n: int, args: argparse.Namespace, seconds: float, w
     finally:
         drop()
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    workers = args.workers or (len(parse_cpus(args.server_cpus)) if args.server_cpus else default_workers())
-    setting = {"db": kind, "annotators": n, "workers": workers, "server_cpus": args.server_cpus or "any", "think_s": args.think, "chain": args.chain}
-    return {**result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity),
-            **connections}
+    db_cpu = counter.db_cpu_s if counter else None
+    return {**result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb, stored, integrity,
+                         db_cpu), **connections}
+
+
+def default_items(seconds: float, annotators: int, required: int = 3) -> int:
+    """Tuples seeded when --items is not given: enough for 1500 judgements/s for the whole run, so
+    that storyloop never runs out. Potato's cost grows with this number (storyloop's does not):
+    compare the two at equal, stated item counts (--items)."""
+    return int(1500 * seconds / required) + annotators
 
 
 def main() -> None:
@@ -618,7 +706,10 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get("STORYLOOP_BENCH_POSTGRES_URL", ""),
                         help="server URL whose role may CREATE DATABASE (default: $STORYLOOP_BENCH_POSTGRES_URL)")
     parser.add_argument("--required", type=int, default=3, help="R: judgements per task")
-    parser.add_argument("--tasks", type=int, default=0, help="tasks to seed (default: enough for 1500 judgements/s)")
+    parser.add_argument("--items", "--tasks", dest="items", type=int, default=0,
+                        help="BWS tuples to seed, for storyloop and Potato alike (default: enough for 1500 "
+                             "judgements/s over the run). Potato's cost grows with it: compare at equal counts, "
+                             "hundreds (Potato's usual) and tens of thousands")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     parser.add_argument("--chain", action="store_true", help="submit with ?next=true: one request per judgement")
     parser.add_argument("--think", type=float, default=0.0,
@@ -648,8 +739,10 @@ def main() -> None:
                 if args.potato:  # interleaved: the same load on Potato right after, on the same busy machine
                     from potato_load import run_potato
 
-                    potato = run_potato(n, seconds, args.think, args.tasks, retry_rate=args.retry_rate)
+                    potato = run_potato(n, seconds, args.think, row["items"], retry_rate=args.retry_rate)
                     row["ratio_to_potato"] = row["judgements_per_s"] / max(potato["judgements_per_s"], 1e-9)
+                    row["cpu_ratio_to_potato"] = (row["total_cpu_ms_per_judgement"]
+                                                  / max(potato["total_cpu_ms_per_judgement"], 1e-9))
                     rows.append(potato)
                     print(json.dumps(potato), file=sys.stderr, flush=True)
     finally:

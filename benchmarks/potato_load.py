@@ -59,7 +59,7 @@ What runs, and how it compares with storyloop's run:
   of items: with random assignment, each Next walks every remaining item (on a busy 2-core machine,
   Next took 9 ms with 300 tuples and 51 ms with 10,050; a whole judgement 65 vs 106 ms of server
   CPU). The default seeds as many tuples as annotate_load does, so both servers hold the same data;
-  storyloop seeds that many for headroom, so also look at Potato with a smaller `--tasks`. The
+  storyloop seeds that many for headroom; `--items` sets the count for both (hundreds is Potato's usual). The
   client is a raw-asyncio HTTP/1.1 client like annotate_load's, so client CPU per request is
   comparable.
 """
@@ -202,7 +202,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def start_potato(workdir: Path, tasks: int, port: int, annotators: int = 200, scheme: str = "bws",
                  potato: Path | None = None) -> subprocess.Popen:
-    """Write the project into workdir (`tasks` BWS tuples, as annotate_load's --tasks: a prompt per 30
+    """Write the project into workdir (`tasks` BWS tuples, as annotate_load's --items: a prompt per 30
     of them), start Potato on port `port` in its own process group, and wait until /health answers 200."""
     potato = potato or ensure_potato()
     config = write_project(Path(workdir), tasks, annotators, scheme)
@@ -393,11 +393,14 @@ def _now_iso() -> str:
 
 
 async def run_load(port: int, annotators: int, seconds: float, scheme: str, retry_rate: float = 0.1,
-                   think: float = 0.0) -> tuple[Results, float]:
-    """Log everyone in (untimed, 16 at a time), warm Potato up, then run the annotators for `seconds`.
+                   think: float = 0.0, on_start=lambda: None) -> tuple[Results, float]:
+    """Log everyone in (untimed, 16 at a time), warm Potato up, then run the annotators for `seconds`;
+    `on_start()` is called as the timed window opens (to read CPU counters there).
 
     The warm-up matters: Potato imports and compiles a lot on its first page and first save (seconds
-    on this machine), which a server in use has long done and which would weigh on a 20 s run."""
+    on this machine), which a server in use has long done and which would weigh on a 20 s run. The
+    logins matter to CPU: each checks a PBKDF2 hash (100,000 rounds), which storyloop's annotators,
+    holding API tokens, do not pay in the window either."""
     usernames = [f"bench{i}" for i in range(annotators)]
     connections = [PotatoConnection(port) for _ in usernames]
     gate = asyncio.Semaphore(16)
@@ -410,6 +413,7 @@ async def run_load(port: int, annotators: int, seconds: float, scheme: str, retr
     warm = PotatoConnection(port)
     await log_in(warm, WARMUP_USER)
     await annotator(warm, WARMUP_USER, scheme, Results(), time.perf_counter() + 3, random.Random(-1), 0.0)
+    on_start()
     results = Results.for_run(seconds)
     started = results.started
     deadline = started + seconds
@@ -439,17 +443,25 @@ def stored_judgements(workdir: Path, scheme: str) -> tuple[set[tuple[str, str]],
 
 def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int = 0, scheme: str = "bws",
                retry_rate: float = 0.1, venv_dir: Path = DEFAULT_VENV, keep: bool = False) -> dict:
-    """One Potato run; returns a row with annotate_load's keys (db is "potato-files", 1 process)."""
+    """One Potato run; returns a row with annotate_load's keys (db is "potato-files", 1 process).
+    CPU (Potato's and the load generator's) is counted over the timed window only, as for storyloop."""
     potato = ensure_potato(venv_dir)
-    tasks = tasks or int(1500 * seconds / REQUIRED) + annotators
+    tasks = tasks or annotate_load.default_items(seconds, annotators, REQUIRED)
     workdir = Path(tempfile.mkdtemp(prefix="storyloop-potato-"))
     try:
         port = annotate_load.free_port()
         server = start_potato(workdir, tasks, port, annotators, scheme, potato)
+        window = {}
+
+        def open_window():
+            window["setting"] = annotate_load.conditions("potato-files", tasks, annotators, think, 1)
+            window["cpu0"] = resource.getrusage(resource.RUSAGE_SELF)
+            window["server_cpu0"] = annotate_load.children_cpu(server.pid)
+
         try:
-            cpu0, server_cpu0 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
-            results, elapsed = asyncio.run(run_load(port, annotators, seconds, scheme, retry_rate, think))
+            results, elapsed = asyncio.run(run_load(port, annotators, seconds, scheme, retry_rate, think, open_window))
             cpu1, server_cpu1 = resource.getrusage(resource.RUSAGE_SELF), annotate_load.children_cpu(server.pid)
+            cpu0, server_cpu0 = window["cpu0"], window["server_cpu0"]
             rss_mb = annotate_load.largest_rss_mb(server.pid)
         finally:
             annotate_load.stop_server(server)
@@ -460,8 +472,7 @@ def run_potato(annotators: int, seconds: float, think: float = 0.0, tasks: int =
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    setting = {"db": "potato-files", "annotators": annotators, "workers": 1, "think_s": think, "chain": False,
-               "potato": POTATO_VERSION, "scheme": scheme}
+    setting = {**window["setting"], "chain": False, "potato": POTATO_VERSION, "scheme": scheme}
     # Potato has no done counter to drift, and keeps one annotation per user and item.
     integrity = {"tasks_over_R": over, "done_count_mismatch": 0, "task_user_twice": 0}
     return annotate_load.result_row(setting, results, elapsed, client_cpu, server_cpu1 - server_cpu0, rss_mb,
@@ -474,7 +485,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--think", type=float, default=0.0,
                         help="mean seconds an annotator reads before saving (0: save at once, the most load)")
-    parser.add_argument("--tasks", type=int, default=0, help="BWS tuples to seed (default: as annotate_load)")
+    parser.add_argument("--items", "--tasks", dest="items", type=int, default=0,
+                        help="BWS tuples to seed (default: as annotate_load's)")
     parser.add_argument("--scheme", choices=["bws", "radio"], default="bws",
                         help="bws: Potato's BWS scheme (tuples across prompts); radio: prompt + 4 continuations, "
                              "best and worst radio schemes")
@@ -486,7 +498,7 @@ def main() -> None:
     check_limits(parser, args)
     rows = []
     for n in args.annotators:
-        row = run_potato(n, args.seconds, args.think, args.tasks, args.scheme, args.retry_rate, args.venv, args.keep)
+        row = run_potato(n, args.seconds, args.think, args.items, args.scheme, args.retry_rate, args.venv, args.keep)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     print_rows(rows)
