@@ -138,9 +138,11 @@ def test_full_loop(app, database, settings, tiny_cfg):
         # PPO continues from the newest policy, but the KL leash stays tied to the base.
         assert policy2.parent_id == policy1.id and policy2.settings["reference_version_id"] == base.id
         assert policy2.metrics["auto"]["reference_version_id"] == base.id
-        # The reward model warm-starts from the previous one, on the new pairs plus as many older ones.
+        # The reward model warm-starts from the previous one, on the new pairs plus old_pairs_per_new older
+        # ones per new pair (half of one by default).
         assert reward2.metrics["warm_start_from"] == reward1.id and reward2.parent_id == reward1.id
-        assert reward2.metrics["train_pairs"] == 2 * reward2.metrics["new_pairs"]
+        new_pairs = reward2.metrics["new_pairs"]
+        assert reward2.metrics["train_pairs"] == new_pairs + round(tiny_cfg.reward.old_pairs_per_new * new_pairs)
         assert reward2.metrics["train_pairs"] < reward1.metrics["train_pairs"] + reward2.metrics["new_pairs"]
 
     # The new tuples are waiting for annotators.
